@@ -1,0 +1,41 @@
+# kiln: `make bake ENV=dev` and `make test` work on a fresh machine (they set up .venv).
+ENV ?= dev
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+KILN := $(PY) bake.py
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+.PHONY: venv bake lint render verify demo test unit integration check bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+lint: venv
+	$(KILN) lint --env $(ENV)
+
+bake: venv
+	$(KILN) bake --env $(ENV)
+
+check: venv
+	$(PY) -m ruff check kiln tests bench bake.py
+	$(PY) -m mypy --strict kiln
+	@if ls templates/*.sh >/dev/null 2>&1; then shellcheck -s sh templates/*.sh; fi
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+integration: venv
+	$(PY) -m pytest -q tests/integration
+
+# The README's test command: static checks, then every test tier.
+test: check
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf dist .run

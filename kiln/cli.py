@@ -1,0 +1,78 @@
+"""The command line: the only place that parses arguments and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from kiln import __version__
+from kiln.errors import EXIT_INTERNAL, EXIT_INVALID, ConfigError, KilnError
+
+CRASH_LOG_ENV = "KILN_CRASH_LOG"
+
+
+def crash_log_path() -> Path:
+    """Where an internal error's traceback goes: $KILN_CRASH_LOG or ~/.cache/kiln/crash.log."""
+    if os.environ.get(CRASH_LOG_ENV):
+        return Path(os.environ[CRASH_LOG_ENV])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "kiln" / "crash.log"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"kiln: error: {message}\n")
+        raise SystemExit(EXIT_INVALID)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bake.py", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    common = _Parser(add_help=False)
+    common.add_argument("--env", help="the environment in images.yaml")
+    common.add_argument("--config", default="images.yaml", help="default: %(default)s")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    lint = commands.add_parser("lint", parents=[common],
+                               help="config, naming rules and chart alignment")
+    lint.add_argument("--format", choices=("text", "json"), default="text")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        return exc.exit_code
+    except KilnError as exc:
+        sys.stderr.write(f"kiln: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("kiln: interrupted\n")
+        return 130
+    except Exception as exc:  # a bug: one line to the user, the traceback to a file
+        log = crash_log_path()
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            where = f"traceback in {log}"
+        except OSError:
+            where = "could not write the traceback"
+        sys.stderr.write(f"kiln: internal error: {type(exc).__name__}: {exc} ({where})\n")
+        return EXIT_INTERNAL
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "lint":
+        from kiln.commands.lint import lint
+
+        return lint(args.config, args.env, args.format)
+    raise AssertionError(f"unhandled command {args.command}")

@@ -1,0 +1,56 @@
+"""Naming-alignment lint: the rules that decide whether a name is right.
+
+Each rule lives in ``kiln/lint/rules/<id>.py`` with an ``ID``, a default ``LEVEL`` and a
+``check(ctx)`` generator of ``Hit``s; levels can be changed per environment.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from kiln.config import Config, Environment
+from kiln.lint.charts import scan
+from kiln.lint.context import Hit, LintContext
+from kiln.lint.rules import RULES
+
+__all__ = ["Finding", "Hit", "LintContext", "format_json", "format_text", "has_errors", "run"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    file: str
+    line: int
+    column: int
+    level: str
+    rule: str
+    message: str
+
+
+def run(config: Config, env: Environment) -> list[Finding]:
+    """Every finding of every enabled rule for ``env``, sorted by place."""
+    ctx = LintContext(config=config, env=env, images=config.images_for(env),
+                      chart_refs=tuple(scan(env.charts)))
+    findings = []
+    for rule in RULES:
+        level = env.lint.levels.get(rule.ID, rule.LEVEL)
+        if level == "off":
+            continue
+        for hit in rule.check(ctx):
+            findings.append(Finding(hit.at.path, hit.at.line, hit.at.column, level, rule.ID,
+                                    hit.message))
+    return sorted(findings, key=lambda f: (f.file, f.line, f.column, f.rule))
+
+
+def has_errors(findings: list[Finding]) -> bool:
+    return any(f.level == "error" for f in findings)
+
+
+def format_text(findings: list[Finding]) -> str:
+    return "".join(
+        f"{f.file}:{f.line}:{f.column}: [{f.level}] {f.rule} {f.message}\n" for f in findings
+    )
+
+
+def format_json(findings: list[Finding]) -> str:
+    return json.dumps([asdict(f) for f in findings], indent=2) + "\n"
