@@ -20,7 +20,8 @@ lint: venv
 	$(KILN) lint --env $(ENV)
 
 bake: venv
-	$(KILN) bake --env $(ENV)
+	$(KILN) lint --env $(ENV)
+	@echo "kiln: bake is not built yet (issue 3): lint passed, nothing was baked" >&2
 
 check: venv
 	$(PY) -m ruff check kiln tests bench bake.py

@@ -32,11 +32,11 @@ DOCS = st.recursive(
     ),
     max_leaves=40,
 )
-FOLDER = Path(tempfile.mkdtemp(prefix="kiln-fuzz-"))
+FOLDER = tempfile.TemporaryDirectory(prefix="kiln-fuzz-")
 
 
 def assert_loads_or_locates(data: bytes) -> None:
-    path = FOLDER / "images.yaml"
+    path = Path(FOLDER.name) / "images.yaml"
     path.write_bytes(data)
     try:
         result = config.load(path, "images.yaml")

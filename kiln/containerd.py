@@ -1,0 +1,87 @@
+"""What a containerd holds, read through `ctr` (the same tool the node importer uses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kiln.errors import KilnError
+
+K8S_NAMESPACE = "k8s.io"
+PIN_LABEL = "io.cri-containerd.pinned"
+MANAGED_LABEL = "io.cri-containerd.image"
+
+
+@dataclass(frozen=True)
+class ContainerdImage:
+    ref: str
+    manifest_digest: str
+    labels: dict[str, str]
+
+
+class Ctr:
+    """A thin client over `ctr --address ADDRESS -n NAMESPACE`."""
+
+    def __init__(self, address: str, namespace: str = K8S_NAMESPACE) -> None:
+        self.address = address.removeprefix("unix://")
+        self.namespace = namespace
+
+    def run(self, *args: str, stdin: bytes | None = None) -> bytes:
+        argv = ["ctr", "--address", self.address, "-n", self.namespace, *args]
+        try:
+            done = subprocess.run(argv, input=stdin, capture_output=True, check=False)
+        except FileNotFoundError:
+            raise KilnError("ctr is not installed (apt-get install containerd)") from None
+        if done.returncode != 0:
+            reason = done.stderr.decode(errors="replace").strip().splitlines()
+            raise KilnError(f"ctr {args[0]} {args[1] if len(args) > 1 else ''}: "
+                            f"{reason[-1] if reason else 'exit ' + str(done.returncode)}")
+        return done.stdout
+
+    def images(self) -> dict[str, ContainerdImage]:
+        """Every image in the namespace by ref (`ctr images ls`, parsed)."""
+        out = self.run("images", "ls").decode()
+        found = {}
+        for line in out.splitlines()[1:]:
+            cols = line.split()
+            if len(cols) < 6:
+                continue
+            labels: dict[str, str] = {}
+            if cols[-1] != "-":
+                for pair in cols[-1].split(","):
+                    key, _, value = pair.partition("=")
+                    labels[key] = value
+            found[cols[0]] = ContainerdImage(cols[0], cols[2], labels)
+        return found
+
+    def image_id(self, manifest_digest: str, platform: str = "linux/amd64") -> str:
+        """The config digest (the image ID Docker reports) behind a manifest or index."""
+        doc = json.loads(self.run("content", "get", manifest_digest))
+        if "manifests" in doc:  # an index: take the platform's manifest
+            os_name, _, arch = platform.partition("/")
+            arch = arch.split("/")[0]
+            for entry in doc["manifests"]:
+                plat = entry.get("platform", {})
+                if plat.get("os") == os_name and plat.get("architecture") == arch:
+                    return self.image_id(entry["digest"], platform)
+            raise KilnError(f"{manifest_digest}: no manifest for {platform}")
+        return str(doc["config"]["digest"])
+
+    def import_stream(self, chunks: Iterable[bytes]) -> None:
+        """`ctr images import -` fed from ``chunks`` (an uncompressed archive), streaming."""
+        argv = ["ctr", "--address", self.address, "-n", self.namespace, "images", "import", "-"]
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) as proc:
+            assert proc.stdin is not None and proc.stderr is not None
+            try:
+                for chunk in chunks:
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass  # ctr gave up: its exit status and stderr say why
+            finally:
+                proc.stdin.close()
+            err = proc.stderr.read().decode(errors="replace").strip()
+        if proc.returncode != 0:
+            raise KilnError(f"ctr images import: {err.splitlines()[-1] if err else 'failed'}")
