@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     lint = commands.add_parser("lint", parents=[common],
                                help="config, naming rules and chart alignment")
     lint.add_argument("--format", choices=("text", "json"), default="text")
+
+    bake = commands.add_parser("bake", parents=[common],
+                               help="build/pull/archive, save, compress, publish, lock")
+    bake.add_argument("--dist", help="output folder (default: dist/ beside images.yaml)")
+    bake.add_argument("--jobs", type=int, default=2, help="images baked at once (default 2)")
+    bake.add_argument("--quiet", action="store_true", help="print errors only")
+    bake.add_argument("--json", action="store_true", help="print the lock on stdout")
     return parser
 
 
@@ -53,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"{problem}\n")
         return exc.exit_code
     except KilnError as exc:
-        sys.stderr.write(f"kiln: error: {exc}\n")
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            sys.stderr.write(f"kiln: error: {line}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("kiln: interrupted\n")
@@ -75,4 +83,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kiln.commands.lint import lint
 
         return lint(args.config, args.env, args.format)
+    if args.command == "bake":
+        from kiln.commands.bake import bake
+
+        return bake(args.config, args.env, dist=args.dist, jobs=args.jobs, quiet=args.quiet,
+                    as_json=args.json)
     raise AssertionError(f"unhandled command {args.command}")

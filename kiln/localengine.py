@@ -5,6 +5,9 @@ config all live below the folder given, and the daemons are stopped by the PID r
 
     python -m kiln.localengine start .run      # prints DOCKER_HOST=... and CONTAINERD_ADDRESS=...
     python -m kiln.localengine stop .run
+    python -m kiln.localengine run .run -- CMD...   # CMD against DOCKER_HOST if it answers,
+                                                     # else against a private engine started
+                                                     # for it and stopped afterwards
 """
 
 from __future__ import annotations
@@ -161,14 +164,64 @@ def stop_all(base: Path) -> None:
             pidfile.unlink()
 
 
+def engine_answers(host: str | None) -> bool:
+    """True when a Docker engine answers at ``host`` (or the SDK's default)."""
+    import docker
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        client = docker.DockerClient(base_url=host, timeout=5) if host else docker.from_env(
+            timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return False
+
+
+def run_with_engine(base: Path, command: list[str]) -> int:
+    """Run ``command`` with a Docker engine: DOCKER_HOST's, or a private one started for it."""
+    if engine_answers(os.environ.get("DOCKER_HOST")):
+        return subprocess.call(command)
+    where = os.environ.get("DOCKER_HOST") or "the default socket"
+    sys.stderr.write(f"kiln: no Docker engine answers at {where}; starting a private one "
+                     f"under {base}/engine\n")
+    code = start_engine(base)
+    if code != 0:
+        return code
+    engine = (base / "engine").resolve()
+    env = {**os.environ, "DOCKER_HOST": f"unix://{engine / 'docker.sock'}",
+           "CONTAINERD_ADDRESS": str(engine / "containerd.sock")}
+    try:
+        return subprocess.call(command, env=env)
+    finally:
+        stop_all(base / "engine")
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("start", "stop"):
-        sys.stderr.write("usage: python -m kiln.localengine start|stop FOLDER\n")
+    if len(argv) < 2 or argv[0] not in ("start", "stop", "run"):
+        sys.stderr.write("usage: python -m kiln.localengine start|stop FOLDER\n"
+                         "       python -m kiln.localengine run FOLDER -- COMMAND...\n")
         return 2
     base = Path(argv[1])
     if argv[0] == "stop":
-        stop_all(base)
+        stop_all(base / "engine")
         return 0
+    if argv[0] == "run":
+        command = argv[3:] if argv[2:3] == ["--"] else argv[2:]
+        return run_with_engine(base, command)
+    code = start_engine(base)
+    if code == 0:
+        engine = (base / "engine").resolve()
+        print(f"DOCKER_HOST=unix://{engine / 'docker.sock'}")
+        print(f"CONTAINERD_ADDRESS={engine / 'containerd.sock'}")
+    return code
+
+
+def start_engine(base: Path) -> int:
+    """Start containerd and dockerd under ``base/engine``; 0, or 1 with the reason printed."""
     missing = missing_tools()
     if missing:
         sys.stderr.write(f"kiln: error: no Docker engine answers and {', '.join(missing)} "
@@ -177,13 +230,11 @@ def main(argv: list[str]) -> int:
         return 1
     try:
         containerd = start_containerd(base / "engine")
-        dockerd = start_dockerd(base / "engine", containerd)
+        start_dockerd(base / "engine", containerd)
     except KilnError as exc:
         stop_all(base / "engine")
         sys.stderr.write(f"kiln: error: {exc}\n")
         return 1
-    print(f"DOCKER_HOST={dockerd.address}")
-    print(f"CONTAINERD_ADDRESS={containerd.socket}")
     return 0
 
 

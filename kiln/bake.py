@@ -1,0 +1,200 @@
+"""Bake: each image from its source into the engine under its FQ ref, then into the store.
+
+An image whose ref, image ID, platform and compression match the previous lock, and whose
+object is still in the store, is not exported again: a no-change rebake costs the engine's
+build cache and one stat per image. The lock is written only when every image published, so
+it never names an object that does not exist.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from kiln import lock as lockfile
+from kiln.config import ArchiveSource, BuildSource, Config, Environment, Image, PullSource
+from kiln.engine import Engine
+from kiln.errors import KilnError
+from kiln.lock import Lock, LockedBundle, LockedImage
+from kiln.progress import Reporter, human
+from kiln.publish import Published, publish
+from kiln.stores import Store, lock_key
+
+
+class BakeError(KilnError):
+    """One or more images did not publish; each failure is one line."""
+
+    def __init__(self, failures: list[tuple[str, str]]) -> None:
+        self.failures = failures
+        super().__init__("\n".join(f"image {name!r}: {why}" for name, why in failures))
+
+
+@dataclass(frozen=True)
+class BakeResult:
+    lock: Lock
+    uploaded: tuple[str, ...]  # names (images and bundle:<role>) whose object was uploaded
+    reused: tuple[str, ...]  # names taken unchanged from the previous lock
+
+
+def dist_folder(config: Config) -> Path:
+    return config.root / "dist"
+
+
+class Baker:
+    def __init__(self, config: Config, env: Environment, engine: Engine, store: Store,
+                 reporter: Reporter, dist: Path, jobs: int = 2) -> None:
+        self.config = config
+        self.env = env
+        self.engine = engine
+        self.store = store
+        self.reporter = reporter
+        self.lock_path = lockfile.lock_path(dist, env.name)
+        self.jobs = max(1, jobs)
+        self.cancel = threading.Event()
+        self.previous = lockfile.read(self.lock_path)
+        if self.previous is not None and self.previous.environment != env.name:
+            self.previous = None
+        self.uploaded: list[str] = []
+        self.reused: list[str] = []
+
+    # -- one image ----------------------------------------------------------------------------
+
+    def resolve(self, image: Image) -> str:
+        """Put the image into the engine under its FQ ref; return its image ID."""
+        source = image.source
+        if isinstance(source, BuildSource):
+            self.reporter.step(image.name, f"building {source.context.name}")
+            image_id = self.engine.build(source, image.ref, image.platform)
+        elif isinstance(source, PullSource):
+            self.reporter.step(image.name, f"pulling {source.ref}")
+            image_id = self.engine.pull(source, image.platform)
+        else:
+            assert isinstance(source, ArchiveSource)
+            self.reporter.step(image.name, f"loading {source.path.name}")
+            image_id = self.engine.load(source)
+        self.engine.tag(image_id, image.ref)
+        return image_id
+
+    def bake_image(self, image: Image) -> LockedImage:
+        image_id = self.resolve(image)
+        info = self.engine.inspect(image.ref)
+        if info is None or info.image_id != image_id:
+            raise KilnError(f"the engine does not show {image.ref} as {image_id} after tagging")
+        if info.platform != image.platform:
+            raise KilnError(f"the engine made a {info.platform} image; images.yaml asks for "
+                            f"{image.platform}")
+        entry = self.reusable(image, image_id)
+        if entry is not None:
+            self.reporter.finish(image.name, f"unchanged {image.ref} ({human(entry.size)})")
+            self.reused.append(image.name)
+            return entry
+        published = self.publish([image.ref], image.name, info.size)
+        source = image.source
+        return LockedImage(
+            name=image.name, ref=image.ref, image_id=image_id, platform=image.platform,
+            sha256=published.sha256, size=published.size,
+            uncompressed_size=published.uncompressed_size,
+            compression=self.env.compression.algorithm,
+            compression_level=self.env.compression.level, key=published.key,
+            roles=image.roles, source=source.kind,
+            upstream=source.ref if isinstance(source, PullSource) else None,
+        )
+
+    def reusable(self, image: Image, image_id: str) -> LockedImage | None:
+        """The previous lock's entry when nothing about the stored object would change."""
+        old = self.previous.image(image.name) if self.previous else None
+        comp = self.env.compression
+        if (old is None or old.ref != image.ref or old.image_id != image_id
+                or old.platform != image.platform or old.compression != comp.algorithm
+                or old.compression_level != comp.level
+                or self.store.stat(old.key) != old.size):
+            return None
+        source = image.source
+        return replace(old, roles=image.roles, source=source.kind,
+                       upstream=source.ref if isinstance(source, PullSource) else None)
+
+    def publish(self, names: list[str], label: str, size_hint: int) -> Published:
+        def progress(done: int) -> None:
+            self.reporter.progress(label, done, size_hint)
+
+        self.reporter.step(label, "saving")
+        published = publish(self.engine.export(names), self.store, self.env.compression,
+                            size_hint, progress, self.cancel)
+        verb = "stored" if published.uploaded else "already stored"
+        self.reporter.finish(label, f"{verb} {human(published.uncompressed_size)} -> "
+                                    f"{human(published.size)} {published.key}")
+        (self.uploaded if published.uploaded else self.reused).append(label)
+        return published
+
+    # -- bundles ------------------------------------------------------------------------------
+
+    def bake_bundle(self, role: str, entries: list[LockedImage]) -> LockedBundle:
+        members = sorted((e for e in entries if not e.roles or role in e.roles),
+                         key=lambda e: e.ref)
+        if not members:
+            raise KilnError(f"bundle {role!r}: no image has that role")
+        refs = tuple(e.ref for e in members)
+        ids = tuple(e.image_id for e in members)
+        comp = self.env.compression
+        old = self.previous.bundle(role) if self.previous else None
+        label = f"bundle:{role}"
+        if (old is not None and old.refs == refs and old.image_ids == ids
+                and old.compression == comp.algorithm and old.compression_level == comp.level
+                and self.store.stat(old.key) == old.size):
+            self.reporter.finish(label, f"unchanged ({human(old.size)})")
+            self.reused.append(label)
+            return old
+        hint = sum(e.uncompressed_size for e in members)
+        published = self.publish(list(refs), label, hint)
+        return LockedBundle(role=role, refs=refs, image_ids=ids, sha256=published.sha256,
+                            size=published.size, uncompressed_size=published.uncompressed_size,
+                            compression=comp.algorithm, compression_level=comp.level,
+                            key=published.key)
+
+    # -- the whole bake -----------------------------------------------------------------------
+
+    def run(self) -> BakeResult:
+        self.store.check()
+        images = self.config.images_for(self.env)
+        entries = self._parallel([(image.name, self._task(image)) for image in images])
+        bundles = [self.bake_bundle(role, entries) for role in sorted(set(self.env.bundles))]
+        new = Lock(environment=self.env.name, registry=self.env.registry,
+                   images=tuple(sorted(entries, key=lambda e: e.name)),
+                   bundles=tuple(bundles), store=self.store.facts())
+        lockfile.write(self.lock_path, new)
+        self.store.put_bytes(lock_key(self.store.prefix, self.env.name),
+                             lockfile.to_json(new).encode())
+        return BakeResult(new, tuple(self.uploaded), tuple(self.reused))
+
+    def _task(self, image: Image) -> Callable[[], LockedImage]:
+        return lambda: self.bake_image(image)
+
+    def _parallel(self, tasks: list[tuple[str, Callable[[], LockedImage]]]) -> list[LockedImage]:
+        """Run the per-image tasks ``jobs`` at a time; collect every failure, not just one."""
+        failures: list[tuple[str, str]] = []
+        results: list[LockedImage] = []
+        pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="kiln-bake")
+        futures: dict[Future[LockedImage], str] = {}
+        try:
+            futures = {pool.submit(task): name for name, task in tasks}
+            wait(futures)
+        except BaseException:
+            self.cancel.set()  # Ctrl-C: running writers abort, queued images never start
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        for future, name in futures.items():
+            exc = future.exception()
+            if exc is None:
+                results.append(future.result())
+            elif isinstance(exc, KilnError):
+                self.reporter.fail(name, str(exc))
+                failures.append((name, str(exc)))
+            else:
+                raise exc
+        if failures:
+            raise BakeError(sorted(failures))
+        return results

@@ -1,0 +1,41 @@
+"""`kiln bake`: lint (refuse on errors), then build/pull/archive, save, compress, publish, lock."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from kiln import config as config_mod
+from kiln import lint as lint_mod
+from kiln.bake import Baker, dist_folder
+from kiln.engine import DockerEngine
+from kiln.errors import EXIT_FAILED, EXIT_OK
+from kiln.lock import to_json
+from kiln.progress import reporter_for
+from kiln.stores import open_store
+
+
+def bake(config_path: str, env_name: str | None, *, dist: str | None = None, jobs: int = 2,
+         quiet: bool = False, as_json: bool = False) -> int:
+    config = config_mod.load(Path(config_path), config_path)
+    env = config.environment(env_name)
+    findings = lint_mod.run(config, env)
+    if findings and not (quiet and not lint_mod.has_errors(findings)):
+        sys.stderr.write(lint_mod.format_text(findings))
+    if lint_mod.has_errors(findings):
+        sys.stderr.write("kiln: error: lint found errors; nothing was baked\n")
+        return EXIT_FAILED
+    reporter = reporter_for(quiet)
+    baker = Baker(config, env, DockerEngine(), open_store(env.store), reporter,
+                  Path(dist) if dist else dist_folder(config), jobs=jobs)
+    try:
+        result = baker.run()
+    finally:
+        reporter.close()
+    if as_json:
+        sys.stdout.write(to_json(result.lock))
+    elif not quiet:
+        summary = {"uploaded": len(result.uploaded), "unchanged": len(result.reused)}
+        sys.stderr.write(f"kiln: baked {env.name}: {json.dumps(summary)} -> {baker.lock_path}\n")
+    return EXIT_OK

@@ -1,0 +1,222 @@
+"""The Docker engine edge: build, pull, load, tag, inspect and export, through the docker SDK.
+
+Talks to the engine at DOCKER_HOST (default: the local socket). Each thread gets its own
+client: the SDK's HTTP session is not meant to be shared across threads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from kiln import refs
+from kiln.config import ArchiveSource, BuildSource, PullSource
+from kiln.errors import KilnError
+
+EXPORT_CHUNK = 1 << 20
+
+
+class EngineError(KilnError):
+    """The engine is unreachable, or refused a build, pull, load or export."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    image_id: str
+    size: int  # uncompressed bytes of all layers (the export is about this big)
+    platform: str
+    repo_tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]
+
+
+class Engine(Protocol):
+    def build(self, source: BuildSource, ref: str, platform: str) -> str: ...
+
+    def pull(self, source: PullSource, platform: str) -> str: ...
+
+    def load(self, source: ArchiveSource) -> str: ...
+
+    def tag(self, image_id: str, ref: str) -> None: ...
+
+    def inspect(self, ref: str) -> ImageInfo | None: ...
+
+    def export(self, refs: list[str]) -> Iterator[bytes]: ...
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
+
+
+class DockerEngine:
+    def __init__(self, base_url: str | None = None) -> None:
+        self.base_url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        self._local = threading.local()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            try:
+                client = docker.DockerClient(base_url=self.base_url, timeout=600)
+                client.ping()
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                raise EngineError(f"cannot reach the Docker engine at {self.base_url}: "
+                                  f"{_one_line(str(exc))}") from None
+            self._local.client = client
+        return client
+
+    def check(self) -> None:
+        """Raise EngineError when no engine answers."""
+        _ = self.client
+
+    def build(self, source: BuildSource, ref: str, platform: str) -> str:
+        if not (source.context / source.dockerfile).is_file():
+            raise EngineError(f"no {source.dockerfile} in build context {source.context}")
+        try:
+            image, _ = self.client.images.build(
+                path=str(source.context), dockerfile=source.dockerfile, tag=ref,
+                buildargs=dict(source.args) or None, target=source.target, platform=platform,
+                rm=True, forcerm=True,
+            )
+        except docker.errors.BuildError as exc:
+            raise EngineError(f"build failed: {_one_line(exc.msg)}") from None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"build failed: {_one_line(exc.explanation or str(exc))}") from None
+        return str(image.id)
+
+    def pull(self, source: PullSource, platform: str) -> str:
+        upstream = refs.parse(source.ref)
+        # Pull by digest when pinned (the tag is informative only), else by tag.
+        wanted = f"{upstream.repository}@{upstream.digest}" if upstream.digest else source.ref
+        repository, tag = (wanted, None) if upstream.digest else (
+            upstream.repository, upstream.tag or "latest")
+        try:
+            image = self.client.images.pull(repository, tag=tag, platform=platform)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"pull of {source.ref} failed: "
+                              f"{_one_line(exc.explanation or str(exc))}") from None
+        if upstream.digest:
+            digests = {d.split("@", 1)[-1] for d in image.attrs.get("RepoDigests", [])}
+            if upstream.digest not in digests:
+                raise EngineError(f"pull of {source.ref}: the engine got {sorted(digests)}, "
+                                  f"not the pinned {upstream.digest}")
+        return str(image.id)
+
+    def load(self, source: ArchiveSource) -> str:
+        path = source.path
+        if not path.is_file():
+            raise EngineError(f"archive {path} does not exist")
+        kind = archive_kind(path)
+        if kind == "oci":
+            return self._load_oci(path)
+        try:
+            with path.open("rb") as data:
+                loaded = self.client.images.load(data)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"load of {path} failed: {_one_line(exc.explanation or str(exc))}"
+                              ) from None
+        ids = {image.id for image in loaded}
+        if len(ids) != 1:
+            raise EngineError(f"archive {path} holds {len(ids)} images; kiln needs exactly one")
+        return str(ids.pop())
+
+    def _load_oci(self, path: Path) -> str:
+        """An OCI archive: docker 20.10 cannot load it, skopeo copies it into the engine."""
+        if shutil.which("skopeo") is None:
+            raise EngineError(f"{path} is an OCI archive: install skopeo to load it")
+        scratch = f"kiln-oci-load/{abs(hash(str(path)))}:loading"
+        host = self.base_url
+        argv = ["skopeo", "copy", "--quiet", f"oci-archive:{path}", f"docker-daemon:{scratch}"]
+        env = {**os.environ, "DOCKER_HOST": host}
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            raise EngineError(f"load of OCI archive {path} failed: {_one_line(done.stderr)}")
+        info = self.inspect(scratch)
+        if info is None:
+            raise EngineError(f"load of OCI archive {path}: the engine does not show it")
+        self.client.images.remove(scratch, noprune=True)
+        return info.image_id
+
+    def tag(self, image_id: str, ref: str) -> None:
+        repository, _, tag = ref.rpartition(":")
+        try:
+            self.client.api.tag(image_id, repository, tag, force=True)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"tag {ref} failed: {_one_line(exc.explanation or str(exc))}"
+                              ) from None
+
+    def inspect(self, ref: str) -> ImageInfo | None:
+        try:
+            attrs: dict[str, Any] = self.client.api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"inspect {ref} failed: {_one_line(exc.explanation or str(exc))}"
+                              ) from None
+        platform = f"{attrs.get('Os', 'linux')}/{attrs.get('Architecture', 'amd64')}"
+        if attrs.get("Variant"):
+            platform += f"/{attrs['Variant']}"
+        return ImageInfo(
+            image_id=str(attrs["Id"]), size=int(attrs.get("Size") or 0), platform=platform,
+            repo_tags=tuple(attrs.get("RepoTags") or ()),
+            repo_digests=tuple(attrs.get("RepoDigests") or ()),
+        )
+
+    def export(self, names: list[str]) -> Iterator[bytes]:
+        """`docker save NAME...` as a stream: a named archive, one RepoTags entry per name.
+
+        The SDK saves one image at a time; the engine's /images/get takes several, which is
+        what lets a bundle store shared layers once.
+        """
+        api = self.client.api
+        try:
+            response = api._get(api._url("/images/get"), params={"names": names}, stream=True)
+            api._raise_for_status(response)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"export of {', '.join(names)} failed: "
+                              f"{_one_line(exc.explanation or str(exc))}") from None
+        try:
+            yield from response.iter_content(EXPORT_CHUNK, decode_unicode=False)
+        except requests.exceptions.RequestException as exc:
+            raise EngineError(f"export of {', '.join(names)} broke off: {exc}") from None
+        finally:
+            response.close()
+
+
+def archive_kind(path: Path) -> str:
+    """``docker`` for a docker-save archive (manifest.json), ``oci`` for an OCI layout."""
+    try:
+        with tarfile.open(path) as tar:
+            names = set()
+            for member in tar:
+                names.add(member.name.removeprefix("./"))
+                if "manifest.json" in names:
+                    return "docker"
+            if "index.json" in names and "oci-layout" in names:
+                return "oci"
+    except (tarfile.TarError, OSError) as exc:
+        raise EngineError(f"archive {path} is not a readable tar file: {exc}") from None
+    raise EngineError(f"archive {path} is neither a docker-save nor an OCI archive")
+
+
+def archive_repo_tags(data: bytes) -> list[list[str]]:
+    """The RepoTags of each image in a docker-save archive (for tests and checks)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile("manifest.json")
+        if member is None:
+            raise EngineError("archive has no manifest.json")
+        return [entry.get("RepoTags") or [] for entry in json.load(member)]

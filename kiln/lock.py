@@ -1,0 +1,136 @@
+"""The lock file (contract): what was baked, under which name, stored where.
+
+``dist/<env>/images.lock.json``: sorted, stable (no timestamps), written atomically, so an
+unchanged bake rewrites it byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import KilnError
+
+LOCK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LockedImage:
+    name: str
+    ref: str  # the literal fully-qualified string
+    image_id: str  # config digest: the same in Docker, containerd and any registry copy
+    platform: str
+    sha256: str  # of the stored (compressed) object
+    size: int
+    uncompressed_size: int
+    compression: str  # "zstd" or "gzip"
+    compression_level: int
+    key: str  # object key in the store
+    roles: tuple[str, ...]  # empty: every role
+    source: str  # build | pull | archive
+    upstream: str | None = None  # pull: the upstream ref (with digest); archive: its sha256
+
+
+@dataclass(frozen=True)
+class LockedBundle:
+    role: str
+    refs: tuple[str, ...]
+    image_ids: tuple[str, ...]
+    sha256: str
+    size: int
+    uncompressed_size: int
+    compression: str
+    compression_level: int
+    key: str
+
+
+@dataclass(frozen=True)
+class Lock:
+    environment: str
+    registry: str
+    images: tuple[LockedImage, ...] = ()
+    bundles: tuple[LockedBundle, ...] = ()
+    version: int = LOCK_VERSION
+    store: dict[str, str] = field(default_factory=dict)  # non-secret store facts for render
+
+    def image(self, name: str) -> LockedImage | None:
+        return next((i for i in self.images if i.name == name), None)
+
+    def bundle(self, role: str) -> LockedBundle | None:
+        return next((b for b in self.bundles if b.role == role), None)
+
+
+def lock_path(dist: Path, env: str) -> Path:
+    return dist / env / "images.lock.json"
+
+
+def to_json(lock: Lock) -> str:
+    data = {
+        "version": lock.version,
+        "environment": lock.environment,
+        "registry": lock.registry,
+        "store": dict(sorted(lock.store.items())),
+        "images": [_plain(asdict(i)) for i in sorted(lock.images, key=lambda i: i.name)],
+        "bundles": [_plain(asdict(b)) for b in sorted(lock.bundles, key=lambda b: b.role)],
+    }
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _plain(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in entry.items()}
+
+
+def from_json(text: str, where: str = "lock") -> Lock:
+    try:
+        data = json.loads(text)
+        if data.get("version") != LOCK_VERSION:
+            raise KilnError(f"{where}: unsupported lock version {data.get('version')!r}")
+        images = tuple(
+            LockedImage(**{**i, "roles": tuple(i["roles"])}) for i in data["images"]
+        )
+        bundles = tuple(
+            LockedBundle(**{**b, "refs": tuple(b["refs"]), "image_ids": tuple(b["image_ids"])})
+            for b in data.get("bundles", [])
+        )
+        return Lock(environment=data["environment"], registry=data["registry"],
+                    images=images, bundles=bundles, store=dict(data.get("store", {})))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KilnError(f"{where}: not a kiln lock file ({type(exc).__name__}: {exc})") from None
+
+
+def read(path: Path) -> Lock | None:
+    """The lock at ``path``, or None when there is none yet."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise KilnError(f"cannot read {path}: {exc.strerror}") from None
+    return from_json(text, str(path))
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write(path: Path, lock: Lock) -> None:
+    try:
+        write_atomic(path, to_json(lock).encode())
+    except OSError as exc:
+        raise KilnError(f"cannot write {path}: {exc.strerror or exc}") from None

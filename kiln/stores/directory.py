@@ -1,0 +1,112 @@
+"""A local folder as the store (the dev default): serve it with any HTTP server."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from kiln import config
+from kiln.stores import StoreError
+from kiln.lock import write_atomic
+
+
+def _os_error(action: str, path: Path, exc: OSError) -> StoreError:
+    if exc.errno == errno.ENOSPC:
+        return StoreError(f"disk full while {action} {path}")
+    return StoreError(f"cannot {action} {path}: {exc.strerror or exc}")
+
+
+class DirectoryWriter:
+    """Writes to a temp name in the blob folder; commit fsyncs and renames into place."""
+
+    def __init__(self, root: Path, folder: Path) -> None:
+        self.root = root
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".partial-", dir=folder)
+        except OSError as exc:
+            raise _os_error("writing to", folder, exc) from None
+        self.tmp = Path(name)
+        self.file = os.fdopen(fd, "wb")
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.file.write(chunk)
+        except OSError as exc:
+            raise _os_error("writing", self.tmp, exc) from None
+        self.size += len(chunk)
+
+    def commit(self, key: str) -> bool:
+        final = self.root / key
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            if final.exists() and final.stat().st_size == self.size:
+                self.tmp.unlink()
+                return False
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp, final)
+            dir_fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            self.abort()
+            raise _os_error("writing", final, exc) from None
+        return True
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class DirectoryStore:
+    def __init__(self, settings: config.DirStore) -> None:
+        self.root = settings.path
+        self.url = settings.url
+        self.prefix = ""
+
+    def describe(self) -> str:
+        return f"folder {self.root}"
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error("create", self.root, exc) from None
+        if not os.access(self.root, os.W_OK):
+            raise StoreError(f"cannot write to {self.root}: permission denied")
+
+    def stat(self, key: str) -> int | None:
+        try:
+            return (self.root / key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def writer(self, size_hint: int) -> DirectoryWriter:
+        return DirectoryWriter(self.root, self.root / "blobs" / "sha256")
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        try:
+            write_atomic(self.root / key, data)
+        except OSError as exc:
+            raise _os_error("writing", self.root / key, exc) from None
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return (self.root / key).read_bytes()
+        except OSError as exc:
+            raise _os_error("reading", self.root / key, exc) from None
+
+    def facts(self) -> dict[str, str]:
+        facts = {"type": "dir"}
+        if self.url:
+            facts["url"] = self.url
+        return facts
