@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 
 from kiln import config
-from kiln.stores import StoreError
 from kiln.lock import write_atomic
+from kiln.stores import StoreError
 
 
 def _os_error(action: str, path: Path, exc: OSError) -> StoreError:

@@ -44,7 +44,7 @@ def translate(exc: Exception, what: str) -> StoreError:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return StoreError(f"{what}: no S3 credentials found (set AWS_ACCESS_KEY_ID and "
                           "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or use an instance role)")
-    if isinstance(exc, botocore.exceptions.EndpointConnectionError | 
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError |
                   botocore.exceptions.ConnectTimeoutError):
         return StoreError(f"{what}: store unreachable: {exc}")
     if isinstance(exc, botocore.exceptions.SSLError):
