@@ -74,7 +74,7 @@ class Baker:
         else:
             assert isinstance(source, ArchiveSource)
             self.reporter.step(image.name, f"loading {source.path.name}")
-            image_id = self.engine.load(source)
+            image_id = self.engine.load(source, image.ref)
         self.engine.tag(image_id, image.ref)
         return image_id
 

@@ -47,7 +47,7 @@ class Engine(Protocol):
 
     def pull(self, source: PullSource, platform: str) -> str: ...
 
-    def load(self, source: ArchiveSource) -> str: ...
+    def load(self, source: ArchiveSource, ref: str) -> str: ...
 
     def tag(self, image_id: str, ref: str) -> None: ...
 
@@ -116,13 +116,14 @@ class DockerEngine:
                                   f"not the pinned {upstream.digest}")
         return str(image.id)
 
-    def load(self, source: ArchiveSource) -> str:
+    def load(self, source: ArchiveSource, ref: str) -> str:
+        """Load the archive's one image and tag it ``ref``; return its image ID."""
         path = source.path
         if not path.is_file():
             raise EngineError(f"archive {path} does not exist")
         kind = archive_kind(path)
         if kind == "oci":
-            return self._load_oci(path)
+            return self._load_oci(path, ref)
         try:
             with path.open("rb") as data:
                 loaded = self.client.images.load(data)
@@ -132,23 +133,22 @@ class DockerEngine:
         ids = {image.id for image in loaded}
         if len(ids) != 1:
             raise EngineError(f"archive {path} holds {len(ids)} images; kiln needs exactly one")
-        return str(ids.pop())
+        image_id = str(ids.pop())
+        self.tag(image_id, ref)
+        return image_id
 
-    def _load_oci(self, path: Path) -> str:
+    def _load_oci(self, path: Path, ref: str) -> str:
         """An OCI archive: docker 20.10 cannot load it, skopeo copies it into the engine."""
         if shutil.which("skopeo") is None:
             raise EngineError(f"{path} is an OCI archive: install skopeo to load it")
-        scratch = f"kiln-oci-load/{abs(hash(str(path)))}:loading"
-        host = self.base_url
-        argv = ["skopeo", "copy", "--quiet", f"oci-archive:{path}", f"docker-daemon:{scratch}"]
-        env = {**os.environ, "DOCKER_HOST": host}
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        argv = ["skopeo", "copy", "--quiet", "--dest-daemon-host", self.base_url,
+                f"oci-archive:{path}", f"docker-daemon:{ref}"]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise EngineError(f"load of OCI archive {path} failed: {_one_line(done.stderr)}")
-        info = self.inspect(scratch)
+        info = self.inspect(ref)
         if info is None:
-            raise EngineError(f"load of OCI archive {path}: the engine does not show it")
-        self.client.images.remove(scratch, noprune=True)
+            raise EngineError(f"load of OCI archive {path}: the engine does not show {ref}")
         return info.image_id
 
     def tag(self, image_id: str, ref: str) -> None:

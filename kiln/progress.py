@@ -52,7 +52,7 @@ class PlainReporter:
         self._line(f"kiln: {name}: {message}")
 
     def fail(self, name: str, message: str) -> None:
-        self._line(f"kiln: error: {name}: {message}")
+        pass  # the command's final error lines name every failed image
 
     def close(self) -> None:
         pass

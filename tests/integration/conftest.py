@@ -7,6 +7,7 @@ packages .ci/run installs; without them they fail with what is missing rather th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -16,9 +17,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import docker
 import pytest
 
@@ -89,38 +92,88 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint(engine_root: Path) -> Iterator[str]:
-    """moto's S3 API as a separate process over real HTTP on loopback."""
-    port = free_port()
-    log = (engine_root / "moto.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            urllib.request.urlopen(url + "/", timeout=1).close()
-            break
+            urllib.request.urlopen(url, timeout=1).close()
+            return
         except urllib.error.HTTPError:
-            break  # it answers
+            return  # it answers
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"moto server did not start: see {engine_root / 'moto.log'}")
+                pytest.fail(f"{what} did not start: see {log}")
             time.sleep(0.2)
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ.setdefault(key, value)
-    yield url
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def moto_server(log: Path, **env: str) -> Iterator[str]:
+    """moto's S3 API as a separate process over real HTTP on loopback."""
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **env},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/", proc, "moto server", log)
+        yield url
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(engine_root: Path) -> Iterator[str]:
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(key, value)
+    with moto_server(engine_root / "moto.log") as url:
+        yield url
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket for one test."""
+    name = f"kiln-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def registry(engine_root: Path) -> Iterator[str]:
+    """A plain-HTTP docker-registry (distribution) on 127.0.0.1: dockerd trusts 127/8."""
+    _require("docker-registry")
+    port = free_port()
+    folder = engine_root / "registry"
+    folder.mkdir()
+    config = folder / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+        "log: {level: warn}\n"
+    )
+    log = folder / "registry.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/v2/", proc, "docker-registry", log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(proc)
 
 
 BUSYBOX = Path(shutil.which("busybox") or "/bin/busybox")
