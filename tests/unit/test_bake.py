@@ -1,0 +1,353 @@
+"""The bake orchestration, the publish pipeline, stores and the lock, with fakes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln import config as config_mod
+from kiln import lock as lockfile
+from kiln.bake import BakeError, Baker
+from kiln.config import ArchiveSource, BuildSource, Compression, PullSource
+from kiln.engine import EngineError, ImageInfo
+from kiln.errors import KilnError
+from kiln.progress import LiveReporter, PlainReporter, human
+from kiln.publish import Cancelled, decompress, publish
+from kiln.stores import blob_key
+from kiln.stores.directory import DirectoryStore
+from kiln.stores.s3 import MAX_PARTS, S3ObjectStore, part_size_for
+from tests.helpers import write_tree
+
+
+class FakeEngine:
+    """Images are byte strings; export concatenates them (a stand-in for a tar stream)."""
+
+    def __init__(self) -> None:
+        self.content: dict[str, bytes] = {}
+        self.tags: dict[str, str] = {}
+        self.exports: list[list[str]] = []
+        self.fail: dict[str, str] = {}
+
+    def _make(self, key: str, payload: bytes) -> str:
+        if key in self.fail:
+            raise EngineError(self.fail[key])
+        image_id = "sha256:" + hashlib.sha256(payload).hexdigest()
+        self.content[image_id] = payload
+        return image_id
+
+    def build(self, source: BuildSource, ref: str, platform: str) -> str:
+        return self._make(source.context.name, (source.context / "payload").read_bytes())
+
+    def pull(self, source: PullSource, platform: str) -> str:
+        return self._make(source.ref, source.ref.encode() * 100)
+
+    def load(self, source: ArchiveSource, ref: str) -> str:
+        return self._make(source.path.name, source.path.read_bytes())
+
+    def tag(self, image_id: str, ref: str) -> None:
+        self.tags[ref] = image_id
+
+    def inspect(self, ref: str) -> ImageInfo | None:
+        image_id = self.tags.get(ref)
+        if image_id is None:
+            return None
+        return ImageInfo(image_id, len(self.content[image_id]), "linux/amd64", (ref,), ())
+
+    def export(self, refs: list[str]) -> Iterator[bytes]:
+        self.exports.append(list(refs))
+        for ref in refs:
+            data = self.content[self.tags[ref]]
+            for start in range(0, len(data), 1000):
+                yield data[start:start + 1000]
+
+
+IMAGES_YAML = """
+version: 1
+images:
+  - {name: b, ref: "${registry}/f/b:v1", build: ctx-b, roles: [worker]}
+  - {name: a, ref: "${registry}/f/a:v1", build: ctx-a}
+  - {name: c, ref: "${registry}/f/c:v1", archive: c.tar}
+environments:
+  dev:
+    registry: registry.example.com
+    store: {type: dir, path: store}
+    bundles: [worker]
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return write_tree(tmp_path, {
+        "images.yaml": IMAGES_YAML,
+        "ctx-a/payload": "a" * 5000,
+        "ctx-b/payload": "b" * 7000,
+        "c.tar": "c" * 3000,
+    })
+
+
+def run(project: Path, engine: FakeEngine, jobs: int = 2) -> tuple[Baker, Any]:
+    cfg = config_mod.load(project / "images.yaml")
+    env = cfg.environment("dev")
+    assert isinstance(env.store, config_mod.DirStore)
+    baker = Baker(cfg, env, engine, DirectoryStore(env.store), PlainReporter(io.StringIO()),
+                  project / "dist", jobs=jobs)
+    return baker, baker.run()
+
+
+def test_bake_publishes_and_locks(project: Path) -> None:
+    engine = FakeEngine()
+    _, result = run(project, engine)
+    lock = result.lock
+    assert [i.name for i in lock.images] == ["a", "b", "c"]
+    a = lock.images[0]
+    assert a.ref == "registry.example.com/f/a:v1"
+    stored = (project / "store" / a.key).read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == a.sha256 and len(stored) == a.size
+    assert decompress(stored, "zstd") == b"a" * 5000
+    assert a.uncompressed_size == 5000
+    (bundle,) = lock.bundles
+    assert bundle.role == "worker"
+    assert bundle.refs == tuple(sorted(i.ref for i in lock.images))  # a and c have every role
+    assert lockfile.read(project / "dist/dev/images.lock.json") == lock
+    assert (project / "store/locks/dev/images.lock.json").read_text() == lockfile.to_json(lock)
+
+
+def test_unchanged_rebake_exports_nothing_and_rewrites_the_same_lock(project: Path) -> None:
+    engine = FakeEngine()
+    run(project, engine)
+    before = (project / "dist/dev/images.lock.json").read_bytes()
+    engine.exports.clear()
+    _, result = run(project, engine)
+    assert engine.exports == []
+    assert result.uploaded == ()
+    assert (project / "dist/dev/images.lock.json").read_bytes() == before
+
+
+def test_a_changed_image_or_setting_is_exported_again(project: Path) -> None:
+    engine = FakeEngine()
+    run(project, engine)
+    (project / "ctx-a/payload").write_text("changed")
+    engine.exports.clear()
+    run(project, engine)
+    assert sorted(map(tuple, engine.exports)) == [
+        ("registry.example.com/f/a:v1",),
+        ("registry.example.com/f/a:v1", "registry.example.com/f/b:v1",
+         "registry.example.com/f/c:v1")]
+    text = (project / "images.yaml").read_text().replace(
+        "bundles: [worker]", "compression: {algorithm: gzip, level: 9}")
+    (project / "images.yaml").write_text(text)
+    engine.exports.clear()
+    _, result = run(project, engine)
+    assert len(engine.exports) == 3
+    assert {i.compression for i in result.lock.images} == {"gzip"}
+    assert result.lock.bundles == ()
+
+
+def test_a_deleted_object_is_published_again(project: Path) -> None:
+    engine = FakeEngine()
+    _, first = run(project, engine)
+    (project / "store" / first.lock.images[0].key).unlink()
+    engine.exports.clear()
+    run(project, engine)
+    assert engine.exports == [["registry.example.com/f/a:v1"]]
+    assert (project / "store" / first.lock.images[0].key).exists()
+
+
+def test_roles_change_without_a_new_upload(project: Path) -> None:
+    engine = FakeEngine()
+    run(project, engine)
+    text = (project / "images.yaml").read_text().replace("build: ctx-a}",
+                                                         "build: ctx-a, roles: [gpu]}")
+    (project / "images.yaml").write_text(text)
+    engine.exports.clear()
+    _, result = run(project, engine)
+    assert result.lock.images[0].roles == ("gpu",)
+    assert ["registry.example.com/f/a:v1"] not in engine.exports
+
+
+def test_failures_are_all_named_and_no_lock_is_written(project: Path) -> None:
+    engine = FakeEngine()
+    engine.fail = {"ctx-a": "build failed: boom", "c.tar": "archive is broken"}
+    with pytest.raises(BakeError) as info:
+        run(project, engine)
+    assert str(info.value).splitlines() == ["image 'a': build failed: boom",
+                                            "image 'c': archive is broken"]
+    assert not (project / "dist/dev/images.lock.json").exists()
+
+
+def test_a_previous_lock_survives_a_failed_bake(project: Path) -> None:
+    engine = FakeEngine()
+    run(project, engine)
+    before = (project / "dist/dev/images.lock.json").read_bytes()
+    (project / "ctx-a/payload").write_text("new")
+    engine.fail = {"ctx-b": "build failed"}
+    with pytest.raises(BakeError):
+        run(project, engine)
+    assert (project / "dist/dev/images.lock.json").read_bytes() == before
+
+
+# -- publish ------------------------------------------------------------------------------------
+
+
+def test_publish_gzip_is_deterministic(tmp_path: Path) -> None:
+    store = DirectoryStore(config_mod.DirStore(tmp_path))
+    chunks = [b"x" * 10000, b"y" * 10000]
+    one = publish(iter(chunks), store, Compression("gzip", 6), 20000)
+    two = publish(iter(chunks), store, Compression("gzip", 6), 20000)
+    assert one.sha256 == two.sha256 and one.uploaded and not two.uploaded
+    assert decompress((tmp_path / one.key).read_bytes(), "gzip") == b"".join(chunks)
+
+
+def test_publish_aborts_on_failure_and_cancel(tmp_path: Path) -> None:
+    store = DirectoryStore(config_mod.DirStore(tmp_path))
+
+    def broken() -> Iterator[bytes]:
+        yield b"data" * 1000
+        raise EngineError("export broke off")
+
+    with pytest.raises(EngineError):
+        publish(broken(), store, Compression(), 4000)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        publish(iter([b"x"]), store, Compression(), 1, cancel=cancel)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+# -- stores -------------------------------------------------------------------------------------
+
+
+def test_part_size_fits_large_objects() -> None:
+    assert part_size_for(0) == 8 << 20
+    for size in (50 * 10**9, 50 << 30, 200 << 30):
+        part = part_size_for(size)
+        assert part % (1 << 20) == 0
+        assert size / part < MAX_PARTS * 0.95
+
+
+class FakeS3:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.objects: dict[str, bytes] = {}
+        self.fail_part: int | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        def call(**kwargs: Any) -> Any:
+            self.calls.append((name, kwargs))
+            if name == "create_multipart_upload":
+                return {"UploadId": "u1"}
+            if name == "upload_part":
+                if kwargs["PartNumber"] == self.fail_part:
+                    raise KilnError("part failed")
+                return {"ETag": f"e{kwargs['PartNumber']}"}
+            if name == "put_object":
+                self.objects[kwargs["Key"]] = kwargs["Body"]
+            if name == "head_object":
+                import botocore.exceptions
+
+                raise botocore.exceptions.ClientError(
+                    {"Error": {"Code": "404"}, "ResponseMetadata": {"HTTPStatusCode": 404}},
+                    "HeadObject")
+            return {}
+        return call
+
+
+def s3_store(client: FakeS3) -> S3ObjectStore:
+    return S3ObjectStore(config_mod.S3Store(bucket="b", prefix="p/"), client=client)
+
+
+def test_s3_small_object_goes_straight_to_its_key() -> None:
+    client = FakeS3()
+    published = publish(iter([b"small"]), s3_store(client), Compression(), 5)
+    assert list(client.objects) == [published.key]
+    assert published.key == blob_key("p/", published.sha256)
+    assert not [c for c, _ in client.calls if "multipart" in c]
+
+
+def test_s3_multipart_stages_then_copies() -> None:
+    client = FakeS3()
+    store = s3_store(client)
+    writer = store.writer(0)
+    writer.part_size = 1024
+    for _ in range(10):
+        writer.write(b"z" * 500)
+    assert writer.commit("p/blobs/sha256/abc")
+    names = [c for c, _ in client.calls]
+    assert names.count("upload_part") == 5
+    complete = next(k for c, k in client.calls if c == "complete_multipart_upload")
+    assert [p["PartNumber"] for p in complete["MultipartUpload"]["Parts"]] == [1, 2, 3, 4, 5]
+    copy = next(k for c, k in client.calls if c == "copy_object")
+    assert copy["Key"] == "p/blobs/sha256/abc" and copy["CopySource"]["Key"].startswith(
+        "p/staging/")
+    assert names[-1] == "delete_object"
+
+
+def test_s3_parts_grow_so_many_parts_fit() -> None:
+    writer = s3_store(FakeS3()).writer(0)
+    writer.part_size = 10
+    sizes = []
+    for _ in range(2100):
+        sizes.append(writer.current_part_size())
+        writer.parts.append(None)  # type: ignore[arg-type]
+    assert sizes[0] == 10 and sizes[999] == 10 and sizes[1000] == 20 and sizes[2000] == 40
+
+
+def test_s3_failed_part_aborts_the_upload() -> None:
+    client = FakeS3()
+    client.fail_part = 2
+    writer = s3_store(client).writer(0)
+    writer.part_size = 100
+    with pytest.raises(KilnError):
+        try:
+            for _ in range(10):
+                writer.write(b"q" * 100)
+            writer.commit("p/k")
+        except KilnError:
+            writer.abort()  # what publish() does on any failure
+            raise
+    names = [c for c, _ in client.calls]
+    assert "abort_multipart_upload" in names
+    assert "complete_multipart_upload" not in names
+
+
+def test_directory_writer_renames_only_when_complete(tmp_path: Path) -> None:
+    store = DirectoryStore(config_mod.DirStore(tmp_path))
+    writer = store.writer(0)
+    writer.write(b"half")
+    partial = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert [p.name.startswith(".partial-") for p in partial] == [True]
+    writer.abort()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+# -- lock and progress --------------------------------------------------------------------------
+
+
+def test_lock_round_trip_and_bad_lock(tmp_path: Path) -> None:
+    lock = lockfile.Lock("dev", "r.example.com", store={"type": "dir"})
+    path = tmp_path / "l.json"
+    lockfile.write(path, lock)
+    assert lockfile.read(path) == lock
+    path.write_text("{}")
+    with pytest.raises(KilnError, match="unsupported lock version"):
+        lockfile.read(path)
+    assert lockfile.read(tmp_path / "none.json") is None
+
+
+def test_live_reporter_redraws_in_place() -> None:
+    out = io.StringIO()
+    live = LiveReporter(out)
+    live.step("a", "building")
+    live.step("b", "building")
+    live.progress("a", 5 << 20, 10 << 20)
+    live.finish("a", "stored")
+    text = out.getvalue()
+    assert "\x1b[2F" in text  # moved up over both lines to redraw them
+    assert text.rsplit("\x1b[2F", 1)[1] == "\x1b[2Ka  stored\n\x1b[2Kb  building\n"
+    assert human(5 << 20) == "5.0 MiB" and human(12) == "12 B"
