@@ -104,6 +104,11 @@ class DockerEngine:
         wanted = f"{upstream.repository}@{upstream.digest}" if upstream.digest else source.ref
         repository, tag = (wanted, None) if upstream.digest else (
             upstream.repository, upstream.tag or "latest")
+        if upstream.digest:
+            # Pinned and already here: no registry needed (an air-gapped rebake).
+            present = self.inspect(wanted)
+            if present is not None:
+                return present.image_id
         try:
             image = self.client.images.pull(repository, tag=tag, platform=platform)
         except docker.errors.APIError as exc:

@@ -39,6 +39,10 @@ class ConfigError(KilnError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class Cancelled(KilnError):
+    """The user interrupted the command; whatever was in flight has been rolled back."""
+
+
 class UsageError(KilnError):
     """Bad command-line arguments (a missing or unknown --env, say): exit 2."""
 

@@ -17,14 +17,12 @@ from typing import Protocol
 import zstandard
 
 from kiln.config import Compression
-from kiln.errors import KilnError
+from kiln.errors import Cancelled
 from kiln.stores import Store, blob_key
 
-ZSTD_THREADS = 2
-
-
-class Cancelled(KilnError):
-    """The bake was interrupted; the writer has been aborted."""
+# Images are compressed side by side (bake --jobs), so each stream compresses in its own
+# thread; zstandard releases the GIL while it works.
+ZSTD_THREADS = 0
 
 
 class _Compressor(Protocol):
@@ -67,7 +65,7 @@ def publish(
     cancel: threading.Event | None = None,
 ) -> Published:
     """Compress ``chunks`` into the store under ``<prefix>blobs/sha256/<hex>``."""
-    writer = store.writer(size_hint)
+    writer = store.writer(size_hint, cancel)
     digest = hashlib.sha256()
     raw = stored = 0
     try:

@@ -27,12 +27,14 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
         sys.stderr.write("kiln: error: lint found errors; nothing was baked\n")
         return EXIT_FAILED
     reporter = reporter_for(quiet)
-    baker = Baker(config, env, DockerEngine(), open_store(env.store), reporter,
+    store = open_store(env.store)
+    baker = Baker(config, env, DockerEngine(), store, reporter,
                   Path(dist) if dist else dist_folder(config), jobs=jobs)
     try:
         result = baker.run()
     finally:
         reporter.close()
+        store.close()
     if as_json:
         sys.stdout.write(to_json(result.lock))
     elif not quiet:

@@ -7,6 +7,7 @@ object is visible only when complete, and ``abort`` leaves the store as it was.
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 from kiln import config
@@ -54,7 +55,9 @@ class Store(Protocol):
         """The size of the object at ``key``, or None when there is none."""
         ...
 
-    def writer(self, size_hint: int) -> ObjectWriter: ...
+    def writer(self, size_hint: int, cancel: threading.Event | None = None) -> ObjectWriter:
+        """A writer for one object; ``cancel`` set makes a long commit give up cleanly."""
+        ...
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
@@ -62,6 +65,10 @@ class Store(Protocol):
 
     def facts(self) -> dict[str, str]:
         """Non-secret facts for the lock (type, bucket, endpoint, prefix, url)."""
+        ...
+
+    def close(self) -> None:
+        """Release threads and connections."""
         ...
 
 

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from kiln import config
@@ -90,7 +91,7 @@ class DirectoryStore:
         except FileNotFoundError:
             return None
 
-    def writer(self, size_hint: int) -> DirectoryWriter:
+    def writer(self, size_hint: int, cancel: threading.Event | None = None) -> DirectoryWriter:
         return DirectoryWriter(self.root, self.root / "blobs" / "sha256")
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -104,6 +105,9 @@ class DirectoryStore:
             return (self.root / key).read_bytes()
         except OSError as exc:
             raise _os_error("reading", self.root / key, exc) from None
+
+    def close(self) -> None:
+        pass
 
     def facts(self) -> dict[str, str]:
         facts = {"type": "dir"}

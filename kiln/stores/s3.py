@@ -10,10 +10,13 @@ upload: nothing is left behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
+import os
+import tempfile
 import threading
-import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import boto3
@@ -21,21 +24,35 @@ import botocore.config
 import botocore.exceptions
 
 from kiln import config
+from kiln.errors import Cancelled, KilnError
 from kiln.stores import StoreError
 
 MIN_PART = 8 << 20
 MAX_PARTS = 10_000
-SINGLE_COPY_LIMIT = 5 << 30  # CopyObject's limit; larger objects are copied in parts
+SPOOL_MEMORY = 8 << 20  # a compressed stream up to this size never touches the disk
+MULTIPART_THRESHOLD = 128 << 20  # above this, a parallel multipart upload; else one PUT
 UPLOAD_THREADS = 6
+SPOOL_DIR_ENV = "KILN_SPOOL_DIR"
+THRESHOLD_ENV = "KILN_MULTIPART_THRESHOLD"
 
 
-def part_size_for(size_hint: int) -> int:
-    """A part size that fits ``size_hint`` (+20%) in 9,000 parts, in whole MiB, at least 8 MiB.
+def multipart_threshold() -> int:
+    """Objects above this many bytes go up in parallel parts ($KILN_MULTIPART_THRESHOLD)."""
+    value = os.environ.get(THRESHOLD_ENV, "")
+    return max(MIN_PART, int(value)) if value.isdigit() else MULTIPART_THRESHOLD
 
-    50 GB -> 7 MiB needed -> 8 MiB parts (80 GB fit); 100 GB -> 14 MiB.  Parts also double
-    every 1,000 parts (see S3Writer), so an estimate that was far too low still fits.
+
+def spool_dir() -> str:
+    """Where compressed streams wait for their upload: $KILN_SPOOL_DIR, else the temp folder."""
+    return os.environ.get(SPOOL_DIR_ENV) or tempfile.gettempdir()
+
+
+def part_size_for(size: int) -> int:
+    """A part size that fits ``size`` in 9,000 parts, in whole MiB, at least 8 MiB.
+
+    50 GB -> 6 MiB needed -> 8 MiB parts (80 GB would fit); 200 GB -> 22 MiB.
     """
-    needed = math.ceil(size_hint * 1.2 / 9000)
+    needed = math.ceil(size / 9000)
     return max(MIN_PART, math.ceil(needed / (1 << 20)) << 20)
 
 
@@ -65,113 +82,105 @@ def translate(exc: Exception, what: str) -> StoreError:
 
 
 class S3Writer:
-    def __init__(self, store: S3ObjectStore, size_hint: int) -> None:
+    """Spools the compressed stream (memory, then a temp file), then uploads under its key.
+
+    The key is the stream's sha256, known only at the end. Spooling the *compressed* bytes
+    locally costs a little disk; the alternative, streaming to a staging key and copying it
+    server-side, makes the storage cluster rewrite every object (50 GB for a 50 GB image).
+    """
+
+    def __init__(self, store: S3ObjectStore, cancel: threading.Event | None) -> None:
         self.store = store
+        self.cancel = cancel or threading.Event()
         self.client = store.client
-        self.part_size = part_size_for(size_hint)
-        self.buffer = bytearray()
+        self.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, prefix="kiln-spool-",
+                                                   dir=spool_dir())
         self.size = 0
-        self.staging = f"{store.prefix}staging/{uuid.uuid4().hex}"
         self.upload_id: str | None = None
-        self.parts: list[Future[dict[str, Any]]] = []
-        self.completed = False
-        self.slots = threading.BoundedSemaphore(UPLOAD_THREADS + 1)
-        self.pool: ThreadPoolExecutor | None = None
+        self.key = ""
 
     def write(self, chunk: bytes) -> None:
-        self.buffer += chunk
-        self.size += len(chunk)
-        while len(self.buffer) >= self.current_part_size():
-            cut = self.current_part_size()
-            data = bytes(self.buffer[:cut])
-            del self.buffer[:cut]
-            self._submit(data)
-
-    def current_part_size(self) -> int:
-        return self.part_size << (len(self.parts) // 1000)
-
-    def _submit(self, data: bytes) -> None:
-        if self.upload_id is None:
-            try:
-                started = self.client.create_multipart_upload(Bucket=self.store.bucket,
-                                                              Key=self.staging)
-            except Exception as exc:
-                raise translate(exc, f"s3://{self.store.bucket}/{self.staging}") from None
-            self.upload_id = started["UploadId"]
-            self.pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="kiln-part")
-        for done in [f for f in self.parts if f.done()]:
-            done.result()  # surface a failed part now, not at the end
-        number = len(self.parts) + 1
-        if number > MAX_PARTS:
-            raise StoreError(f"object larger than {MAX_PARTS} parts")
-        self.slots.acquire()
-        assert self.pool is not None
-        future = self.pool.submit(self._upload_part, number, data)
-        future.add_done_callback(lambda _: self.slots.release())
-        self.parts.append(future)
-
-    def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
         try:
-            answer = self.client.upload_part(Bucket=self.store.bucket, Key=self.staging,
-                                             UploadId=self.upload_id, PartNumber=number,
-                                             Body=data)
-        except Exception as exc:
-            raise translate(exc, f"s3://{self.store.bucket}/{self.staging} part {number}"
-                            ) from None
-        return {"PartNumber": number, "ETag": answer["ETag"]}
+            self.spool.write(chunk)
+        except OSError as exc:
+            reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            raise StoreError(f"{reason} while spooling to {spool_dir()}") from None
+        self.size += len(chunk)
 
     def commit(self, key: str) -> bool:
-        bucket = self.store.bucket
+        self.key = key
         try:
-            if self.upload_id is None:  # small: one request straight to the final key
-                if self.store.stat(key) == self.size:
-                    return False
-                self.client.put_object(Bucket=bucket, Key=key, Body=bytes(self.buffer))
-                return True
-            if self.buffer:
-                self._submit(bytes(self.buffer))
-                self.buffer.clear()
-            parts = [f.result() for f in self.parts]
-            self.client.complete_multipart_upload(
-                Bucket=bucket, Key=self.staging, UploadId=self.upload_id,
-                MultipartUpload={"Parts": parts})
-            self.completed = True
+            self.spool.flush()
             if self.store.stat(key) == self.size:
                 return False
-            source = {"Bucket": bucket, "Key": self.staging}
-            if self.size <= SINGLE_COPY_LIMIT:
-                self.client.copy_object(Bucket=bucket, Key=key, CopySource=source)
+            if self.size <= multipart_threshold():
+                self.spool.seek(0)
+                self.client.put_object(Bucket=self.store.bucket, Key=key, Body=self.spool,
+                                       ContentLength=self.size)
             else:
-                self.client.copy(source, bucket, key)
+                self._multipart(key)
             return True
-        except StoreError:
+        except KilnError:
             self.abort()
             raise
         except Exception as exc:
             self.abort()
-            raise translate(exc, f"s3://{bucket}/{key}") from None
+            raise translate(exc, f"s3://{self.store.bucket}/{key}") from None
+        except BaseException:
+            self.abort()
+            raise
         finally:
-            self._cleanup()
+            self.spool.close()
 
-    def _cleanup(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-        if self.completed:
-            with contextlib.suppress(Exception):
-                self.client.delete_object(Bucket=self.store.bucket, Key=self.staging)
-            self.completed = False
+    def _multipart(self, key: str) -> None:
+        """Parts in parallel straight to ``key``: S3 shows it only once complete."""
+        part = part_size_for(self.size)
+        started = self.client.create_multipart_upload(Bucket=self.store.bucket, Key=key)
+        self.upload_id = started["UploadId"]
+        self.spool.rollover()  # a real file, so that parts can be read at their offsets
+        fd = self.spool.fileno()
+        futures = [
+            self.store.submit(self._upload_part, number, fd, offset, min(part, self.size - offset))
+            for number, offset in enumerate(range(0, self.size, part), start=1)
+        ]
+        try:
+            while not all(f.done() for f in futures):
+                if self.cancel.is_set():
+                    raise Cancelled("interrupted")
+                wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
+                for failed in (f for f in futures if f.done() and f.exception()):
+                    failed.result()
+            parts = [f.result() for f in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)  # no part may land after the abort
+            raise
+        self.client.complete_multipart_upload(Bucket=self.store.bucket, Key=key,
+                                              UploadId=self.upload_id,
+                                              MultipartUpload={"Parts": parts})
+        self.upload_id = None
+
+    def _upload_part(self, number: int, fd: int, offset: int, length: int) -> dict[str, Any]:
+        if self.cancel.is_set():
+            raise Cancelled("interrupted")
+        data = os.pread(fd, length, offset)
+        try:
+            answer = self.client.upload_part(Bucket=self.store.bucket, Key=self.key,
+                                             UploadId=self.upload_id, PartNumber=number,
+                                             Body=data)
+        except Exception as exc:
+            raise translate(exc, f"s3://{self.store.bucket}/{self.key} part {number}") from None
+        return {"PartNumber": number, "ETag": answer["ETag"]}
 
     def abort(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-        if self.upload_id is not None and not self.completed:
+        if self.upload_id is not None:
             with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.staging,
+                self.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key,
                                                    UploadId=self.upload_id)
             self.upload_id = None
-        self._cleanup()
+        with contextlib.suppress(OSError):
+            self.spool.close()
 
 
 class S3ObjectStore:
@@ -192,6 +201,31 @@ class S3ObjectStore:
                 config=boto_config,
             )
         self.client = client
+        # One pool and one bound on parts in flight for every writer: memory stays bounded
+        # however many images are baked at once.
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(UPLOAD_THREADS + 2)
+        self._pool_lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., dict[str, Any]], *args: Any) -> Future[dict[str, Any]]:
+        """Run ``fn(*args)`` on the upload pool; blocks while too many parts are in flight."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="kiln-part")
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(fn, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
 
     def describe(self) -> str:
         where = f" at {self.settings.endpoint}" if self.settings.endpoint else ""
@@ -217,8 +251,8 @@ class S3ObjectStore:
             raise translate(exc, f"s3://{self.bucket}/{key}") from None
         return int(head["ContentLength"])
 
-    def writer(self, size_hint: int) -> S3Writer:
-        return S3Writer(self, size_hint)
+    def writer(self, size_hint: int, cancel: threading.Event | None = None) -> S3Writer:
+        return S3Writer(self, cancel)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         try:

@@ -259,12 +259,13 @@ def test_disk_full_leaves_no_partial_object(tmp_path: Path, engine_env: str,
 
 def test_interrupt_mid_upload_leaves_the_store_as_it_was(
         tmp_path: Path, engine_env: str, s3_endpoint: str, bucket: str) -> None:
-    scratch_context(tmp_path / "big", "big", 96 << 20)  # 12 parts of 8 MiB, incompressible
+    scratch_context(tmp_path / "big", "big", 160 << 20)  # 20 parts of 8 MiB, incompressible
     config = write_config(tmp_path, f"  - {{name: big, ref: {REG}/f/big:v1, build: big}}\n",
                           s3_store(s3_endpoint, bucket))
     proc = subprocess.Popen([sys.executable, str(REPO / "bake.py"), "bake", "--env", "it",
                              "--config", str(config)], stderr=subprocess.PIPE,
-                            env={**os.environ, "DOCKER_HOST": engine_env})
+                            env={**os.environ, "DOCKER_HOST": engine_env,
+                                 "KILN_MULTIPART_THRESHOLD": str(16 << 20)})
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     deadline = time.monotonic() + 120
     while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):

@@ -16,9 +16,9 @@ from kiln import lock as lockfile
 from kiln.bake import BakeError, Baker
 from kiln.config import ArchiveSource, BuildSource, Compression, PullSource
 from kiln.engine import EngineError, ImageInfo
-from kiln.errors import KilnError
+from kiln.errors import Cancelled, KilnError
 from kiln.progress import LiveReporter, PlainReporter, human
-from kiln.publish import Cancelled, decompress, publish
+from kiln.publish import decompress, publish
 from kiln.stores import blob_key
 from kiln.stores.directory import DirectoryStore
 from kiln.stores.s3 import MAX_PARTS, S3ObjectStore, part_size_for
@@ -270,50 +270,47 @@ def test_s3_small_object_goes_straight_to_its_key() -> None:
     assert not [c for c, _ in client.calls if "multipart" in c]
 
 
-def test_s3_multipart_stages_then_copies() -> None:
+def multipart_writer(client: FakeS3, monkeypatch: pytest.MonkeyPatch,
+                     cancel: threading.Event | None = None) -> Any:
+    monkeypatch.setenv("KILN_MULTIPART_THRESHOLD", str(8 << 20))
+    writer = s3_store(client).writer(0, cancel)
+    for _ in range(20):
+        writer.write(b"z" * (1 << 20))
+    return writer
+
+
+def test_s3_large_object_goes_up_in_parts_straight_to_its_key(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     client = FakeS3()
-    store = s3_store(client)
-    writer = store.writer(0)
-    writer.part_size = 1024
-    for _ in range(10):
-        writer.write(b"z" * 500)
-    assert writer.commit("p/blobs/sha256/abc")
+    assert multipart_writer(client, monkeypatch).commit("p/blobs/sha256/abc")
     names = [c for c, _ in client.calls]
-    assert names.count("upload_part") == 5
+    sizes = [len(k["Body"]) for c, k in client.calls if c == "upload_part"]
+    assert sorted(sizes) == [4 << 20, 8 << 20, 8 << 20]
+    assert {k["Key"] for c, k in client.calls if c != "head_object"} == {"p/blobs/sha256/abc"}
     complete = next(k for c, k in client.calls if c == "complete_multipart_upload")
-    assert [p["PartNumber"] for p in complete["MultipartUpload"]["Parts"]] == [1, 2, 3, 4, 5]
-    copy = next(k for c, k in client.calls if c == "copy_object")
-    assert copy["Key"] == "p/blobs/sha256/abc" and copy["CopySource"]["Key"].startswith(
-        "p/staging/")
-    assert names[-1] == "delete_object"
+    assert [p["PartNumber"] for p in complete["MultipartUpload"]["Parts"]] == [1, 2, 3]
+    assert "copy_object" not in names and "put_object" not in names
 
 
-def test_s3_parts_grow_so_many_parts_fit() -> None:
-    writer = s3_store(FakeS3()).writer(0)
-    writer.part_size = 10
-    sizes = []
-    for _ in range(2100):
-        sizes.append(writer.current_part_size())
-        writer.parts.append(None)  # type: ignore[arg-type]
-    assert sizes[0] == 10 and sizes[999] == 10 and sizes[1000] == 20 and sizes[2000] == 40
-
-
-def test_s3_failed_part_aborts_the_upload() -> None:
+def test_s3_failed_part_aborts_the_upload(monkeypatch: pytest.MonkeyPatch) -> None:
     client = FakeS3()
     client.fail_part = 2
-    writer = s3_store(client).writer(0)
-    writer.part_size = 100
-    with pytest.raises(KilnError):
-        try:
-            for _ in range(10):
-                writer.write(b"q" * 100)
-            writer.commit("p/k")
-        except KilnError:
-            writer.abort()  # what publish() does on any failure
-            raise
+    with pytest.raises(KilnError, match="part failed"):
+        multipart_writer(client, monkeypatch).commit("p/k")
     names = [c for c, _ in client.calls]
     assert "abort_multipart_upload" in names
     assert "complete_multipart_upload" not in names
+
+
+def test_s3_cancel_aborts_the_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = FakeS3()
+    cancel = threading.Event()
+    writer = multipart_writer(client, monkeypatch, cancel)
+    cancel.set()
+    with pytest.raises(Cancelled):
+        writer.commit("p/k")
+    names = [c for c, _ in client.calls]
+    assert "abort_multipart_upload" in names and "complete_multipart_upload" not in names
 
 
 def test_directory_writer_renames_only_when_complete(tmp_path: Path) -> None:

@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Benchmark: `kiln bake` against `docker save IMAGE | aws s3 cp - s3://...` on one endpoint.
+
+Everything runs here, in one process tree: a private containerd + dockerd, moto's S3 server
+over HTTP on loopback, and a docker-registry the images are pulled from (pinned by digest).
+Three images of ~165 MB each share a ~100 MB base; their layers mix real system binaries,
+generated text and random bytes (partly compressible, as real images are).
+
+    make bench-bake            # or: .venv/bin/python bench/bake.py [--rounds 2] [--scale 1.0]
+
+Prints each measurement and the ratios against the awscli pipeline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+import docker
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kiln import localengine  # noqa: E402
+from tests.integration.conftest import free_port, moto_server  # noqa: E402
+
+MB = 1 << 20
+REG = "registry.example.com"
+WORDS = ("container image layer registry node kubelet import bootstrap cluster config value "
+         "error warning info debug request response token identity service deploy label "
+         "namespace volume secret network policy route gateway proxy metrics trace span").split()
+
+
+def system_files(limit: int, skip: int = 0) -> list[Path]:
+    """Real binaries and libraries, in a stable order, about ``limit`` bytes of them."""
+    picked, total, seen = [], 0, 0
+    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/bin", "/usr/lib/python3", "/usr/share"):
+        for path in sorted(Path(folder).rglob("*")):
+            if not path.is_file() or path.is_symlink():
+                continue
+            size = path.stat().st_size
+            if size < 4096 or size > 8 * MB:
+                continue
+            seen += size
+            if seen <= skip:
+                continue
+            picked.append(path)
+            total += size
+            if total >= limit:
+                return picked
+    return picked
+
+
+def text_blob(rng: random.Random, size: int) -> bytes:
+    lines = []
+    total = 0
+    while total < size:
+        line = (f"{rng.randrange(10**9):09d} {rng.choice(('INFO', 'WARN', 'DEBUG'))} "
+                + " ".join(rng.choice(WORDS) for _ in range(rng.randrange(4, 16)))
+                + f" id={rng.getrandbits(64):016x}\n")
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()[:size]
+
+
+def make_context(folder: Path, seed: int, binaries: int, skip: int, text: int, noise: int,
+                 base: str | None) -> Path:
+    rng = random.Random(seed)
+    root = folder / "rootfs"
+    (root / "opt/bin").mkdir(parents=True)
+    for i, path in enumerate(system_files(binaries, skip)):
+        shutil.copyfile(path, root / "opt/bin" / f"{i:05d}-{path.name}")
+    (root / "var/log").mkdir(parents=True)
+    for i in range(max(1, text // (4 * MB))):
+        (root / "var/log" / f"app-{i}.log").write_bytes(text_blob(rng, min(4 * MB, text)))
+    (root / "opt/data").mkdir(parents=True)
+    for i in range(max(1, noise // (8 * MB))):
+        (root / "opt/data" / f"blob-{i}.bin").write_bytes(rng.randbytes(min(8 * MB, noise)))
+    (folder / "Dockerfile").write_text(f"FROM {base or 'scratch'}\nCOPY rootfs/ /\n")
+    return folder
+
+
+CPU: dict[str, float] = {}  # seconds of CPU per party, summed over the current contender
+
+
+def daemon_cpu() -> dict[str, float]:
+    """CPU seconds used so far by the servers both contenders share."""
+    found: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = next((n for n in ("moto", "dockerd", "containerd") if
+                     any(n.encode() in part for part in cmd[:3])), None)
+        if name:
+            found[name] = found.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / tick
+    return found
+
+
+def timed(argv: list[str] | str, env: dict[str, str], shell: bool = False) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one command; CPU use is added to CPU."""
+    before = daemon_cpu()
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, shell=shell, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {argv} failed with {proc.returncode}")
+    for name, value in daemon_cpu().items():
+        CPU[name] = CPU.get(name, 0.0) + value - before.get(name, 0.0)
+    CPU["client"] = CPU.get("client", 0.0) + usage.ru_utime + usage.ru_stime
+    return elapsed, usage.ru_maxrss
+
+
+def cpu_line(label: str) -> str:
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(CPU.items()))
+    CPU.clear()
+    return f"bench:   {label} CPU s: {parts}"
+
+
+def empty_bucket(s3: object, bucket: str) -> None:
+    client = s3  # boto3 client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):  # type: ignore[attr-defined]
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])  # type: ignore[attr-defined]
+
+
+def stored_bytes(s3: object, bucket: str, prefix: str) -> int:
+    total = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(  # type: ignore[attr-defined]
+            Bucket=bucket, Prefix=prefix):
+        total += sum(o["Size"] for o in page.get("Contents", []) if "/locks/" not in o["Key"])
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--scale", type=float, default=1.0, help="image size factor")
+    parser.add_argument("--jobs", type=int, default=3)
+    parser.add_argument("--profile", help="write a py-spy flame graph of one kiln bake here")
+    args = parser.parse_args()
+    aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
+    if aws is None:
+        raise SystemExit("bench: awscli is missing: pip install -e '.[bench]'")
+    work = Path(tempfile.mkdtemp(prefix="kiln-bench-", dir="/var/tmp"))
+    containerd = localengine.start_containerd(work / "engine")
+    dockerd = localengine.start_dockerd(work / "engine", containerd)
+    env = {**os.environ, "DOCKER_HOST": dockerd.address, "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                           "AWS_DEFAULT_REGION")})
+    registry_port = free_port()
+    (work / "registry.yml").write_text(
+        f"version: 0.1\nstorage: {{filesystem: {{rootdirectory: {work / 'registry'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{registry_port}'}}\nlog: {{level: error}}\n")
+    registry = subprocess.Popen(["docker-registry", "serve", str(work / "registry.yml")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with moto_server(work / "moto.log") as endpoint:
+            return run(args, work, env, endpoint, f"127.0.0.1:{registry_port}", aws)
+    finally:
+        registry.terminate()
+        dockerd.stop()
+        containerd.stop()
+        subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str,
+        registry: str, aws: str) -> int:
+    s = args.scale
+    client = docker.DockerClient(base_url=env["DOCKER_HOST"], timeout=600)
+    print(f"bench: building images under {work} ...", flush=True)
+    base = f"{registry}/bench/base:1"
+    make_context(work / "ctx-base", 1, int(40 * MB * s), 0, int(30 * MB * s),
+                 int(30 * MB * s), None)
+    client.images.build(path=str(work / "ctx-base"), tag=base)
+    pins = {}
+    for i, name in enumerate(("registry", "dex", "keycloak")):
+        make_context(work / f"ctx-{name}", 10 + i, int(20 * MB * s), int((60 + 25 * i) * MB * s),
+                     int(22 * MB * s), int(22 * MB * s), base)
+        upstream = f"{registry}/bench/{name}:1"
+        client.images.build(path=str(work / f"ctx-{name}"), tag=upstream)
+        digest = None
+        for line in client.images.push(upstream, stream=True, decode=True):
+            digest = line.get("aux", {}).get("Digest", digest)
+        pins[name] = f"{upstream}@{digest}"
+    images = "".join(
+        f"  - {{name: {n}, ref: {REG}/foundation/{n}:v1, pull: '{p}', roles: [app]}}\n"
+        for n, p in pins.items())
+    config = work / "images.yaml"
+    config.write_text(
+        f"version: 1\nimages:\n{images}environments:\n"
+        f"  bench:\n    registry: {REG}\n"
+        f"    store: {{type: s3, endpoint: '{endpoint}', bucket: bench, prefix: kiln/}}\n"
+        f"  bundle:\n    registry: {REG}\n"
+        f"    store: {{type: s3, endpoint: '{endpoint}', bucket: bench, prefix: bundle/}}\n"
+        "    bundles: [app]\n")
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket="bench")
+    refs = [f"{REG}/foundation/{n}:v1" for n in pins]
+    for name, pin in pins.items():  # what kiln's pull does; the baseline saves the same refs
+        client.api.tag(pin, f"{REG}/foundation/{name}", "v1")
+    sizes = {r: client.api.inspect_image(r)["Size"] for r in refs}
+    print(f"bench: {len(refs)} images, {sum(sizes.values()) / MB:.0f} MB uncompressed "
+          f"({', '.join(f'{v / MB:.0f}' for v in sizes.values())}), sharing a "
+          f"{client.api.inspect_image(base)['Size'] / MB:.0f} MB base", flush=True)
+    for ref in refs:  # warm the page cache for both contenders alike
+        subprocess.run(f"docker save {ref} > /dev/null", shell=True, env=env, check=True)
+
+    kiln = [sys.executable, str(REPO / "bake.py"), "bake", "--config", str(config), "--quiet",
+            "--jobs", str(args.jobs)]
+    base_times, kiln_times, rss = [], [], 0
+    for rnd in range(args.rounds):
+        empty_bucket(s3, "bench")
+        start = time.perf_counter()
+        for name, ref in zip(pins, refs, strict=True):
+            timed(f"docker save {ref} | {aws} s3 cp - s3://bench/awscli/{name}.tar "
+                  f"--endpoint-url {endpoint} --only-show-errors", env, shell=True)
+        base_times.append(time.perf_counter() - start)
+        print(cpu_line("awscli"), flush=True)
+        awscli_bytes = stored_bytes(s3, "bench", "awscli/")
+        (work / "dist").exists() and shutil.rmtree(work / "dist")
+        elapsed, peak = timed([*kiln, "--env", "bench"], env)
+        kiln_times.append(elapsed)
+        print(cpu_line("kiln"), flush=True)
+        rss = max(rss, peak)
+        kiln_bytes = stored_bytes(s3, "bench", "kiln/")
+        print(f"bench: round {rnd + 1}: awscli {base_times[-1]:.1f} s, kiln {elapsed:.1f} s",
+              flush=True)
+    if args.profile:
+        empty_bucket(s3, "bench")
+        shutil.rmtree(work / "dist", ignore_errors=True)
+        timed(["py-spy", "record", "--subprocesses", "--threads", "-o", args.profile, "-f",
+               "speedscope", "--", *kiln, "--env", "bench"], env)
+    rebake, _ = timed([*kiln, "--env", "bench"], env)
+    start = time.perf_counter()
+    for ref in refs:
+        client.api.inspect_image(ref)
+    inspect = time.perf_counter() - start
+    timed([*kiln, "--env", "bundle"], env)
+    lock = json.loads((work / "dist/bundle/images.lock.json").read_text())
+    per_image = sum(i["size"] for i in lock["images"])
+    bundle = lock["bundles"][0]["size"]
+
+    best_base, best_kiln = min(base_times), min(kiln_times)
+    print()
+    print(f"{'measurement':<44}{'value':>14}")
+    print(f"{'awscli pipeline (docker save | aws s3 cp -)':<44}{best_base:>12.2f} s")
+    print(f"{'kiln bake (full)':<44}{best_kiln:>12.2f} s")
+    print(f"{'  ratio kiln / awscli (target <= 0.70)':<44}{best_kiln / best_base:>14.2f}")
+    print(f"{'bytes stored by awscli':<44}{awscli_bytes / MB:>11.1f} MB")
+    print(f"{'bytes stored by kiln':<44}{kiln_bytes / MB:>11.1f} MB")
+    print(f"{'  ratio kiln / awscli':<44}{kiln_bytes / awscli_bytes:>14.2f}")
+    print(f"{'kiln no-change rebake':<44}{rebake:>12.2f} s")
+    print(f"{'  of which engine inspects (floor)':<44}{inspect:>12.2f} s")
+    print(f"{'kiln bake peak RSS':<44}{rss / 1024:>11.1f} MB")
+    print(f"{'bundle of the 3 images (shared base)':<44}{bundle / MB:>11.1f} MB")
+    print(f"{'sum of the 3 per-image objects':<44}{per_image / MB:>11.1f} MB")
+    print(f"{'  ratio bundle / per-image sum':<44}{bundle / per_image:>14.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
