@@ -35,9 +35,12 @@ from tests.integration.conftest import free_port, moto_server  # noqa: E402
 
 MB = 1 << 20
 REG = "registry.example.com"
-WORDS = ("container image layer registry node kubelet import bootstrap cluster config value "
-         "error warning info debug request response token identity service deploy label "
-         "namespace volume secret network policy route gateway proxy metrics trace span").split()
+WORDS = (
+    "container", "image", "layer", "registry", "node", "kubelet", "import", "bootstrap",
+    "cluster", "config", "value", "error", "warning", "info", "debug", "request", "response",
+    "token", "identity", "service", "deploy", "label", "namespace", "volume", "secret",
+    "network", "policy", "route", "gateway", "proxy", "metrics", "trace", "span",
+)
 
 
 def system_files(limit: int, skip: int = 0) -> list[Path]:
@@ -150,8 +153,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0, help="image size factor")
-    parser.add_argument("--jobs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=(os.cpu_count() or 1) + 1,
+                        help="kiln's --jobs (default: its own default, cores + 1)")
     parser.add_argument("--profile", help="write a py-spy flame graph of one kiln bake here")
+    parser.add_argument("--trace", action="store_true", help="show kiln's step lines")
     args = parser.parse_args()
     aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
     if aws is None:
@@ -222,8 +227,8 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str
     for ref in refs:  # warm the page cache for both contenders alike
         subprocess.run(f"docker save {ref} > /dev/null", shell=True, env=env, check=True)
 
-    kiln = [sys.executable, str(REPO / "bake.py"), "bake", "--config", str(config), "--quiet",
-            "--jobs", str(args.jobs)]
+    kiln = [sys.executable, str(REPO / "bake.py"), "bake", "--config", str(config),
+            "--jobs", str(args.jobs), *([] if args.trace else ["--quiet"])]
     base_times, kiln_times, rss = [], [], 0
     for rnd in range(args.rounds):
         empty_bucket(s3, "bench")
@@ -245,7 +250,7 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str
     if args.profile:
         empty_bucket(s3, "bench")
         shutil.rmtree(work / "dist", ignore_errors=True)
-        timed(["py-spy", "record", "--subprocesses", "--threads", "-o", args.profile, "-f",
+        timed(["py-spy", "record", "--subprocesses", "--threads", "--gil", "-o", args.profile, "-f",
                "speedscope", "--", *kiln, "--env", "bench"], env)
     rebake, _ = timed([*kiln, "--env", "bench"], env)
     start = time.perf_counter()

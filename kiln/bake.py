@@ -23,6 +23,8 @@ from kiln.progress import Reporter, human
 from kiln.publish import Published, publish
 from kiln.stores import Store, lock_key
 
+UPLOADS_BESIDE = 2  # images that may be uploading while `jobs` others compress
+
 
 class BakeError(KilnError):
     """One or more images did not publish; each failure is one line."""
@@ -53,6 +55,9 @@ class Baker:
         self.reporter = reporter
         self.lock_path = lockfile.lock_path(dist, env.name)
         self.jobs = max(1, jobs)
+        # At most `jobs` images build/export/compress at once (the CPU-bound part); their
+        # uploads run beside the next images' compression.
+        self.cpu_slots = threading.BoundedSemaphore(self.jobs)
         self.cancel = threading.Event()
         self.previous = lockfile.read(self.lock_path)
         if self.previous is not None and self.previous.environment != env.name:
@@ -79,8 +84,9 @@ class Baker:
         return image_id
 
     def bake_image(self, image: Image) -> LockedImage:
-        image_id = self.resolve(image)
-        info = self.engine.inspect(image.ref)
+        with self.cpu_slots:
+            image_id = self.resolve(image)
+            info = self.engine.inspect(image.ref)
         if info is None or info.image_id != image_id:
             raise KilnError(f"the engine does not show {image.ref} as {image_id} after tagging")
         if info.platform != image.platform:
@@ -122,7 +128,7 @@ class Baker:
 
         self.reporter.step(label, "saving")
         published = publish(self.engine.export(names), self.store, self.env.compression,
-                            size_hint, progress, self.cancel)
+                            size_hint, progress, self.cancel, self.cpu_slots)
         verb = "stored" if published.uploaded else "already stored"
         self.reporter.finish(label, f"{verb} {human(published.uncompressed_size)} -> "
                                     f"{human(published.size)} {published.key}")
@@ -176,7 +182,7 @@ class Baker:
         """Run the per-image tasks ``jobs`` at a time; collect every failure, not just one."""
         failures: list[tuple[str, str]] = []
         results: list[LockedImage] = []
-        pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="kiln-bake")
+        pool = ThreadPoolExecutor(self.jobs + UPLOADS_BESIDE, thread_name_prefix="kiln-bake")
         futures: dict[Future[LockedImage], str] = {}
         try:
             futures = {pool.submit(task): name for name, task in tasks}

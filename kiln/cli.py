@@ -23,6 +23,11 @@ def crash_log_path() -> Path:
     return Path(cache) / "kiln" / "crash.log"
 
 
+def default_jobs() -> int:
+    """One image per core, plus one: an export waits on the engine part of the time."""
+    return (os.cpu_count() or 1) + 1
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -45,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     bake = commands.add_parser("bake", parents=[common],
                                help="build/pull/archive, save, compress, publish, lock")
     bake.add_argument("--dist", help="output folder (default: dist/ beside images.yaml)")
-    bake.add_argument("--jobs", type=int, default=2, help="images baked at once (default 2)")
+    bake.add_argument("--jobs", type=int, default=default_jobs(),
+                      help="images exported and compressed at once (default: cores + 1 = "
+                           "%(default)s)")
     bake.add_argument("--quiet", action="store_true", help="print errors only")
     bake.add_argument("--json", action="store_true", help="print the lock on stdout")
     return parser

@@ -36,6 +36,7 @@ class PlainReporter:
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stderr
         self.lock = threading.Lock()
+        self.start = time.monotonic()
 
     def _line(self, text: str) -> None:
         with self.lock:
@@ -49,7 +50,7 @@ class PlainReporter:
         pass
 
     def finish(self, name: str, message: str) -> None:
-        self._line(f"kiln: {name}: {message}")
+        self._line(f"kiln: {name}: {message} ({time.monotonic() - self.start:.1f}s)")
 
     def fail(self, name: str, message: str) -> None:
         pass  # the command's final error lines name every failed image

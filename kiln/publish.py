@@ -7,10 +7,12 @@ publishes on commit; any failure or cancellation aborts it and nothing becomes v
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import zlib
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,27 +65,33 @@ def publish(
     size_hint: int,
     progress: Callable[[int], None] = lambda _: None,
     cancel: threading.Event | None = None,
+    cpu_slot: AbstractContextManager[object] | None = None,
 ) -> Published:
-    """Compress ``chunks`` into the store under ``<prefix>blobs/sha256/<hex>``."""
+    """Compress ``chunks`` into the store under ``<prefix>blobs/sha256/<hex>``.
+
+    ``cpu_slot`` is held while exporting and compressing, and released for the upload, so
+    that a bake can compress the next image while this one is still on the wire.
+    """
     writer = store.writer(size_hint, cancel)
     digest = hashlib.sha256()
     raw = stored = 0
     try:
-        comp = compressor(compression)
-        for chunk in chunks:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("interrupted")
-            raw += len(chunk)
-            out = comp.compress(chunk)
-            if out:
-                digest.update(out)
-                writer.write(out)
-                stored += len(out)
-            progress(raw)
-        out = comp.flush()
-        digest.update(out)
-        writer.write(out)
-        stored += len(out)
+        with cpu_slot or contextlib.nullcontext():
+            comp = compressor(compression)
+            for chunk in chunks:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("interrupted")
+                raw += len(chunk)
+                out = comp.compress(chunk)
+                if out:
+                    digest.update(out)
+                    writer.write(out)
+                    stored += len(out)
+                progress(raw)
+            out = comp.flush()
+            digest.update(out)
+            writer.write(out)
+            stored += len(out)
         key = blob_key(store.prefix, digest.hexdigest())
         uploaded = writer.commit(key)
     except BaseException:

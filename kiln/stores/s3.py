@@ -93,8 +93,9 @@ class S3Writer:
         self.store = store
         self.cancel = cancel or threading.Event()
         self.client = store.client
-        self.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, prefix="kiln-spool-",
-                                                   dir=spool_dir())
+        # The writer owns the spool from write() to commit()/abort(), which close it.
+        self.spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=SPOOL_MEMORY, prefix="kiln-spool-", dir=spool_dir())
         self.size = 0
         self.upload_id: str | None = None
         self.key = ""

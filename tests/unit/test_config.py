@@ -60,7 +60,7 @@ def test_loads_the_model(tmp_path: Path) -> None:
     assert prod.registry == "registry.example.com"  # from the merge key
     assert prod.store == config.S3Store(bucket="b", endpoint="https://minio:9000", prefix="p/",
                                         ttl_seconds=7200)
-    assert prod.compression == config.Compression("gzip", 3)
+    assert prod.compression == config.Compression("gzip", 6)
     resolved = cfg.images_for(prod)
     assert resolved[0].ref == "registry.example.com/foundation/registry:v0.4.2"
 
