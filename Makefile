@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KILN := $(PY) bake.py
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv bake lint render verify demo test unit integration check bench clean
+.PHONY: venv bake lint render verify demo test unit integration check bench bench-bake clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,13 @@ integration: venv
 # The README's test command: static checks, then every test tier.
 test: check
 	$(PY) -m pytest -q tests
+
+# Benchmarks print ratios against a baseline measured in the same run (root: private engines).
+bench: bench-bake
+
+bench-bake: venv
+	$(PY) -m pip install --quiet -e '.[test,dev,bench]'
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/bake.py
 
 clean:
 	rm -rf dist .run
