@@ -27,6 +27,13 @@ else
 	$(KILN) bake --env $(ENV)
 endif
 
+# Day 1 on one machine: bake, serve the store, import into a fresh containerd, show it.
+demo: venv
+	$(PY) -m kiln.localengine run .run -- $(PY) -m kiln.demo --env $(ENV)
+
+render: venv
+	$(KILN) render --env $(ENV) $(if $(INVENTORY),--inventory $(INVENTORY),)
+
 check: venv
 	$(PY) -m ruff check kiln tests bench bake.py
 	$(PY) -m mypy --strict kiln

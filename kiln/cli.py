@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
                            "%(default)s)")
     bake.add_argument("--quiet", action="store_true", help="print errors only")
     bake.add_argument("--json", action="store_true", help="print the lock on stdout")
+
+    render = commands.add_parser("render", parents=[common],
+                                 help="cloud-init, per-node seeds, Packer build, node importer")
+    render.add_argument("--inventory", help="nodes.yaml: write dist/<env>/nodes/<host>/ seeds")
+    render.add_argument("--dist", help="output folder (default: dist/ beside images.yaml)")
     return parser
 
 
@@ -95,4 +100,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return bake(args.config, args.env, dist=args.dist, jobs=args.jobs, quiet=args.quiet,
                     as_json=args.json)
+    if args.command == "render":
+        from kiln.commands.render import render_cmd
+
+        return render_cmd(args.config, args.env, inventory=args.inventory, dist=args.dist)
     raise AssertionError(f"unhandled command {args.command}")

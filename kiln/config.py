@@ -16,7 +16,7 @@ import yaml
 
 from kiln import refs
 from kiln.errors import ConfigError, Problem, UsageError
-from kiln.yamlio import compose_file, mapping_items, position, scalar_value
+from kiln.yamlio import compose_file, construct, mapping_items, position, scalar_value
 
 SUPPORTED_VERSION = 1
 REGISTRY_PLACEHOLDER = "${registry}"
@@ -133,6 +133,14 @@ DEFAULT_GZIP_LEVEL = 6
 
 
 @dataclass(frozen=True)
+class CloudInitSnippets:
+    """User additions merged into the generated user-data."""
+
+    write_files: tuple[dict[str, Any], ...] = ()
+    runcmd: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
 class Compression:
     algorithm: Literal["zstd", "gzip"] = "zstd"
     level: int = DEFAULT_ZSTD_LEVEL
@@ -157,6 +165,7 @@ class Environment:
     lint: LintSettings
     at: Location
     registry_at: Location
+    cloud_init: CloudInitSnippets = CloudInitSnippets()
 
 
 @dataclass(frozen=True)
@@ -486,7 +495,8 @@ class _Reader:
         what = f"environment {name!r}"
         fields = self.mapping(
             node, what,
-            ("registry", "store", "node", "packer", "charts", "compression", "bundles", "lint"),
+            ("registry", "store", "node", "packer", "charts", "compression", "bundles", "lint",
+             "cloud_init"),
             ("registry", "store"),
         )
         if fields is None:
@@ -516,12 +526,15 @@ class _Reader:
         if "bundles" in fields:
             bundles = tuple(v for _, v in self.strings(fields["bundles"][1], "bundles"))
         lint = self.lint_settings(fields["lint"][1]) if "lint" in fields else LintSettings()
+        snippets = (self.cloud_init(fields["cloud_init"][1]) if "cloud_init" in fields
+                    else CloudInitSnippets())
         if registry is None or store is None or node_settings is None or compression is None:
             return None
         return Environment(
             name=name, registry=registry, store=store, node=node_settings,
             compression=compression, packer_sources=packer, charts=charts, bundles=bundles,
             lint=lint, at=self.at(key), registry_at=self.at(fields["registry"][1]),
+            cloud_init=snippets,
         )
 
     def store(self, node: yaml.Node) -> Store | None:
@@ -633,6 +646,44 @@ class _Reader:
         if not algorithm:
             return None
         return Compression(algorithm, level)  # type: ignore[arg-type]
+
+    def cloud_init(self, node: yaml.Node) -> CloudInitSnippets:
+        fields = self.mapping(node, "cloud_init", ("write_files", "runcmd"))
+        if not fields:
+            return CloudInitSnippets()
+        files: list[dict[str, Any]] = []
+        if "write_files" in fields:
+            wnode = fields["write_files"][1]
+            if not isinstance(wnode, yaml.SequenceNode):
+                self.error(wnode, "cloud_init write_files must be a list")
+            else:
+                for item in wnode.value:
+                    entry = self.mapping(item, "cloud_init write_files entry",
+                                         ("path", "content", "permissions", "owner", "encoding",
+                                          "append", "defer"), ("path",))
+                    if entry is not None and "path" in entry:
+                        files.append(self.plain(item))
+        commands: list[Any] = []
+        if "runcmd" in fields:
+            rnode = fields["runcmd"][1]
+            if not isinstance(rnode, yaml.SequenceNode):
+                self.error(rnode, "cloud_init runcmd must be a list")
+            else:
+                for item in rnode.value:
+                    value = self.plain(item)
+                    if not (isinstance(value, str) or (isinstance(value, list) and all(
+                            isinstance(v, str) for v in value))):
+                        self.error(item, "each runcmd entry must be a string or a list of strings")
+                    else:
+                        commands.append(value)
+        return CloudInitSnippets(tuple(files), tuple(commands))
+
+    def plain(self, node: yaml.Node) -> Any:
+        try:
+            return construct(node)
+        except yaml.MarkedYAMLError as exc:
+            self.error(node, str(exc.problem))
+            return None
 
     def lint_settings(self, node: yaml.Node) -> LintSettings:
         from kiln.lint.rules import RULE_IDS  # the rule ids are the lint package's to own

@@ -88,6 +88,11 @@ def scalar_value(node: yaml.ScalarNode) -> Any:
     return _SCALAR_CONSTRUCTOR.construct_object(node, deep=True)
 
 
+def construct(node: yaml.Node) -> Any:
+    """Plain Python data (dicts, lists, scalars) for a subtree, under the safe schema."""
+    return _SCALAR_CONSTRUCTOR.construct_object(node, deep=True)
+
+
 def mapping_items(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
     """The (key, value) pairs of a mapping with ``<<`` merge keys applied."""
     if any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):

@@ -9,6 +9,7 @@ from pathlib import Path
 from kiln import config as config_mod
 from kiln import lint as lint_mod
 from kiln.bake import Baker, dist_folder
+from kiln.commands.render import render_env
 from kiln.engine import DockerEngine
 from kiln.errors import EXIT_FAILED, EXIT_OK
 from kiln.lock import to_json
@@ -35,6 +36,7 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
     finally:
         reporter.close()
         store.close()
+    render_env(config, env, Path(dist) if dist else dist_folder(config), quiet=quiet)
     if as_json:
         sys.stdout.write(to_json(result.lock))
     elif not quiet:

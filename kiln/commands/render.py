@@ -1,0 +1,37 @@
+"""`kiln render`: from the lock, what nodes run (cloud-init, seeds, Packer, node importer)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kiln import config as config_mod
+from kiln import lock as lockfile
+from kiln.bake import dist_folder
+from kiln.config import Config, Environment
+from kiln.errors import EXIT_OK, KilnError
+from kiln.render import load_inventory, locator_for, render
+
+
+def render_env(config: Config, env: Environment, dist: Path, inventory: str | None = None,
+               quiet: bool = False) -> int:
+    lock = lockfile.read(lockfile.lock_path(dist, env.name))
+    if lock is None:
+        raise KilnError(f"no lock for {env.name} at {lockfile.lock_path(dist, env.name)}: "
+                        f"run `python bake.py bake --env {env.name}` first")
+    nodes = load_inventory(Path(inventory), inventory) if inventory else None
+    result = render(env, lock, dist, locator_for(env), nodes=nodes,
+                    packer_dir=config.root / "packer")
+    for warning in result.warnings:
+        sys.stderr.write(f"kiln: warning: {warning}\n")
+    if not quiet:
+        where = dist / env.name
+        sys.stderr.write(f"kiln: rendered {len(result.files)} files under {where}\n")
+    return EXIT_OK
+
+
+def render_cmd(config_path: str, env_name: str | None, *, inventory: str | None = None,
+               dist: str | None = None) -> int:
+    config = config_mod.load(Path(config_path), config_path)
+    env = config.environment(env_name)
+    return render_env(config, env, Path(dist) if dist else dist_folder(config), inventory)

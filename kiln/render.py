@@ -1,0 +1,411 @@
+"""Render what nodes run, from the lock: the node importer and its data, cloud-init user-data,
+per-node NoCloud seeds, and the Packer provisioners. Needs the lock and the store's URL
+signing, never the Docker engine.
+
+One Jinja environment, built here, with StrictUndefined: a template that names a variable
+render does not pass fails instead of writing an empty string onto a node.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import jinja2
+
+from kiln.config import Environment, S3Store
+from kiln.errors import KilnError
+from kiln.lock import Lock, LockedImage, write_atomic
+from kiln.yamlio import compose_file, mapping_items, position, scalar_value
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+PREFIX = "/usr/local/lib/kiln"  # where nodes keep the importer, its data and the CA
+IMPORTER = "import-images.sh"
+NODE_FILES = ("import-images", "images.data", "kiln-import.service", "10-kiln-import.conf")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+_DATA_VALUE_RE = re.compile(r"^[^\s]+$")
+
+
+class RenderError(KilnError):
+    pass
+
+
+def jinja_env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["shquote"] = shlex.quote
+    return env
+
+
+# -- how nodes reach the objects ------------------------------------------------------------------
+
+
+class Locator(Protocol):
+    secret: bool
+
+    def url(self, key: str) -> str: ...
+
+    def settings(self) -> list[tuple[str, str]]: ...
+
+
+@dataclass
+class PlainLocator:
+    """An HTTP(S) base URL: nginx, an artifact server, an anonymous-read bucket."""
+
+    base: str
+    secret: bool = False
+
+    def url(self, key: str) -> str:
+        return self.base.rstrip("/") + "/" + key
+
+    def settings(self) -> list[tuple[str, str]]:
+        return []
+
+
+@dataclass
+class PresignedLocator:
+    """S3 presigned GETs, valid for the store's ttl; the credentials stay on this machine."""
+
+    client: Any
+    bucket: str
+    ttl: int
+    secret: bool = False
+
+    def url(self, key: str) -> str:
+        return str(self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.ttl))
+
+    def settings(self) -> list[tuple[str, str]]:
+        return []
+
+
+@dataclass
+class SigV4Locator:
+    """curl --aws-sigv4 with read-only credentials written into the data file: a secret."""
+
+    endpoint: str
+    bucket: str
+    region: str
+    user: str
+    token: str | None
+    secret: bool = True
+
+    def url(self, key: str) -> str:
+        return f"{self.endpoint.rstrip('/')}/{self.bucket}/{key}"
+
+    def settings(self) -> list[tuple[str, str]]:
+        out = [("sigv4", f"aws:amz:{self.region}:s3"), ("sigv4_user", self.user)]
+        if self.token:
+            out.append(("sigv4_token", self.token))
+        return out
+
+
+def locator_for(env: Environment, environ: dict[str, str] | None = None,
+                client: Any = None) -> Locator:
+    store = env.store
+    environ = dict(os.environ) if environ is None else environ
+    if not isinstance(store, S3Store):
+        if not store.url:
+            raise RenderError(f"environment {env.name!r}: the dir store needs a url (the HTTP "
+                              "base the nodes fetch from) to render")
+        return PlainLocator(store.url)
+    if store.url_mode == "plain":
+        if not store.url:
+            raise RenderError(f"environment {env.name!r}: url_mode plain needs the store's url")
+        return PlainLocator(store.url)
+    if store.url_mode == "presigned":
+        if client is None:
+            from kiln.stores.s3 import S3ObjectStore
+
+            client = S3ObjectStore(store).client
+        return PresignedLocator(client, store.bucket, store.ttl_seconds)
+    key, secret = environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        raise RenderError("url_mode sigv4 writes read-only credentials for the nodes: set "
+                          "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (read-only!) to render")
+    endpoint = store.endpoint or f"https://s3.{store.region or 'us-east-1'}.amazonaws.com"
+    return SigV4Locator(endpoint, store.bucket, store.region or "us-east-1", f"{key}:{secret}",
+                        environ.get("AWS_SESSION_TOKEN"))
+
+
+# -- the pieces -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    hostname: str
+    roles: tuple[str, ...]  # empty: every image
+
+
+@dataclass
+class Rendered:
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    secret: bool = False
+
+
+def images_for_roles(lock: Lock, roles: Iterable[str] | None) -> list[LockedImage]:
+    """The lock's images a node with ``roles`` gets (None: all of them)."""
+    if roles is None:
+        return list(lock.images)
+    wanted = set(roles)
+    return [i for i in lock.images if not i.roles or wanted & set(i.roles)]
+
+
+class Renderer:
+    def __init__(self, env: Environment, lock: Lock, locator: Locator) -> None:
+        self.env = env
+        self.lock = lock
+        self.locator = locator
+        self.jinja = jinja_env()
+        self.ca_pem = self._read_ca()
+        self._urls: dict[str, str] = {}
+
+    def _read_ca(self) -> str:
+        path = self.env.node.ca_bundle
+        if path is None:
+            return ""
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise RenderError(f"cannot read the node CA bundle {path}: {exc.strerror}") from None
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise RenderError(f"{path} holds no PEM certificate")
+        return text if text.endswith("\n") else text + "\n"
+
+    def template(self, name: str, **values: Any) -> str:
+        return self.jinja.get_template(name).render(**values)
+
+    def url(self, key: str) -> str:
+        if key not in self._urls:
+            self._urls[key] = self.locator.url(key)
+        return self._urls[key]
+
+    def data_file(self, images: list[LockedImage]) -> str:
+        rows = []
+        for image in images:
+            row = {"name": image.name, "ref": image.ref, "image_id": image.image_id,
+                   "sha256": image.sha256, "size": image.size,
+                   "uncompressed_size": image.uncompressed_size,
+                   "compression": image.compression, "platform": image.platform,
+                   "url": self.url(image.key)}
+            for value in row.values():
+                if not _DATA_VALUE_RE.match(str(value)):
+                    raise RenderError(f"image {image.name!r}: {value!r} cannot go into the "
+                                      "data file (white space)")
+            rows.append(row)
+        settings = self.locator.settings()
+        return self.template(
+            "images.data.j2", env=self.env.name, images=rows, settings=settings,
+            parallel=self.env.node.parallel, containerd_timeout=self.env.node.containerd_timeout,
+            ca_bundle="ca.pem" if self.ca_pem else "", secret=self.locator.secret,
+        )
+
+    def unit(self) -> str:
+        return self.template("kiln-import.service.j2", env=self.env.name, prefix=PREFIX)
+
+    def dropin(self) -> str:
+        return self.template("kubelet-kiln.conf.j2")
+
+    def importer(self) -> str:
+        return (TEMPLATES / IMPORTER).read_text()
+
+    def user_data(self, images: list[LockedImage], roles: tuple[str, ...] | None) -> str:
+        data = self.data_file(images)
+        # The data file names ca.pem relative to itself; on a node it sits beside it.
+        return self.template(
+            "user-data.yaml.j2", env=self.env.name, images=images, roles=roles or (),
+            ca_pem=self.ca_pem, unit=self.unit(), dropin=self.dropin(), prefix=PREFIX,
+            importer=self.importer(), data=data, data_mode="0600",
+            extra_write_files=list(self.env.cloud_init.write_files),
+            extra_runcmd=list(self.env.cloud_init.runcmd), secret=self.locator.secret,
+        )
+
+    def user_data_bytes(self, images: list[LockedImage], roles: tuple[str, ...] | None
+                        ) -> tuple[bytes, bool]:
+        """The user-data, gzip-compressed when over the environment's limit."""
+        text = self.user_data(images, roles).encode()
+        limit = self.env.node.user_data_limit
+        if len(text) <= limit:
+            return text, False
+        packed = gzip.compress(text, mtime=0)
+        if len(packed) > limit:
+            raise RenderError(
+                f"user-data is {len(text)} bytes, {len(packed)} gzip-compressed, over the "
+                f"limit of {limit} (node.user_data_limit): give nodes fewer images per role, "
+                "or raise the limit if the platform allows (EC2: 16384)")
+        return packed, True
+
+    def packer(self, sources: tuple[str, ...]) -> str:
+        presigned = isinstance(self.locator, PresignedLocator)
+        return self.template(
+            "build.pkr.hcl.j2", env=self.env.name, prefix=PREFIX, sources=sources,
+            node_files=[*NODE_FILES, *(["ca.pem"] if self.ca_pem else [])],
+            has_ca=bool(self.ca_pem), presigned=presigned,
+            ttl=getattr(self.locator, "ttl", 0),
+        )
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def _write(path: Path, data: bytes, secret: bool, out: Rendered) -> None:
+    write_atomic(path, data, 0o600 if secret else 0o644)
+    out.files.append(path)
+
+
+def render(env: Environment, lock: Lock, dist: Path, locator: Locator, *,
+           nodes: list[Node] | None = None, packer_dir: Path | None = None) -> Rendered:
+    """Write node/, cloud-init/, nodes/<host>/ (with an inventory) and packer/ under dist/<env>."""
+    out = Rendered(secret=locator.secret)
+    renderer = Renderer(env, lock, locator)
+    base = dist / env.name
+    secret = locator.secret
+    try:
+        node_dir = base / "node"
+        _write(node_dir / "import-images", renderer.importer().encode(), False, out)
+        os.chmod(node_dir / "import-images", 0o755)
+        _write(node_dir / "images.data", renderer.data_file(list(lock.images)).encode(), secret,
+               out)
+        _write(node_dir / "kiln-import.service", renderer.unit().encode(), False, out)
+        _write(node_dir / "10-kiln-import.conf", renderer.dropin().encode(), False, out)
+        if renderer.ca_pem:
+            _write(node_dir / "ca.pem", renderer.ca_pem.encode(), False, out)
+
+        data, packed = renderer.user_data_bytes(list(lock.images), None)
+        _write(base / "cloud-init" / "user-data", data, secret, out)
+        if packed:
+            out.warnings.append(f"{base / 'cloud-init' / 'user-data'} is over "
+                                f"{env.node.user_data_limit} bytes: written gzip-compressed")
+
+        if nodes is not None:
+            render_nodes(renderer, base / "nodes", nodes, out)
+
+        if env.packer_sources:
+            render_packer(renderer, base / "packer", env.packer_sources, packer_dir, out)
+            if isinstance(locator, PresignedLocator):
+                out.warnings.append(
+                    f"url_mode presigned with Packer: the URLs expire after "
+                    f"{env.store.ttl_seconds if isinstance(env.store, S3Store) else 0} s; a "
+                    "golden image booting later cannot re-fetch a missing image with them")
+    except OSError as exc:
+        raise RenderError(f"cannot write under {base}: {exc.strerror or exc}") from None
+    if secret:
+        out.warnings.append(
+            "SECRET: url_mode sigv4 wrote S3 credentials into images.data and user-data "
+            f"under {base} (mode 0600). Use read-only credentials; never commit these files.")
+    return out
+
+
+def render_nodes(renderer: Renderer, folder: Path, nodes: list[Node], out: Rendered) -> None:
+    """Per-node NoCloud seeds; nodes with the same roles share one rendered user-data."""
+    cache: dict[tuple[str, ...], bytes] = {}
+    for node in nodes:
+        if node.roles not in cache:
+            images = images_for_roles(renderer.lock, node.roles or None)
+            cache[node.roles], _ = renderer.user_data_bytes(images, node.roles or None)
+        target = folder / node.hostname
+        _write(target / "user-data", cache[node.roles], renderer.locator.secret, out)
+        meta = renderer.template("meta-data.yaml.j2", hostname=node.hostname,
+                                 instance_id=f"{renderer.env.name}-{node.hostname}")
+        _write(target / "meta-data", meta.encode(), False, out)
+
+
+def render_packer(renderer: Renderer, folder: Path, sources: tuple[str, ...],
+                  packer_dir: Path | None, out: Rendered) -> None:
+    """build.pkr.hcl plus the user's own *.pkr.hcl from packer/, which define the sources."""
+    user_files = sorted(packer_dir.glob("*.pkr.hcl")) if packer_dir and packer_dir.is_dir() else []
+    text = "\n".join(p.read_text() for p in user_files)
+    for source in sources:
+        kind, _, rest = source.partition(".")
+        builder, _, name = rest.partition(".")
+        if kind != "source" or not re.search(
+                rf'source\s+"{re.escape(builder)}"\s+"{re.escape(name)}"', text):
+            raise RenderError(f"packer source {source!r} is not defined in "
+                              f"{packer_dir or 'packer/'}/*.pkr.hcl")
+    if folder.exists():
+        for stale in folder.glob("*.pkr.hcl"):
+            stale.unlink()
+    for path in user_files:
+        target = folder / path.name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        out.files.append(target)
+    _write(folder / "build.pkr.hcl", renderer.packer(sources).encode(), False, out)
+
+
+# -- inventory ------------------------------------------------------------------------------------
+
+
+def load_inventory(path: Path, display: str | None = None) -> list[Node]:
+    """nodes.yaml: ``nodes: [{hostname: cp-1, roles: [control-plane]}, ...]``."""
+    import yaml
+
+    from kiln.errors import ConfigError, Problem
+
+    shown = display or str(path)
+    docs = compose_file(path, shown)
+    problems: list[Problem] = []
+
+    def problem(node: yaml.Node, message: str) -> None:
+        line, column = position(node)
+        problems.append(Problem(shown, line, column, message))
+
+    if len(docs) != 1 or not isinstance(docs[0], yaml.MappingNode):
+        raise ConfigError([Problem(shown, 1, 1, "an inventory is a mapping with a 'nodes' list")])
+    top = {k.value: v for k, v in mapping_items(docs[0]) if isinstance(k, yaml.ScalarNode)}
+    for key, _ in mapping_items(docs[0]):
+        if isinstance(key, yaml.ScalarNode) and key.value != "nodes":
+            problem(key, f"unknown key {key.value!r} (an inventory has only 'nodes')")
+    seq = top.get("nodes")
+    if not isinstance(seq, yaml.SequenceNode):
+        raise ConfigError([*problems, Problem(shown, 1, 1, "missing 'nodes' list")])
+    nodes: list[Node] = []
+    seen: dict[str, int] = {}
+    for item in seq.value:
+        if not isinstance(item, yaml.MappingNode):
+            problem(item, "each node must be a mapping with hostname and roles")
+            continue
+        fields = {k.value: (k, v) for k, v in mapping_items(item) if isinstance(k, yaml.ScalarNode)}
+        for name, (knode, _) in fields.items():
+            if name not in ("hostname", "roles"):
+                problem(knode, f"node: unknown key {name!r}")
+        if "hostname" not in fields:
+            problem(item, "node: missing hostname")
+            continue
+        hnode = fields["hostname"][1]
+        hostname = scalar_value(hnode) if isinstance(hnode, yaml.ScalarNode) else None
+        if not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname):
+            problem(hnode, f"hostname {hostname!r} is not a lowercase RFC 1123 host name")
+            continue
+        if hostname in seen:
+            problem(hnode, f"hostname {hostname!r} is already used (line {seen[hostname]})")
+            continue
+        seen[hostname] = position(hnode)[0]
+        roles: tuple[str, ...] = ()
+        if "roles" in fields:
+            rnode = fields["roles"][1]
+            if not isinstance(rnode, yaml.SequenceNode) or not all(
+                    isinstance(r, yaml.ScalarNode) and isinstance(scalar_value(r), str)
+                    for r in rnode.value):
+                problem(rnode, "roles must be a list of strings")
+                continue
+            roles = tuple(sorted({str(scalar_value(r)) for r in rnode.value}))
+        nodes.append(Node(hostname, roles))
+    if problems:
+        raise ConfigError(problems)
+    return nodes

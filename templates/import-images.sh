@@ -1,0 +1,311 @@
+#!/bin/sh
+# kiln node importer: puts the images of a kiln lock into containerd, namespace k8s.io, under
+# their exact refs, pinned, before kubelet starts. Static: everything per environment is in the
+# data file (images.data beside this program, or --data FILE). Needs: curl, sha256sum, ctr,
+# zstd or gzip. Honours CONTAINERD_ADDRESS (ctr's own variable).
+#
+#   import-images [--check] [--data FILE] [--status FILE]
+#
+# Exit 0 when every image is present under its ref with the lock's image ID, 1 otherwise.
+set -eu
+
+PROG=kiln-import
+NS=k8s.io
+PIN=io.cri-containerd.pinned
+here=$(cd "$(dirname "$0")" && pwd)
+
+data="${KILN_DATA:-$here/images.data}"
+status_file="${KILN_STATUS_FILE:-}"
+check_only=0
+work=""
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --check) check_only=1 ;;
+    --data) [ $# -ge 2 ] || die "--data needs a file"; data="$2"; shift ;;
+    --status) [ $# -ge 2 ] || die "--status needs a file"; status_file="$2"; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) die "unknown argument: $1 (try --help)" ;;
+  esac
+  shift
+done
+
+# -- the data file: `set KEY VALUE` and `image NAME REF ID SHA256 SIZE RAW COMP PLATFORM URL` --
+env_name=""
+parallel=4
+timeout=300
+ca_bundle=""
+sigv4=""
+sigv4_user=""
+retries=6
+count=0
+
+[ -r "$data" ] || die "cannot read the data file $data (render it with: python bake.py render)"
+# shellcheck disable=SC2034 # c..i are read by the eval below
+while read -r kind a b c d e f g h i rest; do
+  case "$kind" in
+    ''|'#'*) continue ;;
+    set)
+      case "$a" in
+        env) env_name="$b" ;;
+        parallel) parallel="$b" ;;
+        containerd_timeout) timeout="$b" ;;
+        ca_bundle) ca_bundle="$b" ;;
+        retries) retries="$b" ;;
+        sigv4) sigv4="$b" ;;
+        sigv4_user) sigv4_user="$b" ;;
+        *) log "warning: unknown setting $a in $data" ;;
+      esac ;;
+    image)
+      if [ -z "$i" ] || [ -n "$rest" ]; then die "$data: malformed image line for ${a:-?}"; fi
+      count=$((count + 1))
+      # eval assigns from the variables named on the right: values are never re-parsed.
+      eval "name_$count=\$a ref_$count=\$b id_$count=\$c sha_$count=\$d size_$count=\$e"
+      eval "raw_$count=\$f comp_$count=\$g plat_$count=\$h url_$count=\$i"
+      ;;
+    *) die "$data: unknown line kind: $kind" ;;
+  esac
+done < "$data"
+[ "$count" -gt 0 ] || die "$data lists no images"
+case "$ca_bundle" in
+  ''|/*) ;;
+  *) ca_bundle="$(cd "$(dirname "$data")" && pwd)/$ca_bundle" ;;  # beside the data file
+esac
+case "$parallel" in ''|*[!0-9]*|0) parallel=1 ;; esac
+case "$timeout" in ''|*[!0-9]*) timeout=300 ;; esac
+case "$retries" in ''|*[!0-9]*|0) retries=6 ;; esac
+
+get() { eval "printf '%s' \"\$${1}_$2\""; }
+
+ctr_() { ctr -n "$NS" "$@"; }
+
+# The config digest (image ID) that REF resolves to, or nothing.
+image_id_of() {
+  manifest=$(ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $3; exit }')
+  [ -n "$manifest" ] || return 0
+  ctr_ content get "$manifest" 2>/dev/null | tr -d ' \t\n' |
+    sed -n 's/.*"config":{[^}]*"digest":"\(sha256:[0-9a-f]\{64\}\)".*/\1/p'
+}
+
+is_pinned() {
+  ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $NF; exit }' |
+    tr ',' '\n' | grep -qx "$PIN=pinned"
+}
+
+# -- status: one JSON file, written atomically -------------------------------------------------
+json_escape() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
+
+write_status() {
+  [ -n "$status_file" ] || return 0
+  dir=$(dirname "$status_file")
+  mkdir -p "$dir" 2>/dev/null || { log "warning: cannot write $status_file"; return 0; }
+  tmp="$status_file.tmp.$$"
+  {
+    printf '{"environment": "%s", "mode": "%s", "ok": %s, "images": [' \
+      "$(json_escape "$env_name")" "$1" "$2"
+    n=1
+    while [ "$n" -le "$count" ]; do
+      [ "$n" -gt 1 ] && printf ', '
+      printf '{"name": "%s", "ref": "%s", "image_id": "%s", "state": "%s"}' \
+        "$(json_escape "$(get name "$n")")" "$(json_escape "$(get ref "$n")")" \
+        "$(get id "$n")" "$(get state "$n")"
+      n=$((n + 1))
+    done
+    printf ']}\n'
+  } > "$tmp" 2>/dev/null || { rm -f "$tmp"; log "warning: cannot write $status_file"; return 0; }
+  mv -f "$tmp" "$status_file"
+}
+
+if [ -z "$status_file" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    status_file=/var/lib/kiln/import-status.json
+  else
+    status_file="${TMPDIR:-/tmp}/kiln-import-status.json"
+  fi
+fi
+
+# -- containerd ---------------------------------------------------------------------------------
+command -v ctr >/dev/null 2>&1 || die "ctr is not installed (it comes with containerd)"
+waited=0
+until ctr version >/dev/null 2>&1; do
+  if [ "$waited" -ge "$timeout" ]; then
+    die "containerd did not answer at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock} within ${timeout}s"
+  fi
+  [ "$waited" -eq 0 ] && log "waiting for containerd at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
+  sleep 1
+  waited=$((waited + 1))
+done
+
+# -- what is already there ----------------------------------------------------------------------
+missing=0
+need_list=""
+n=1
+while [ "$n" -le "$count" ]; do
+  name=$(get name "$n"); ref=$(get ref "$n"); want=$(get id "$n")
+  have=$(image_id_of "$ref")
+  if [ "$have" = "$want" ]; then
+    if [ "$check_only" = 1 ]; then
+      if is_pinned "$ref"; then
+        eval "state_$n=present"; log "$name: present $ref ($want), pinned"
+      else
+        eval "state_$n=unpinned"; missing=$((missing + 1)); log "$name: present but not pinned"
+      fi
+    else
+      ctr_ images label "$ref" "$PIN=pinned" >/dev/null
+      eval "state_$n=present"; log "$name: present $ref ($want), pinned"
+    fi
+  else
+    if [ -z "$have" ]; then eval "state_$n=missing"; else eval "state_$n=wrong-image-id"; fi
+    [ -n "$have" ] && log "$name: $ref is $have, the lock says $want"
+    need_list="$need_list $n"
+  fi
+  n=$((n + 1))
+done
+
+if [ "$check_only" = 1 ]; then
+  for n in $need_list; do
+    missing=$((missing + 1)); log "$(get name "$n"): $(get state "$n") $(get ref "$n")"
+  done
+  if [ "$missing" -eq 0 ]; then write_status check true; log "all $count images present";
+  else write_status check false; log "$missing of $count images not as the lock says"; exit 1; fi
+  exit 0
+fi
+
+if [ -z "$need_list" ]; then
+  write_status import true
+  log "all $count images present: nothing to do"
+  exit 0
+fi
+
+# -- room for the downloads ---------------------------------------------------------------------
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/kiln-import.XXXXXX") || die "cannot create a work folder"
+cleanup() {
+  for pidfile in "$work"/*.pid; do
+    if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || :; fi
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# At most `parallel` downloads wait on disk, plus the one being imported.
+peak=$(for n in $need_list; do get size "$n"; echo; done | sort -rn |
+  head -n "$((parallel + 1))" | awk '{ s += $1 } END { print s + 0 }')
+avail=$(df -Pk "$work" | awk 'NR == 2 { print $4 }')
+if [ "$(( (peak / 1024) + 1024 ))" -gt "$avail" ]; then
+  die "not enough space in $(dirname "$work"): the downloads need $((peak / 1024 + 1024)) KiB, $avail KiB free (set TMPDIR to a larger file system)"
+fi
+
+command -v curl >/dev/null 2>&1 || die "curl is not installed"
+command -v sha256sum >/dev/null 2>&1 || die "sha256sum is not installed"
+local_flag=""
+if ctr images import --help 2>&1 | grep -q -- '--local'; then local_flag="--local"; fi
+
+# One download, in the background: retries with back-off, resuming the partial file.
+download() {
+  url=$1 out=$2 size=$3
+  attempt=1
+  delay=1
+  while :; do
+    if [ -n "$sigv4" ]; then
+      printf 'user = "%s"\n' "$sigv4_user" |
+        curl --fail --silent --show-error --location --connect-timeout 10 -C - \
+          ${ca_bundle:+--cacert "$ca_bundle"} --aws-sigv4 "$sigv4" -K - -o "$out.part" "$url" &&
+        break
+    else
+      curl --fail --silent --show-error --location --connect-timeout 10 -C - \
+        ${ca_bundle:+--cacert "$ca_bundle"} -o "$out.part" "$url" && break
+    fi
+    # a finished file answers a resume with 416: it is complete, not failed
+    if [ -f "$out.part" ] && [ "$(wc -c < "$out.part")" -eq "$size" ]; then break; fi
+    if [ "$attempt" -ge "$retries" ]; then return 1; fi
+    sleep "$delay"
+    attempt=$((attempt + 1))
+    delay=$((delay * 2))
+    [ "$delay" -gt 30 ] && delay=30
+  done
+  mv -f "$out.part" "$out"
+}
+
+start_download() {
+  n=$1
+  (download "$(get url "$n")" "$work/$n.blob" "$(get size "$n")") 2>"$work/$n.err" &
+  echo $! > "$work/$n.pid"
+}
+
+fail() {  # n reason
+  eval "state_$1=failed"
+  missing=$((missing + 1))
+  log "$(get name "$1"): FAILED: $2"
+  rm -f "$work/$1.blob" "$work/$1.blob.part"
+}
+
+queue=$need_list
+started=0
+for n in $queue; do
+  if [ "$started" -lt "$parallel" ]; then
+    log "$(get name "$n"): downloading $(get size "$n") bytes"
+    start_download "$n"; started=$((started + 1))
+  fi
+done
+
+index=0
+for n in $queue; do
+  index=$((index + 1))
+  # keep `parallel` downloads running: start the one `parallel` places ahead
+  ahead=$(echo "$queue" | tr ' ' '\n' | sed -n "$((index + parallel))p")
+  if [ -n "$ahead" ] && [ ! -f "$work/$ahead.pid" ]; then
+    log "$(get name "$ahead"): downloading $(get size "$ahead") bytes"
+    start_download "$ahead"
+  fi
+  name=$(get name "$n"); ref=$(get ref "$n"); want=$(get id "$n")
+  pid=$(cat "$work/$n.pid")
+  if ! wait "$pid"; then
+    rm -f "$work/$n.pid"
+    fail "$n" "download failed after $retries tries: $(tail -n 1 "$work/$n.err" 2>/dev/null)"
+    continue
+  fi
+  rm -f "$work/$n.pid"
+  got=$(sha256sum "$work/$n.blob" | cut -d ' ' -f 1)
+  if [ "$got" != "$(get sha "$n")" ]; then
+    fail "$n" "sha256 mismatch: got $got, the lock says $(get sha "$n"); nothing imported"
+    continue
+  fi
+  log "$name: verified sha256 $got"
+  case "$(get comp "$n")" in
+    zstd) decompress="zstd -dcq" ;;
+    gzip) decompress="gzip -dc" ;;
+    *) fail "$n" "unknown compression $(get comp "$n")"; continue ;;
+  esac
+  # shellcheck disable=SC2086 # $decompress and $local_flag are words on purpose
+  if ! { $decompress < "$work/$n.blob" || echo failed > "$work/$n.decompress"; } |
+      ctr_ images import $local_flag --platform "$(get plat "$n")" - >"$work/$n.import" 2>&1 ||
+      [ -f "$work/$n.decompress" ]; then
+    ctr_ images rm "$ref" >/dev/null 2>&1 || :
+    fail "$n" "import failed: $(tail -n 1 "$work/$n.import")"
+    continue
+  fi
+  rm -f "$work/$n.blob"
+  ctr_ images label "$ref" "$PIN=pinned" >/dev/null
+  have=$(image_id_of "$ref")
+  if [ "$have" != "$want" ]; then
+    ctr_ images rm "$ref" >/dev/null 2>&1 || :
+    fail "$n" "after import $ref is ${have:-absent}, not $want; removed"
+    continue
+  fi
+  eval "state_$n=imported"
+  log "$name: imported $ref ($want), pinned"
+done
+
+if [ "$missing" -eq 0 ]; then
+  write_status import true
+  log "all $count images present"
+else
+  write_status import false
+  log "$missing of $count images missing"
+  exit 1
+fi
