@@ -38,7 +38,7 @@ def serve(folder: Path, url: str) -> http.server.ThreadingHTTPServer:
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
