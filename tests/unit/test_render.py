@@ -1,0 +1,226 @@
+"""Render: golden files for every template, strict undefined, URL modes, inventory errors."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+from kiln import config as config_mod
+from kiln.errors import ConfigError
+from kiln.lock import Lock, LockedImage
+from kiln.render import (
+    TEMPLATES,
+    Node,
+    PlainLocator,
+    PresignedLocator,
+    RenderError,
+    SigV4Locator,
+    images_for_roles,
+    jinja_env,
+    load_inventory,
+    locator_for,
+    render,
+)
+from tests.helpers import write_tree
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("KILN_UPDATE_GOLDEN") == "1"
+CA = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+
+CONFIG = """
+version: 1
+images:
+  - {name: registry, ref: "registry.example.com/foundation/registry:v0.4.2", build: ctx,
+     roles: [control-plane]}
+  - {name: dex, ref: "registry.example.com/foundation/dex:v2.41.1", build: ctx}
+environments:
+  prod:
+    registry: registry.example.com
+    store: {type: dir, path: store, url: "https://artifacts.internal/kiln/"}
+    node: {ca_bundle: ca.pem, parallel: 3, containerd_timeout: 120}
+    packer: {sources: [source.null.node]}
+    cloud_init:
+      write_files: [{path: /etc/motd, content: "a kiln node\\n"}]
+      runcmd: [[kubeadm, join, --config, /etc/kubeadm/join.yaml]]
+"""
+
+
+def locked(name: str, roles: tuple[str, ...], n: int) -> LockedImage:
+    return LockedImage(
+        name=name, ref=f"registry.example.com/foundation/{name}:v{n}",
+        image_id="sha256:" + f"{n}" * 64, platform="linux/amd64", sha256=f"{n + 1}" * 64,
+        size=1000 * n, uncompressed_size=5000 * n, compression="zstd", compression_level=1,
+        key=f"blobs/sha256/{f'{n + 1}' * 64}", roles=roles, source="build")
+
+
+def PACKER(tmp_path: Path) -> Path:
+    return tmp_path / "packer"
+
+
+LOCK = Lock("prod", "registry.example.com",
+            images=(locked("dex", (), 2), locked("registry", ("control-plane",), 4)))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> config_mod.Environment:
+    write_tree(tmp_path, {"images.yaml": CONFIG, "ca.pem": CA,
+                          "packer/node.pkr.hcl": 'source "null" "node" {\n  communicator = '
+                                                 '"none"\n}\n'})
+    return config_mod.load(tmp_path / "images.yaml").environment("prod")
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"no golden file {path}: run with KILN_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} differs from its golden file"
+
+
+def test_golden_files(env: config_mod.Environment, tmp_path: Path) -> None:
+    result = render(env, LOCK, tmp_path / "dist", PlainLocator("https://artifacts.internal/kiln/"),
+                    nodes=[Node("cp-1", ("control-plane",)), Node("w-1", ("worker",))],
+                    packer_dir=tmp_path / "packer")
+    base = tmp_path / "dist/prod"
+    for rel in ("node/images.data", "node/kiln-import.service", "node/10-kiln-import.conf",
+                "cloud-init/user-data", "nodes/cp-1/meta-data", "nodes/w-1/user-data",
+                "packer/build.pkr.hcl"):
+        golden(rel.replace("/", "__"), (base / rel).read_text())
+    assert (base / "node/import-images").read_text() == (TEMPLATES / "import-images.sh").read_text()
+    assert os.access(base / "node/import-images", os.X_OK)
+    assert (base / "packer/node.pkr.hcl").exists()  # the user's source joins the build
+    assert not result.secret and result.warnings == []
+
+
+def test_user_data_is_cloud_config_with_the_pieces(env: config_mod.Environment,
+                                                   tmp_path: Path) -> None:
+    render(env, LOCK, tmp_path, PlainLocator("https://a/"),
+           packer_dir=PACKER(tmp_path))
+    text = (tmp_path / "prod/cloud-init/user-data").read_text()
+    assert text.startswith("#cloud-config\n")
+    data = yaml.safe_load(text)
+    paths = [f["path"] for f in data["write_files"]]
+    assert paths == ["/usr/local/lib/kiln/import-images", "/usr/local/lib/kiln/images.data",
+                     "/usr/local/lib/kiln/ca.pem", "/etc/motd"]
+    assert data["write_files"][0]["content"] == (TEMPLATES / "import-images.sh").read_text()
+    assert data["ca_certs"]["trusted"] == [CA]
+    assert data["runcmd"][0] == ["systemctl", "start", "kiln-import.service"]
+    assert data["runcmd"][1] == ["kubeadm", "join", "--config", "/etc/kubeadm/join.yaml"]
+    assert "Before=kubelet.service" in data["bootcmd"][0]
+    assert "systemctl start --no-block kiln-import.service" in data["bootcmd"][0]
+
+
+def test_per_node_seeds_carry_only_their_roles(env: config_mod.Environment,
+                                               tmp_path: Path) -> None:
+    render(env, LOCK, tmp_path, PlainLocator("https://a/"),
+           nodes=[Node("cp-1", ("control-plane",)), Node("w-1", ("worker",))],
+           packer_dir=PACKER(tmp_path))
+    worker = (tmp_path / "prod/nodes/w-1/user-data").read_text()
+    control = (tmp_path / "prod/nodes/cp-1/user-data").read_text()
+    assert "foundation/dex:v2" in worker and "foundation/registry" not in worker
+    assert "foundation/dex:v2" in control and "foundation/registry:v4" in control
+    assert yaml.safe_load((tmp_path / "prod/nodes/w-1/meta-data").read_text()) == {
+        "instance-id": "prod-w-1", "local-hostname": "w-1"}
+    assert [i.name for i in images_for_roles(LOCK, ("worker",))] == ["dex"]
+
+
+def test_oversized_user_data_is_gzipped_then_refused(env: config_mod.Environment,
+                                                     tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    small = replace(env, node=replace(env.node, user_data_limit=9000))
+    result = render(small, LOCK, tmp_path, PlainLocator("https://a/"),
+           packer_dir=PACKER(tmp_path))
+    packed = (tmp_path / "prod/cloud-init/user-data").read_bytes()
+    assert len(packed) <= 9000 and gzip.decompress(packed).startswith(b"#cloud-config")
+    assert any("gzip" in w for w in result.warnings)
+    tiny = replace(env, node=replace(env.node, user_data_limit=1024))
+    with pytest.raises(RenderError, match=r"over the limit of 1024"):
+        render(tiny, LOCK, tmp_path, PlainLocator("https://a/"),
+           packer_dir=PACKER(tmp_path))
+
+
+def test_an_undefined_template_variable_fails() -> None:
+    template = jinja_env().from_string("ExecStart={{ prefix }}/import-images {{ nope }}")
+    with pytest.raises(jinja2.UndefinedError):
+        template.render(prefix="/usr/local/lib/kiln")
+    for name in ("user-data.yaml.j2", "images.data.j2", "build.pkr.hcl.j2",
+                 "kiln-import.service.j2", "meta-data.yaml.j2"):
+        with pytest.raises(jinja2.UndefinedError):
+            jinja_env().get_template(name).render()
+
+
+def test_sigv4_output_is_secret(env: config_mod.Environment, tmp_path: Path) -> None:
+    locator = SigV4Locator("http://127.0.0.1:9000", "b", "us-east-1", "AKIA:SECRETKEY", None)
+    result = render(env, LOCK, tmp_path, locator,
+           packer_dir=PACKER(tmp_path))
+    data = tmp_path / "prod/node/images.data"
+    assert "set sigv4_user AKIA:SECRETKEY" in data.read_text()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "prod/cloud-init/user-data").stat().st_mode) == 0o600
+    assert result.secret and any(w.startswith("SECRET") for w in result.warnings)
+    assert "http://127.0.0.1:9000/b/blobs/sha256/" in data.read_text()
+
+
+def test_no_secret_in_plain_or_presigned_output(env: config_mod.Environment,
+                                                tmp_path: Path) -> None:
+    class Client:
+        def generate_presigned_url(self, op: str, Params: dict[str, str], ExpiresIn: int
+                                   ) -> str:
+            return f"https://s3/{Params['Bucket']}/{Params['Key']}?X-Amz-Expires={ExpiresIn}"
+
+    render(env, LOCK, tmp_path, PresignedLocator(Client(), "b", 3600),
+           packer_dir=PACKER(tmp_path))
+    for path in (tmp_path / "prod").rglob("*"):
+        if path.is_file():
+            assert "SECRET" not in path.read_text(errors="replace")
+            assert stat.S_IMODE(path.stat().st_mode) & 0o044
+    assert "X-Amz-Expires=3600" in (tmp_path / "prod/node/images.data").read_text()
+
+
+def test_locator_choice(env: config_mod.Environment) -> None:
+    assert isinstance(locator_for(env), PlainLocator)
+    s3 = config_mod.S3Store(bucket="b", endpoint="http://h:9000", url_mode="sigv4")
+    from dataclasses import replace
+
+    with pytest.raises(RenderError, match="AWS_ACCESS_KEY_ID"):
+        locator_for(replace(env, store=s3), environ={})
+    sig = locator_for(replace(env, store=s3), environ={"AWS_ACCESS_KEY_ID": "k",
+                                                        "AWS_SECRET_ACCESS_KEY": "s"})
+    assert isinstance(sig, SigV4Locator) and sig.url("k/x") == "http://h:9000/b/k/x"
+    with pytest.raises(RenderError, match="url_mode plain needs"):
+        locator_for(replace(env, store=replace(s3, url_mode="plain")))
+
+
+def test_unknown_packer_source_is_refused(env: config_mod.Environment, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    other = replace(env, packer_sources=("source.qemu.missing",))
+    with pytest.raises(RenderError, match=r"source\.qemu\.missing"):
+        render(other, LOCK, tmp_path / "d", PlainLocator("https://a/"),
+               packer_dir=tmp_path / "packer")
+
+
+def test_inventory_errors_point_at_file_line_col(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.yaml"
+    path.write_text("nodes:\n  - {hostname: cp-1, roles: [control-plane]}\n"
+                    "  - {hostname: Bad_Host}\n  - {hostname: cp-1}\n  - {hostnam: x}\n"
+                    "  - {hostname: w-1, roles: worker}\n")
+    with pytest.raises(ConfigError) as info:
+        load_inventory(path, "nodes.yaml")
+    assert [str(p) for p in info.value.problems] == [
+        "nodes.yaml:3:16: hostname 'Bad_Host' is not a lowercase RFC 1123 host name",
+        "nodes.yaml:4:16: hostname 'cp-1' is already used (line 2)",
+        "nodes.yaml:5:6: node: unknown key 'hostnam'",
+        "nodes.yaml:5:5: node: missing hostname",
+        "nodes.yaml:6:28: roles must be a list of strings",
+    ]
+    path.write_text("nodes:\n  - {hostname: a, roles: [w, c]}\n  - {hostname: b}\n")
+    assert load_inventory(path) == [Node("a", ("c", "w")), Node("b", ())]
