@@ -7,6 +7,8 @@
 #   import-images [--check] [--data FILE] [--status FILE]
 #
 # Exit 0 when every image is present under its ref with the lock's image ID, 1 otherwise.
+# Environment: CONTAINERD_ADDRESS, TMPDIR (downloads), KILN_DATA, KILN_STATUS_FILE,
+# KILN_RETRIES (download attempts, back-off 1 s doubling to 30 s).
 set -eu
 
 PROG=kiln-import
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
     --check) check_only=1 ;;
     --data) [ $# -ge 2 ] || die "--data needs a file"; data="$2"; shift ;;
     --status) [ $# -ge 2 ] || die "--status needs a file"; status_file="$2"; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
   shift
@@ -40,6 +42,7 @@ timeout=300
 ca_bundle=""
 sigv4=""
 sigv4_user=""
+sigv4_token=""
 retries=6
 count=0
 
@@ -57,6 +60,7 @@ while read -r kind a b c d e f g h i rest; do
         retries) retries="$b" ;;
         sigv4) sigv4="$b" ;;
         sigv4_user) sigv4_user="$b" ;;
+        sigv4_token) sigv4_token="$b" ;;
         *) log "warning: unknown setting $a in $data" ;;
       esac ;;
     image)
@@ -76,6 +80,7 @@ case "$ca_bundle" in
 esac
 case "$parallel" in ''|*[!0-9]*|0) parallel=1 ;; esac
 case "$timeout" in ''|*[!0-9]*) timeout=300 ;; esac
+retries="${KILN_RETRIES:-$retries}"
 case "$retries" in ''|*[!0-9]*|0) retries=6 ;; esac
 
 get() { eval "printf '%s' \"\$${1}_$2\""; }
@@ -211,17 +216,23 @@ download() {
   attempt=1
   delay=1
   while :; do
+    rc=0
     if [ -n "$sigv4" ]; then
-      printf 'user = "%s"\n' "$sigv4_user" |
-        curl --fail --silent --show-error --location --connect-timeout 10 -C - \
-          ${ca_bundle:+--cacert "$ca_bundle"} --aws-sigv4 "$sigv4" -K - -o "$out.part" "$url" &&
-        break
+      # credentials go to curl on stdin, never on its command line (ps would show them)
+      { printf 'user = "%s"\n' "$sigv4_user"
+        if [ -n "$sigv4_token" ]; then printf 'header = "x-amz-security-token: %s"\n' "$sigv4_token"; fi
+      } | curl --fail --silent --show-error --location --connect-timeout 10 -C - \
+          ${ca_bundle:+--cacert "$ca_bundle"} --aws-sigv4 "$sigv4" -K - -o "$out.part" "$url" ||
+        rc=$?
     else
       curl --fail --silent --show-error --location --connect-timeout 10 -C - \
-        ${ca_bundle:+--cacert "$ca_bundle"} -o "$out.part" "$url" && break
+        ${ca_bundle:+--cacert "$ca_bundle"} -o "$out.part" "$url" || rc=$?
     fi
+    [ "$rc" -eq 0 ] && break
     # a finished file answers a resume with 416: it is complete, not failed
-    if [ -f "$out.part" ] && [ "$(wc -c < "$out.part")" -eq "$size" ]; then break; fi
+    if [ -f "$out.part" ] && [ "$(wc -c < "$out.part" | tr -d " ")" -eq "$size" ]; then break; fi
+    # a server that cannot resume (33): start this file again from its first byte
+    if [ "$rc" -eq 33 ]; then rm -f "$out.part"; fi
     if [ "$attempt" -ge "$retries" ]; then return 1; fi
     sleep "$delay"
     attempt=$((attempt + 1))
