@@ -43,7 +43,7 @@ environments:
   prod:
     registry: registry.example.com
     store: {type: dir, path: store, url: "https://artifacts.internal/kiln/"}
-    node: {ca_bundle: ca.pem, parallel: 3, containerd_timeout: 120}
+    node: {ca_bundle: ca.pem, parallel: 3, containerd_timeout: 120, user_data_limit: 65536}
     packer: {sources: [source.null.node]}
     cloud_init:
       write_files: [{path: /etc/motd, content: "a kiln node\\n"}]
