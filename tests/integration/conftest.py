@@ -26,7 +26,10 @@ import docker
 import pytest
 
 from kiln import localengine
+from kiln.cli import main
 from kiln.containerd import Ctr
+
+REG = "registry.example.com"
 
 
 def _require(*tools: str) -> None:
@@ -174,6 +177,33 @@ def registry(engine_root: Path) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def baked(tmp_path_factory: pytest.TempPathFactory, dockerd: localengine.Daemon,
+          docker_client: docker.DockerClient) -> Path:
+    """Two images (one with 300 KiB of random bytes) baked into a dir store, once."""
+    folder = tmp_path_factory.mktemp("baked")
+    scratch_context(folder / "small", "small")
+    scratch_context(folder / "big", "big", 300 << 10)
+    (folder / "images.yaml").write_text(
+        "version: 1\nimages:\n"
+        f"  - {{name: small, ref: {REG}/foundation/small:v1, build: small}}\n"
+        f"  - {{name: big, ref: {REG}/foundation/big:v1, build: big}}\n"
+        f"environments:\n  it:\n    registry: {REG}\n"
+        "    store: {type: dir, path: store, url: 'http://127.0.0.1:1/'}\n"
+        "    node: {parallel: 2, containerd_timeout: 60}\n")
+    old = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = dockerd.address
+    try:
+        assert main(["bake", "--env", "it", "--config", str(folder / "images.yaml"),
+                     "--quiet"]) == 0
+    finally:
+        if old is None:
+            os.environ.pop("DOCKER_HOST")
+        else:
+            os.environ["DOCKER_HOST"] = old
+    return folder
 
 
 BUSYBOX = Path(shutil.which("busybox") or "/bin/busybox")
