@@ -192,6 +192,7 @@ class S3ObjectStore:
         if client is None:
             boto_config = botocore.config.Config(
                 s3={"addressing_style": settings.addressing},
+                signature_version="s3v4",  # presigned URLs too: SigV2 is gone from AWS
                 retries={"max_attempts": 5, "mode": "standard"},
                 max_pool_connections=UPLOAD_THREADS * 4,
                 connect_timeout=10, read_timeout=120,
