@@ -8,7 +8,8 @@
 #
 # Exit 0 when every image is present under its ref with the lock's image ID, 1 otherwise.
 # Environment: CONTAINERD_ADDRESS, TMPDIR (downloads), KILN_DATA, KILN_STATUS_FILE,
-# KILN_RETRIES (download attempts, back-off 1 s doubling to 30 s).
+# KILN_RETRIES (download attempts, back-off 1 s doubling to 30 s), KILN_CURL_OPTS (extra curl
+# options, e.g. --limit-rate 100M or --proxy URL).
 set -eu
 
 PROG=kiln-import
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --check) check_only=1 ;;
     --data) [ $# -ge 2 ] || die "--data needs a file"; data="$2"; shift ;;
     --status) [ $# -ge 2 ] || die "--status needs a file"; status_file="$2"; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
   shift
@@ -111,13 +112,13 @@ write_status() {
   {
     printf '{"environment": "%s", "mode": "%s", "ok": %s, "images": [' \
       "$(json_escape "$env_name")" "$1" "$2"
-    n=1
-    while [ "$n" -le "$count" ]; do
-      [ "$n" -gt 1 ] && printf ', '
+    ws_n=1
+    while [ "$ws_n" -le "$count" ]; do
+      [ "$ws_n" -gt 1 ] && printf ', '
       printf '{"name": "%s", "ref": "%s", "image_id": "%s", "state": "%s"}' \
-        "$(json_escape "$(get name "$n")")" "$(json_escape "$(get ref "$n")")" \
-        "$(get id "$n")" "$(get state "$n")"
-      n=$((n + 1))
+        "$(json_escape "$(get name "$ws_n")")" "$(json_escape "$(get ref "$ws_n")")" \
+        "$(get id "$ws_n")" "$(get state "$ws_n")"
+      ws_n=$((ws_n + 1))
     done
     printf ']}\n'
   } > "$tmp" 2>/dev/null || { rm -f "$tmp"; log "warning: cannot write $status_file"; return 0; }
@@ -211,6 +212,7 @@ local_flag=""
 if ctr images import --help 2>&1 | grep -q -- '--local'; then local_flag="--local"; fi
 
 # One download, in the background: retries with back-off, resuming the partial file.
+# shellcheck disable=SC2086 # KILN_CURL_OPTS is a list of curl options on purpose
 download() {
   url=$1 out=$2 size=$3
   attempt=1
@@ -222,11 +224,11 @@ download() {
       { printf 'user = "%s"\n' "$sigv4_user"
         if [ -n "$sigv4_token" ]; then printf 'header = "x-amz-security-token: %s"\n' "$sigv4_token"; fi
       } | curl --fail --silent --show-error --location --connect-timeout 10 -C - \
-          ${ca_bundle:+--cacert "$ca_bundle"} --aws-sigv4 "$sigv4" -K - -o "$out.part" "$url" ||
-        rc=$?
+          ${ca_bundle:+--cacert "$ca_bundle"} ${KILN_CURL_OPTS:-} --aws-sigv4 "$sigv4" -K - \
+          -o "$out.part" "$url" || rc=$?
     else
       curl --fail --silent --show-error --location --connect-timeout 10 -C - \
-        ${ca_bundle:+--cacert "$ca_bundle"} -o "$out.part" "$url" || rc=$?
+        ${ca_bundle:+--cacert "$ca_bundle"} ${KILN_CURL_OPTS:-} -o "$out.part" "$url" || rc=$?
     fi
     [ "$rc" -eq 0 ] && break
     # a finished file answers a resume with 416: it is complete, not failed
@@ -242,10 +244,13 @@ download() {
   mv -f "$out.part" "$out"
 }
 
+# In the background: download, then hash (so hashing overlaps the previous import).
+# (POSIX sh has no local variables: functions here use their own prefixed names.)
 start_download() {
-  n=$1
-  (download "$(get url "$n")" "$work/$n.blob" "$(get size "$n")") 2>"$work/$n.err" &
-  echo $! > "$work/$n.pid"
+  sd_n=$1
+  (download "$(get url "$sd_n")" "$work/$sd_n.blob" "$(get size "$sd_n")" &&
+    sha256sum "$work/$sd_n.blob" | cut -d ' ' -f 1 > "$work/$sd_n.sha") 2>"$work/$sd_n.err" &
+  echo $! > "$work/$sd_n.pid"
 }
 
 fail() {  # n reason
@@ -268,20 +273,27 @@ index=0
 for n in $queue; do
   index=$((index + 1))
   # keep `parallel` downloads running: start the one `parallel` places ahead
-  ahead=$(echo "$queue" | tr ' ' '\n' | sed -n "$((index + parallel))p")
-  if [ -n "$ahead" ] && [ ! -f "$work/$ahead.pid" ]; then
-    log "$(get name "$ahead"): downloading $(get size "$ahead") bytes"
-    start_download "$ahead"
-  fi
+  ahead="" k=0
+  for m in $queue; do
+    k=$((k + 1))
+    if [ "$k" -eq "$((index + parallel))" ]; then ahead=$m; fi
+  done
+  for m in $n $ahead; do
+    if [ ! -f "$work/$m.pid" ] && [ ! -f "$work/$m.done" ]; then
+      log "$(get name "$m"): downloading $(get size "$m") bytes"
+      start_download "$m"
+    fi
+  done
   name=$(get name "$n"); ref=$(get ref "$n"); want=$(get id "$n")
   pid=$(cat "$work/$n.pid")
+  : > "$work/$n.done"
   if ! wait "$pid"; then
     rm -f "$work/$n.pid"
     fail "$n" "download failed after $retries tries: $(tail -n 1 "$work/$n.err" 2>/dev/null)"
     continue
   fi
   rm -f "$work/$n.pid"
-  got=$(sha256sum "$work/$n.blob" | cut -d ' ' -f 1)
+  got=$(cat "$work/$n.sha")
   if [ "$got" != "$(get sha "$n")" ]; then
     fail "$n" "sha256 mismatch: got $got, the lock says $(get sha "$n"); nothing imported"
     continue

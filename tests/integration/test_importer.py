@@ -40,6 +40,14 @@ def test_imports_every_image_under_its_ref_and_a_rerun_is_a_no_op(node: Node) ->
     assert check.returncode == 0 and "all 2 images present" in check.stderr
 
 
+def test_one_download_at_a_time(node: Node) -> None:
+    data = node.folder / "dist/it/node/images.data"
+    data.write_text(data.read_text().replace("set parallel 2", "set parallel 1"))
+    done = node.run()
+    assert done.returncode == 0, done.stderr
+    assert_imported(node, {"small", "big"})
+
+
 def test_a_corrupted_object_is_never_imported(node: Node) -> None:
     big = next(i for i in node.lock.images if i.name == "big")
     blob = node.folder / "store" / big.key
