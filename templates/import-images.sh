@@ -8,8 +8,8 @@
 #
 # Exit 0 when every image is present under its ref with the lock's image ID, 1 otherwise.
 # Environment: CONTAINERD_ADDRESS, TMPDIR (downloads), KILN_DATA, KILN_STATUS_FILE,
-# KILN_RETRIES (download attempts, back-off 1 s doubling to 30 s), KILN_CURL_OPTS (extra curl
-# options, e.g. --limit-rate 100M or --proxy URL).
+# KILN_RETRIES (download attempts, back-off 1 s doubling to 30 s), KILN_IMPORTS (imports at
+# once, default 2), KILN_CURL_OPTS (extra curl options, e.g. --limit-rate 100M).
 set -eu
 
 PROG=kiln-import
@@ -81,6 +81,8 @@ case "$ca_bundle" in
 esac
 case "$parallel" in ''|*[!0-9]*|0) parallel=1 ;; esac
 case "$timeout" in ''|*[!0-9]*) timeout=300 ;; esac
+imports=${KILN_IMPORTS:-2}
+case "$imports" in ''|*[!0-9]*|0) imports=2 ;; esac
 retries="${KILN_RETRIES:-$retries}"
 case "$retries" in ''|*[!0-9]*|0) retries=6 ;; esac
 
@@ -198,9 +200,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# At most `parallel` downloads wait on disk, plus the one being imported.
+# At most `parallel` downloads wait on disk, plus the ones being imported.
 peak=$(for n in $need_list; do get size "$n"; echo; done | sort -rn |
-  head -n "$((parallel + 1))" | awk '{ s += $1 } END { print s + 0 }')
+  head -n "$((parallel + imports))" | awk '{ s += $1 } END { print s + 0 }')
 avail=$(df -Pk "$work" | awk 'NR == 2 { print $4 }')
 if [ "$(( (peak / 1024) + 1024 ))" -gt "$avail" ]; then
   die "not enough space in $(dirname "$work"): the downloads need $((peak / 1024 + 1024)) KiB, $avail KiB free (set TMPDIR to a larger file system)"
@@ -269,6 +271,51 @@ for n in $queue; do
   fi
 done
 
+# One import, in the background (two run at once: containerd unpacks on both cores).
+# Its verdict goes to $work/N.result; the main shell records it.
+import_one() {
+  io_n=$1
+  io_ref=$(get ref "$io_n")
+  io_want=$(get id "$io_n")
+  case "$(get comp "$io_n")" in
+    zstd) io_dec="zstd -dcq" ;;
+    gzip) io_dec="gzip -dc" ;;
+    *) echo "unknown compression $(get comp "$io_n")" > "$work/$io_n.result"; return 1 ;;
+  esac
+  # shellcheck disable=SC2086 # $io_dec and $local_flag are words on purpose
+  if ! { $io_dec < "$work/$io_n.blob" || echo failed > "$work/$io_n.decompress"; } |
+      ctr_ images import $local_flag --platform "$(get plat "$io_n")" - \
+        >"$work/$io_n.import" 2>&1 || [ -f "$work/$io_n.decompress" ]; then
+    ctr_ images rm "$io_ref" >/dev/null 2>&1 || :
+    echo "import failed: $(tail -n 1 "$work/$io_n.import")" > "$work/$io_n.result"
+    return 1
+  fi
+  rm -f "$work/$io_n.blob"
+  ctr_ images label "$io_ref" "$PIN=pinned" >/dev/null
+  io_have=$(image_id_of "$io_ref")
+  if [ "$io_have" != "$io_want" ]; then
+    ctr_ images rm "$io_ref" >/dev/null 2>&1 || :
+    echo "after import $io_ref is ${io_have:-absent}, not $io_want; removed" > "$work/$io_n.result"
+    return 1
+  fi
+  log "$(get name "$io_n"): imported $io_ref ($io_want), pinned"
+}
+
+running=""  # image numbers being imported, oldest first
+
+# Wait for the oldest running import and record its verdict.
+collect_oldest() {
+  co_n=${running%% *}
+  running=${running#"$co_n"}
+  running=${running# }
+  if wait "$(cat "$work/$co_n.ipid")"; then
+    eval "state_$co_n=imported"
+  else
+    fail "$co_n" "$(cat "$work/$co_n.result" 2>/dev/null || echo 'import failed')"
+  fi
+  rm -f "$work/$co_n.ipid"
+}
+
 index=0
 for n in $queue; do
   index=$((index + 1))
@@ -284,7 +331,6 @@ for n in $queue; do
       start_download "$m"
     fi
   done
-  name=$(get name "$n"); ref=$(get ref "$n"); want=$(get id "$n")
   pid=$(cat "$work/$n.pid")
   : > "$work/$n.done"
   if ! wait "$pid"; then
@@ -298,31 +344,15 @@ for n in $queue; do
     fail "$n" "sha256 mismatch: got $got, the lock says $(get sha "$n"); nothing imported"
     continue
   fi
-  log "$name: verified sha256 $got"
-  case "$(get comp "$n")" in
-    zstd) decompress="zstd -dcq" ;;
-    gzip) decompress="gzip -dc" ;;
-    *) fail "$n" "unknown compression $(get comp "$n")"; continue ;;
-  esac
-  # shellcheck disable=SC2086 # $decompress and $local_flag are words on purpose
-  if ! { $decompress < "$work/$n.blob" || echo failed > "$work/$n.decompress"; } |
-      ctr_ images import $local_flag --platform "$(get plat "$n")" - >"$work/$n.import" 2>&1 ||
-      [ -f "$work/$n.decompress" ]; then
-    ctr_ images rm "$ref" >/dev/null 2>&1 || :
-    fail "$n" "import failed: $(tail -n 1 "$work/$n.import")"
-    continue
-  fi
-  rm -f "$work/$n.blob"
-  ctr_ images label "$ref" "$PIN=pinned" >/dev/null
-  have=$(image_id_of "$ref")
-  if [ "$have" != "$want" ]; then
-    ctr_ images rm "$ref" >/dev/null 2>&1 || :
-    fail "$n" "after import $ref is ${have:-absent}, not $want; removed"
-    continue
-  fi
-  eval "state_$n=imported"
-  log "$name: imported $ref ($want), pinned"
+  log "$(get name "$n"): verified sha256 $got"
+  nrun=0
+  for m in $running; do nrun=$((nrun + 1)); done
+  if [ "$nrun" -ge "$imports" ]; then collect_oldest; fi
+  import_one "$n" &
+  echo $! > "$work/$n.ipid"
+  running="${running:+$running }$n"
 done
+while [ -n "$running" ]; do collect_oldest; done
 
 if [ "$missing" -eq 0 ]; then
   write_status import true
