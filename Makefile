@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KILN := $(PY) bake.py
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv bake lint render verify demo test unit integration check bench bench-bake clean
+.PHONY: venv bake lint render demo test unit integration check bench bench-bake bench-node bench-render clean
 
 venv: $(STAMP)
 
@@ -50,11 +50,17 @@ test: check
 	$(PY) -m pytest -q tests
 
 # Benchmarks print ratios against a baseline measured in the same run (root: private engines).
-bench: bench-bake
+bench: bench-bake bench-node bench-render
 
 bench-bake: venv
 	$(PY) -m pip install --quiet -e '.[test,dev,bench]'
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/bake.py
+
+bench-node: venv
+	$(PY) bench/node_import.py
+
+bench-render: venv
+	$(PY) bench/render.py
 
 clean:
 	rm -rf dist .run

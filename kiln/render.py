@@ -268,6 +268,16 @@ def _write(path: Path, data: bytes, secret: bool, out: Rendered) -> None:
     out.files.append(path)
 
 
+def _write_seed(path: Path, data: bytes, secret: bool, out: Rendered) -> None:
+    """A plain write into the staging folder render_nodes swaps into place when complete."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    out.files.append(path)
+
+
 def render(env: Environment, lock: Lock, dist: Path, locator: Locator, *,
            nodes: list[Node] | None = None, packer_dir: Path | None = None) -> Rendered:
     """Write node/, cloud-init/, nodes/<host>/ (with an inventory) and packer/ under dist/<env>."""
@@ -312,17 +322,39 @@ def render(env: Environment, lock: Lock, dist: Path, locator: Locator, *,
 
 
 def render_nodes(renderer: Renderer, folder: Path, nodes: list[Node], out: Rendered) -> None:
-    """Per-node NoCloud seeds; nodes with the same roles share one rendered user-data."""
+    """Per-node NoCloud seeds; nodes with the same roles share one rendered user-data.
+
+    Written into ``nodes.new/`` and swapped in when complete: a failed render leaves the
+    previous seeds as they were, and 10,000 nodes cost three file operations each.
+    """
+    staging = folder.with_name(folder.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     cache: dict[tuple[str, ...], bytes] = {}
-    for node in nodes:
-        if node.roles not in cache:
-            images = images_for_roles(renderer.lock, node.roles or None)
-            cache[node.roles], _ = renderer.user_data_bytes(images, node.roles or None)
-        target = folder / node.hostname
-        _write(target / "user-data", cache[node.roles], renderer.locator.secret, out)
-        meta = renderer.template("meta-data.yaml.j2", hostname=node.hostname,
-                                 instance_id=f"{renderer.env.name}-{node.hostname}")
-        _write(target / "meta-data", meta.encode(), False, out)
+    meta_template = renderer.jinja.get_template("meta-data.yaml.j2")
+    try:
+        for node in nodes:
+            if node.roles not in cache:
+                images = images_for_roles(renderer.lock, node.roles or None)
+                cache[node.roles], _ = renderer.user_data_bytes(images, node.roles or None)
+            target = staging / node.hostname
+            target.mkdir()
+            _write_seed(target / "user-data", cache[node.roles], renderer.locator.secret, out)
+            meta = meta_template.render(hostname=node.hostname,
+                                        instance_id=f"{renderer.env.name}-{node.hostname}")
+            _write_seed(target / "meta-data", meta.encode(), False, out)
+        os.sync()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    out.files[:] = [folder / p.relative_to(staging) if p.is_relative_to(staging) else p
+                    for p in out.files]
 
 
 def render_packer(renderer: Renderer, folder: Path, sources: tuple[str, ...],
@@ -358,7 +390,7 @@ def load_inventory(path: Path, display: str | None = None) -> list[Node]:
     from kiln.errors import ConfigError, Problem
 
     shown = display or str(path)
-    docs = compose_file(path, shown)
+    docs = compose_file(path, shown, fast=True)
     problems: list[Problem] = []
 
     def problem(node: yaml.Node, message: str) -> None:

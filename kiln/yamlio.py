@@ -28,9 +28,14 @@ def problem_at(path: str, node: yaml.Node, message: str) -> Problem:
     return Problem(path, line, column, message)
 
 
-def compose_documents(text: str | bytes, path: str) -> list[yaml.Node]:
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def compose_documents(text: str | bytes, path: str, fast: bool = False) -> list[yaml.Node]:
     """Every document in ``text`` as a node tree (empty documents dropped).
 
+    ``fast`` composes with libyaml (large inventories, rendered manifests); images.yaml uses
+    the pure-Python loader, whose every failure is a Python exception with a position.
     Raises ConfigError with the line and column of the first syntax error.
     """
     if isinstance(text, bytes):
@@ -41,7 +46,7 @@ def compose_documents(text: str | bytes, path: str) -> list[yaml.Node]:
             line, column = _line_column(data[: exc.start].decode("utf-8", "replace"))
             raise ConfigError([Problem(path, line, column, "not valid UTF-8")]) from None
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes = list(yaml.compose_all(text, Loader=_FAST_LOADER if fast else yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         raise ConfigError([_marked_problem(path, exc)]) from None
     except yaml.reader.ReaderError as exc:
@@ -57,14 +62,15 @@ def compose_documents(text: str | bytes, path: str) -> list[yaml.Node]:
     return [node for node in nodes if node is not None]
 
 
-def compose_file(path: Path, display: str | None = None) -> list[yaml.Node]:
+def compose_file(path: Path, display: str | None = None, fast: bool = False
+                 ) -> list[yaml.Node]:
     """Read and compose ``path``; an unreadable file is a ConfigError at 1:1."""
     shown = display if display is not None else str(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([Problem(shown, 1, 1, f"cannot read: {exc.strerror or exc}")]) from None
-    return compose_documents(data, shown)
+    return compose_documents(data, shown, fast)
 
 
 def _marked_problem(path: str, exc: yaml.MarkedYAMLError) -> Problem:

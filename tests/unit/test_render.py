@@ -131,6 +131,16 @@ def test_per_node_seeds_carry_only_their_roles(env: config_mod.Environment,
     assert [i.name for i in images_for_roles(LOCK, ("worker",))] == ["dex"]
 
 
+def test_a_new_inventory_replaces_the_old_seeds(env: config_mod.Environment,
+                                                tmp_path: Path) -> None:
+    render(env, LOCK, tmp_path, PlainLocator("https://a/"), packer_dir=PACKER(tmp_path),
+           nodes=[Node("old-1", ()), Node("w-1", ("worker",))])
+    render(env, LOCK, tmp_path, PlainLocator("https://a/"), packer_dir=PACKER(tmp_path),
+           nodes=[Node("w-1", ("worker",)), Node("w-2", ("worker",))])
+    assert sorted(p.name for p in (tmp_path / "prod/nodes").iterdir()) == ["w-1", "w-2"]
+    assert not (tmp_path / "prod/nodes.new").exists() and not (tmp_path / "prod/nodes.old").exists()
+
+
 def test_oversized_user_data_is_gzipped_then_refused(env: config_mod.Environment,
                                                      tmp_path: Path) -> None:
     from dataclasses import replace
