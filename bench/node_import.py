@@ -28,7 +28,6 @@ import threading
 import time
 from pathlib import Path
 
-import docker
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -104,7 +103,6 @@ def main() -> int:
     dockerd = localengine.start_dockerd(work / "engine", engine)
     server: http.server.ThreadingHTTPServer | None = None
     try:
-        client = docker.DockerClient(base_url=dockerd.address, timeout=600)
         lines = []
         mb = args.mb * MB
         print(f"bench: building {args.images} images of ~{args.mb} MB under {work} ...",
