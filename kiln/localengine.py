@@ -89,13 +89,20 @@ def missing_tools() -> list[str]:
     return [tool for tool in ("containerd", "dockerd", "ctr") if shutil.which(tool) is None]
 
 
-def _spawn(name: str, argv: list[str], base: Path) -> tuple[int, Path]:
+def _start(name: str, argv: list[str], base: Path, sock: Path, timeout: float) -> Daemon:
+    """Spawn a daemon in its own session, record its PID, wait for its socket."""
     log = base / f"{name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     (base / f"{name}.pid").write_text(f"{proc.pid}\n")
-    return proc.pid, log
+    daemon = Daemon(name, proc.pid, sock, log)
+    try:
+        _wait_for_socket(sock, proc.pid, log, name, timeout)
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
 
 
 def _wait_for_socket(path: Path, pid: int, log: Path, name: str, timeout: float) -> None:
@@ -120,15 +127,8 @@ def start_containerd(base: Path, timeout: float = 30.0) -> Daemon:
     base = base.resolve()
     config = base / "containerd.toml"
     config.write_text(CONTAINERD_CONFIG.format(base=base))
-    sock = base / "containerd.sock"
-    pid, log = _spawn("containerd", ["containerd", "--config", str(config)], base)
-    daemon = Daemon("containerd", pid, sock, log)
-    try:
-        _wait_for_socket(sock, pid, log, "containerd", timeout)
-    except BaseException:
-        daemon.stop()
-        raise
-    return daemon
+    return _start("containerd", ["containerd", "--config", str(config)], base,
+                  base / "containerd.sock", timeout)
 
 
 def start_dockerd(base: Path, containerd: Daemon, timeout: float = 60.0) -> Daemon:
@@ -143,14 +143,7 @@ def start_dockerd(base: Path, containerd: Daemon, timeout: float = 60.0) -> Daem
         "--pidfile", str(base / "docker-daemon.pid"), "--host", f"unix://{sock}",
         "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-masq=false",
     ]
-    pid, log = _spawn("dockerd", argv, base)
-    daemon = Daemon("dockerd", pid, sock, log)
-    try:
-        _wait_for_socket(sock, pid, log, "dockerd", timeout)
-    except BaseException:
-        daemon.stop()
-        raise
-    return daemon
+    return _start("dockerd", argv, base, sock, timeout)
 
 
 def stop_all(base: Path) -> None:
