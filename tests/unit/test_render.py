@@ -234,3 +234,38 @@ def test_inventory_errors_point_at_file_line_col(tmp_path: Path) -> None:
     ]
     path.write_text("nodes:\n  - {hostname: a, roles: [w, c]}\n  - {hostname: b}\n")
     assert load_inventory(path) == [Node("a", ("c", "w")), Node("b", ())]
+
+
+def test_presigned_with_packer_warns(env: config_mod.Environment, tmp_path: Path) -> None:
+    class Client:
+        def generate_presigned_url(self, op: str, Params: dict[str, str], ExpiresIn: int
+                                   ) -> str:
+            return f"https://s3/{Params['Key']}?X-Amz-Expires={ExpiresIn}"
+
+    from dataclasses import replace
+
+    s3_env = replace(env, store=config_mod.S3Store(bucket="b", ttl_seconds=3600))
+    result = render(s3_env, LOCK, tmp_path, PresignedLocator(Client(), "b", 3600),
+                    packer_dir=PACKER(tmp_path))
+    assert any("expire after 3600 s" in w for w in result.warnings)
+    assert "WARNING: url_mode presigned" in (tmp_path / "prod/packer/build.pkr.hcl").read_text()
+
+
+def test_render_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    from kiln import lock as lockfile
+    from kiln.cli import main
+
+    write_tree(tmp_path, {"images.yaml": CONFIG, "ca.pem": CA,
+                          "packer/node.pkr.hcl": 'source "null" "node" {}\n',
+                          "nodes.yaml": "nodes:\n  - {hostname: w-1, roles: [worker]}\n"})
+    monkeypatch.chdir(tmp_path)
+    assert main(["render", "--env", "prod"]) == 1
+    assert "no lock for prod" in capsys.readouterr().err
+    lockfile.write(tmp_path / "dist/prod/images.lock.json", LOCK)
+    assert main(["render", "--env", "prod", "--inventory", "nodes.yaml"]) == 0
+    assert "rendered" in capsys.readouterr().err
+    assert (tmp_path / "dist/prod/nodes/w-1/user-data").exists()
+    (tmp_path / "nodes.yaml").write_text("nodes:\n  - {hostname: W1}\n")
+    assert main(["render", "--env", "prod", "--inventory", "nodes.yaml"]) == 2
+    assert capsys.readouterr().err.startswith("nodes.yaml:2:16: hostname 'W1'")
