@@ -114,18 +114,26 @@ class SigV4Locator:
         return out
 
 
+def missing_url(env: Environment) -> str | None:
+    """Why nodes could not be told where the objects are, or None when they can."""
+    store = env.store
+    if not isinstance(store, S3Store) and not store.url:
+        return (f"environment {env.name!r}: the dir store needs a url (the HTTP base the "
+                "nodes fetch from) to render")
+    if isinstance(store, S3Store) and store.url_mode == "plain" and not store.url:
+        return f"environment {env.name!r}: url_mode plain needs the store's url"
+    return None
+
+
 def locator_for(env: Environment, environ: dict[str, str] | None = None,
                 client: Any = None) -> Locator:
     store = env.store
     environ = dict(os.environ) if environ is None else environ
-    if not isinstance(store, S3Store):
-        if not store.url:
-            raise RenderError(f"environment {env.name!r}: the dir store needs a url (the HTTP "
-                              "base the nodes fetch from) to render")
-        return PlainLocator(store.url)
-    if store.url_mode == "plain":
-        if not store.url:
-            raise RenderError(f"environment {env.name!r}: url_mode plain needs the store's url")
+    missing = missing_url(env)
+    if missing:
+        raise RenderError(missing)
+    if not isinstance(store, S3Store) or store.url_mode == "plain":
+        assert store.url is not None
         return PlainLocator(store.url)
     if store.url_mode == "presigned":
         if client is None:

@@ -36,7 +36,8 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
     finally:
         reporter.close()
         store.close()
-    render_env(config, env, Path(dist) if dist else dist_folder(config), quiet=quiet)
+    render_env(config, env, Path(dist) if dist else dist_folder(config), quiet=quiet,
+               after_bake=True)
     if as_json:
         sys.stdout.write(to_json(result.lock))
     elif not quiet:

@@ -10,11 +10,15 @@ from kiln import lock as lockfile
 from kiln.bake import dist_folder
 from kiln.config import Config, Environment
 from kiln.errors import EXIT_OK, KilnError
-from kiln.render import load_inventory, locator_for, render
+from kiln.render import load_inventory, locator_for, missing_url, render
 
 
 def render_env(config: Config, env: Environment, dist: Path, inventory: str | None = None,
-               quiet: bool = False) -> int:
+               quiet: bool = False, after_bake: bool = False) -> int:
+    missing = missing_url(env)
+    if missing and after_bake:  # a bake into a store nodes cannot read yet is still a bake
+        sys.stderr.write(f"kiln: warning: node files not rendered: {missing}\n")
+        return EXIT_OK
     lock = lockfile.read(lockfile.lock_path(dist, env.name))
     if lock is None:
         raise KilnError(f"no lock for {env.name} at {lockfile.lock_path(dist, env.name)}: "

@@ -114,6 +114,8 @@ class S3Writer:
             self.spool.flush()
             if self.store.stat(key) == self.size:
                 return False
+            if self.cancel.is_set():
+                raise Cancelled("interrupted")
             if self.size <= multipart_threshold():
                 self.spool.seek(0)
                 self.client.put_object(Bucket=self.store.bucket, Key=key, Body=self.spool,
@@ -152,6 +154,8 @@ class S3Writer:
                 for failed in (f for f in futures if f.done() and f.exception()):
                     failed.result()
             parts = [f.result() for f in futures]
+            if self.cancel.is_set():  # interrupted while the last parts landed
+                raise Cancelled("interrupted")
         except BaseException:
             for future in futures:
                 future.cancel()
