@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KILN := $(PY) bake.py
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv bake lint render demo test unit integration check bench bench-bake bench-node bench-render clean
+.PHONY: venv bake lint render try demo test unit integration check bench bench-bake bench-node bench-render clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,12 @@ endif
 # Day 1 on one machine: bake, serve the store, import into a fresh containerd, show it.
 demo: venv
 	$(PY) -m kiln.localengine run .run -- $(PY) -m kiln.demo --env $(ENV)
+
+# Boot the rendered user-data in a throwaway VM: make try ENV=dev BASE_IMAGE=disk.qcow2
+# (a root fs image needs KERNEL=... INITRD=...).
+try: venv
+	$(KILN) try --env $(ENV) --base-image $(BASE_IMAGE) $(if $(ROLE),--role $(ROLE),) \
+	  $(if $(KERNEL),--kernel $(KERNEL),) $(if $(INITRD),--initrd $(INITRD),)
 
 render: venv
 	$(KILN) render --env $(ENV) $(if $(INVENTORY),--inventory $(INVENTORY),)
@@ -59,7 +65,13 @@ bench-bake: venv
 bench-node: venv
 	$(PY) bench/node_import.py
 
-bench-render: venv
+bench-# Boot the rendered user-data in a throwaway VM: make try ENV=dev BASE_IMAGE=disk.qcow2
+# (a root fs image needs KERNEL=... INITRD=...).
+try: venv
+	$(KILN) try --env $(ENV) --base-image $(BASE_IMAGE) $(if $(ROLE),--role $(ROLE),) \
+	  $(if $(KERNEL),--kernel $(KERNEL),) $(if $(INITRD),--initrd $(INITRD),)
+
+render: venv
 	$(PY) bench/render.py
 
 clean:

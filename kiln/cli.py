@@ -60,6 +60,21 @@ def _parser() -> argparse.ArgumentParser:
                                  help="cloud-init, per-node seeds, Packer build, node importer")
     render.add_argument("--inventory", help="nodes.yaml: write dist/<env>/nodes/<host>/ seeds")
     render.add_argument("--dist", help="output folder (default: dist/ beside images.yaml)")
+
+    trial = commands.add_parser("try", parents=[common],
+                                help="boot a throwaway VM with the user-data, report the import")
+    trial.add_argument("--base-image", required=True,
+                       help="a bootable cloud image (qcow2/raw), or a root fs with --kernel")
+    trial.add_argument("--role", help="render the user-data of this role only")
+    trial.add_argument("--kernel", help="direct kernel boot")
+    trial.add_argument("--initrd")
+    trial.add_argument("--append", help="kernel command line (default: root=/dev/vda rw "
+                                        "console=ttyS0)")
+    trial.add_argument("--timeout", type=float, default=1200, help="seconds (default 1200)")
+    trial.add_argument("--no-store", action="store_true",
+                       help="serve no store: a golden image must already hold the images")
+    trial.add_argument("--json", action="store_true")
+    trial.add_argument("--dist")
     return parser
 
 
@@ -104,4 +119,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kiln.commands.render import render_cmd
 
         return render_cmd(args.config, args.env, inventory=args.inventory, dist=args.dist)
+    if args.command == "try":
+        from kiln.commands.try_ import try_cmd
+
+        return try_cmd(args.config, args.env, base_image=args.base_image, role=args.role,
+                       kernel=args.kernel, initrd=args.initrd, append=args.append,
+                       timeout=args.timeout, no_store=args.no_store, as_json=args.json,
+                       dist=args.dist)
     raise AssertionError(f"unhandled command {args.command}")

@@ -236,6 +236,7 @@ class FakeS3:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.objects: dict[str, bytes] = {}
         self.fail_part: int | None = None
+        self.on_part: Any = None
 
     def __getattr__(self, name: str) -> Any:
         def call(**kwargs: Any) -> Any:
@@ -243,6 +244,8 @@ class FakeS3:
             if name == "create_multipart_upload":
                 return {"UploadId": "u1"}
             if name == "upload_part":
+                if self.on_part is not None:
+                    self.on_part()
                 if kwargs["PartNumber"] == self.fail_part:
                     raise KilnError("part failed")
                 return {"ETag": f"e{kwargs['PartNumber']}"}
@@ -302,11 +305,21 @@ def test_s3_failed_part_aborts_the_upload(monkeypatch: pytest.MonkeyPatch) -> No
     assert "complete_multipart_upload" not in names
 
 
-def test_s3_cancel_aborts_the_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_cancel_before_the_upload_sends_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     client = FakeS3()
     cancel = threading.Event()
     writer = multipart_writer(client, monkeypatch, cancel)
     cancel.set()
+    with pytest.raises(Cancelled):
+        writer.commit("p/k")
+    assert [c for c, _ in client.calls] == ["head_object"]
+
+
+def test_s3_cancel_during_the_parts_aborts_the_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = FakeS3()
+    cancel = threading.Event()
+    client.on_part = cancel.set  # Ctrl-C while the first part is on the wire
+    writer = multipart_writer(client, monkeypatch, cancel)
     with pytest.raises(Cancelled):
         writer.commit("p/k")
     names = [c for c, _ in client.calls]

@@ -1,0 +1,46 @@
+"""`kiln try`: smoke-test the rendered user-data in a throwaway VM before PXE-booting a rack."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from kiln import config as config_mod
+from kiln import lock as lockfile
+from kiln.bake import dist_folder
+from kiln.errors import EXIT_FAILED, EXIT_OK, KilnError
+from kiln.render import images_for_roles
+from kiln.vm import Trial
+
+
+def try_cmd(config_path: str, env_name: str | None, *, base_image: str, role: str | None,
+            kernel: str | None, initrd: str | None, append: str | None, timeout: float,
+            no_store: bool = False, as_json: bool = False, dist: str | None = None) -> int:
+    config = config_mod.load(Path(config_path), config_path)
+    env = config.environment(env_name)
+    folder = Path(dist) if dist else dist_folder(config)
+    lock = lockfile.read(lockfile.lock_path(folder, env.name))
+    if lock is None:
+        raise KilnError(f"no lock for {env.name}: run `python bake.py bake --env {env.name}`")
+    trial = Trial(env, lock, Path(base_image), role=role,
+                  kernel=Path(kernel) if kernel else None,
+                  initrd=Path(initrd) if initrd else None, append=append, timeout=timeout,
+                  serve_store=not no_store, log=lambda m: print(m, file=sys.stderr, flush=True))
+    result = trial.run()
+    if as_json:
+        print(json.dumps({"ok": result.ok, "seconds": round(result.seconds, 1),
+                          "status": result.status, "check": result.check,
+                          "report": result.lines}, indent=2))
+    else:
+        seen = {i.get("ref"): i for i in result.check.get("images", [])}
+        for image in images_for_roles(lock, (role,) if role else None):
+            got = seen.get(image.ref, {})
+            mark = "ok " if got.get("image_id") == image.image_id and got.get(
+                "state") == "present" else "BAD"
+            print(f"{mark} {image.ref} {got.get('state', 'missing')} {got.get('image_id', '-')}")
+        for line in result.field("unit: ") + result.field("kubelet: "):
+            print(f"    {line}")
+        print(f"kiln: try: {'every image present and pinned' if result.ok else 'FAILED'} "
+              f"({result.seconds:.0f}s from power-on to the importer's report)")
+    return EXIT_OK if result.ok else EXIT_FAILED

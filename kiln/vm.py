@@ -1,0 +1,230 @@
+"""`kiln try`: boot a throwaway VM with the rendered user-data and read the importer's verdict.
+
+The base image is never written: the VM boots a copy-on-write overlay. A NoCloud seed
+(`cidata`) carries the user-data, rendered for this boot with the store's base URL rewritten
+to the host as the guest sees it through qemu's user-mode network (10.0.2.2). The user-data
+gains two last steps: print the import status, the guest's `ctr images ls` and the unit
+ordering between markers on the serial console, then power off.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kiln.config import CloudInitSnippets, DirStore, Environment
+from kiln.errors import KilnError
+from kiln.lock import Lock
+from kiln.render import PlainLocator, Renderer, images_for_roles
+
+GUEST_HOST = "10.0.2.2"  # the host's loopback, seen from a qemu user-mode guest
+BEGIN, END = "KILN-TRY-BEGIN", "KILN-TRY-END"
+QEMU = "qemu-system-x86_64"
+
+REPORT = f"""\
+exec > /dev/ttyS0 2>&1
+echo {BEGIN}
+echo "status: $(cat /var/lib/kiln/import-status.json 2>/dev/null || echo '{{}}')"
+echo "check: $(sh /usr/local/lib/kiln/import-images --check \
+--status /run/kiln-check.json >/dev/null 2>&1; cat /run/kiln-check.json 2>/dev/null || echo '{{}}')"
+systemctl show kiln-import.service -p Before -p After -p WantedBy -p ActiveState \
+-p ExecMainStartTimestampMonotonic -p ExecMainExitTimestampMonotonic | sed 's/^/unit: /'
+systemctl show kubelet.service -p After -p Requires -p ActiveState \
+-p ExecMainStartTimestampMonotonic | sed 's/^/kubelet: /'
+cat /var/log/kiln-try-kubelet 2>/dev/null | sed 's/^/kubelet-saw: /'
+ctr -n k8s.io images ls 2>/dev/null | sed 's/^/ctr: /'
+echo {END}
+"""
+
+
+class TryError(KilnError):
+    pass
+
+
+@dataclass(frozen=True)
+class TryResult:
+    ok: bool
+    seconds: float
+    status: dict[str, Any]
+    check: dict[str, Any]
+    lines: list[str]  # everything between the markers
+
+    def field(self, prefix: str) -> list[str]:
+        return [line[len(prefix):].strip() for line in self.lines if line.startswith(prefix)]
+
+
+def accelerator() -> str:
+    """TCG unless KILN_ACCEL=kvm and KVM answers: /dev/kvm alone proves nothing here."""
+    if os.environ.get("KILN_ACCEL") != "kvm":
+        return "tcg,thread=multi"
+    try:
+        subprocess.run([QEMU, "-accel", "kvm", "-machine", "none", "-nodefaults",
+                        "-display", "none", "-S", "-monitor", "none", "-daemonize",
+                        "-pidfile", os.devnull], timeout=10, check=True, capture_output=True)
+        return "kvm"
+    except (subprocess.SubprocessError, OSError):
+        return "tcg,thread=multi"
+
+
+def image_format(path: Path) -> str:
+    done = subprocess.run(["qemu-img", "info", "--output", "json", str(path)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise TryError(f"{path}: not a disk image qemu-img can read: {done.stderr.strip()}")
+    return str(json.loads(done.stdout)["format"])
+
+
+def serve(folder: Path) -> http.server.ThreadingHTTPServer:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def guest_url(url: str) -> str:
+    """Rewrite a loopback base URL to the host as a user-mode guest reaches it."""
+    return re.sub(r"^(https?://)(127\.0\.0\.1|localhost)\b", rf"\g<1>{GUEST_HOST}", url)
+
+
+@dataclass
+class Trial:
+    env: Environment
+    lock: Lock
+    base_image: Path
+    role: str | None = None
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | None = None
+    timeout: float = 1200.0
+    memory: int = 2048
+    cpus: int = 2
+    serve_store: bool = True  # False: boot with no store reachable (a golden image)
+    log: Callable[[str], None] = print
+
+    def user_data(self, base_url: str) -> bytes:
+        snippets = CloudInitSnippets(
+            write_files=self.env.cloud_init.write_files,
+            runcmd=(*self.env.cloud_init.runcmd, ["sh", "-c", REPORT],
+                    ["systemctl", "poweroff"]),
+        )
+        env = replace(self.env, cloud_init=snippets,
+                      node=replace(self.env.node, user_data_limit=1 << 20))
+        renderer = Renderer(env, self.lock, PlainLocator(base_url))
+        images = images_for_roles(self.lock, (self.role,) if self.role else None)
+        data, _ = renderer.user_data_bytes(images, (self.role,) if self.role else None)
+        return data
+
+    def qemu_argv(self, work: Path, overlay: Path, seed: Path) -> list[str]:
+        argv = [QEMU, "-accel", accelerator(), "-cpu", "max", "-smp", str(self.cpus),
+                "-m", str(self.memory), "-nodefaults", "-display", "none",
+                "-serial", f"file:{work / 'console.log'}",
+                "-drive", f"file={overlay},if=virtio,format=qcow2",
+                "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
+                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+                "-no-reboot"]
+        if self.kernel:
+            argv += ["-kernel", str(self.kernel)]
+            if self.initrd:
+                argv += ["-initrd", str(self.initrd)]
+            argv += ["-append", self.append or "root=/dev/vda rw console=ttyS0"]
+        return argv
+
+    def run(self) -> TryResult:
+        for tool in (QEMU, "qemu-img", "cloud-localds"):
+            if shutil.which(tool) is None:
+                raise TryError(f"{tool} is not installed (apt-get install qemu-system-x86 "
+                               "qemu-utils cloud-image-utils)")
+        if not self.base_image.is_file():
+            raise TryError(f"base image {self.base_image} does not exist")
+        if self.kernel is None and self.initrd is not None:
+            raise TryError("--initrd needs --kernel")
+        fmt = image_format(self.base_image)
+        work = Path(tempfile.mkdtemp(prefix="kiln-try-"))
+        server = None
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            if self.serve_store and isinstance(self.env.store, DirStore):
+                server = serve(self.env.store.path)
+                base_url = f"http://{GUEST_HOST}:{server.server_address[1]}/"
+            elif self.serve_store and self.env.store.url:
+                base_url = guest_url(self.env.store.url)
+            else:
+                base_url = f"http://{GUEST_HOST}:9/"  # nothing listens: no store reachable
+            (work / "user-data").write_bytes(self.user_data(base_url))
+            (work / "meta-data").write_text(f"instance-id: kiln-try-{os.getpid()}\n"
+                                            "local-hostname: kiln-try\n")
+            seed = work / "seed.img"
+            subprocess.run(["cloud-localds", str(seed), str(work / "user-data"),
+                            str(work / "meta-data")], check=True, capture_output=True)
+            overlay = work / "overlay.qcow2"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
+                            str(self.base_image.resolve()), str(overlay)], check=True,
+                           capture_output=True)
+            argv = self.qemu_argv(work, overlay, seed)
+            self.log(f"kiln: try: booting {self.base_image} (overlay; accel "
+                     f"{argv[argv.index('-accel') + 1]}), store at {base_url}")
+            start = time.monotonic()
+            (work / "console.log").touch()
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            lines = self.wait(work / "console.log", proc, start)
+            return self.verdict(lines, time.monotonic() - start)
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if server is not None:
+                server.shutdown()
+            shutil.rmtree(work, ignore_errors=True)
+
+    def wait(self, console: Path, proc: subprocess.Popen[bytes], start: float) -> list[str]:
+        while True:
+            text = console.read_text(errors="replace")
+            if END in text and BEGIN in text:
+                body = text.split(BEGIN, 1)[1].split(END, 1)[0]
+                try:
+                    proc.wait(60)  # it powers itself off
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                return [line.rstrip("\r") for line in body.splitlines() if line.strip()]
+            tail = "\n  ".join(text.strip().splitlines()[-15:]) or "(nothing on the console)"
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+                raise TryError(f"the VM stopped before the importer reported "
+                               f"({err or 'exit ' + str(proc.returncode)}); last console "
+                               f"lines:\n  {tail}")
+            if time.monotonic() - start > self.timeout:
+                raise TryError(f"no importer result after {self.timeout:.0f}s; last console "
+                               f"lines:\n  {tail}")
+            time.sleep(1)
+
+    def verdict(self, lines: list[str], seconds: float) -> TryResult:
+        def parse(prefix: str) -> dict[str, Any]:
+            found = [line for line in lines if line.startswith(prefix)]
+            try:
+                return dict(json.loads(found[0][len(prefix):])) if found else {}
+            except ValueError:
+                return {}
+
+        status, check = parse("status: "), parse("check: ")
+        wanted = images_for_roles(self.lock, (self.role,) if self.role else None)
+        seen = {i.get("ref"): i for i in check.get("images", [])}
+        ok = bool(check.get("ok")) and all(
+            seen.get(i.ref, {}).get("image_id") == i.image_id
+            and seen.get(i.ref, {}).get("state") == "present" for i in wanted)
+        return TryResult(ok, seconds, status, check, lines)
