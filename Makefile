@@ -65,13 +65,7 @@ bench-bake: venv
 bench-node: venv
 	$(PY) bench/node_import.py
 
-bench-# Boot the rendered user-data in a throwaway VM: make try ENV=dev BASE_IMAGE=disk.qcow2
-# (a root fs image needs KERNEL=... INITRD=...).
-try: venv
-	$(KILN) try --env $(ENV) --base-image $(BASE_IMAGE) $(if $(ROLE),--role $(ROLE),) \
-	  $(if $(KERNEL),--kernel $(KERNEL),) $(if $(INITRD),--initrd $(INITRD),)
-
-render: venv
+bench-render: venv
 	$(PY) bench/render.py
 
 clean:
