@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KILN := $(PY) bake.py
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv bake lint render try demo test unit integration check bench bench-bake bench-node bench-render clean
+.PHONY: venv bake lint render try golden demo test unit integration check bench bench-bake bench-node bench-render clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,12 @@ demo: venv
 try: venv
 	$(KILN) try --env $(ENV) --base-image $(BASE_IMAGE) $(if $(ROLE),--role $(ROLE),) \
 	  $(if $(KERNEL),--kernel $(KERNEL),) $(if $(INITRD),--initrd $(INITRD),)
+
+# A golden image with the images inside: make golden ENV=dev BASE_IMAGE=... KERNEL=...
+# INITRD=... SSH_KEY=... [GOLDEN_DIR=dist/golden]
+golden: venv
+	$(PY) -m kiln.golden --env $(ENV) --var base_image=$(BASE_IMAGE) --var kernel=$(KERNEL) \
+	  --var initrd=$(INITRD) --var ssh_key=$(SSH_KEY) --var output_dir=$(or $(GOLDEN_DIR),dist/golden)
 
 render: venv
 	$(KILN) render --env $(ENV) $(if $(INVENTORY),--inventory $(INVENTORY),)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
+from kiln.cli import main
+from kiln.localengine import Daemon
 from tests.e2e.baseimage import BaseImage, build
 from tests.integration.conftest import (  # noqa: F401  (the engine fixtures, shared)
     containerd,
@@ -14,6 +17,25 @@ from tests.integration.conftest import (  # noqa: F401  (the engine fixtures, sh
     dockerd,
     engine_root,
 )
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+
+@pytest.fixture
+def dev_project(tmp_path: Path, dockerd: Daemon,  # noqa: F811
+                monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the shipped dev environment, baked."""
+    for name in ("images.yaml", "images", "deploy", "packer"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name)
+        elif source.exists():
+            shutil.copy(source, tmp_path / name)
+    monkeypatch.setenv("DOCKER_HOST", dockerd.address)
+    assert main(["bake", "--env", "dev", "--config", str(tmp_path / "images.yaml"),
+                 "--quiet"]) == 0
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

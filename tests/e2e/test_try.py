@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from kiln.cli import main
-from kiln.localengine import Daemon
 from tests.e2e.baseimage import BaseImage
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def dev_project(tmp_path: Path, dockerd: Daemon, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the shipped dev environment, baked."""
-    for name in ("images.yaml", "images", "deploy", "packer"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, tmp_path / name)
-        elif source.exists():
-            shutil.copy(source, tmp_path / name)
-    monkeypatch.setenv("DOCKER_HOST", dockerd.address)
-    assert main(["bake", "--env", "dev", "--config", str(tmp_path / "images.yaml"),
-                 "--quiet"]) == 0
-    return tmp_path
 
 
 def test_try_imports_every_image_before_kubelet(dev_project: Path, base_image: BaseImage,
