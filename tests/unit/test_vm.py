@@ -1,0 +1,97 @@
+"""`try` with a fake qemu: the console protocol, the verdict, timeouts and early exits."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from kiln import config as config_mod
+from kiln.lock import Lock, LockedImage
+from kiln.vm import BEGIN, END, Trial, TryError, guest_url
+from tests.helpers import write_tree
+
+IMAGE = LockedImage("dex", "r.example.com/f/dex:v1", "sha256:" + "1" * 64, "linux/amd64",
+                    "2" * 64, 10, 20, "zstd", 1, "blobs/sha256/" + "2" * 64, (), "build")
+LOCK = Lock("dev", "r.example.com", images=(IMAGE,))
+
+
+def fake_tools(folder: Path, console: str, exit_after: bool) -> None:
+    """qemu-system-x86_64 writes ``console`` to its -serial file; qemu-img and cloud-localds."""
+    scripts = {
+        "qemu-img": '#!/bin/sh\n[ "$1" = info ] && echo \'{"format": "raw"}\'\nexit 0\n',
+        "cloud-localds": '#!/bin/sh\n: > "$1"\n',
+        "qemu-system-x86_64": (
+            "#!/bin/sh\nfor a in \"$@\"; do case $a in file:*console.log) f=${a#file:};; esac;"
+            f" done\n/bin/cat >> \"$f\" <<'EOF'\n{console}\nEOF\n"
+            + ("exit 1\n" if exit_after else "/bin/sleep 30\n")),
+    }
+    for name, text in scripts.items():
+        path = folder / name
+        path.write_text(text)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.fixture
+def trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Trial:
+    write_tree(tmp_path, {"images.yaml": """
+        version: 1
+        images: [{name: dex, ref: "r.example.com/f/dex:v1", build: x}]
+        environments:
+          dev: {registry: r.example.com, store: {type: dir, path: store, url: "http://x/"}}
+        """, "base.raw": "disk", "store/.keep": ""})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))  # only the fakes: never the real qemu
+    env = config_mod.load(tmp_path / "images.yaml").environment("dev")
+    return Trial(env, LOCK, tmp_path / "base.raw", timeout=3, log=lambda _: None)
+
+
+def report(state: str, image_id: str) -> str:
+    check = {"ok": state == "present", "images": [
+        {"name": "dex", "ref": IMAGE.ref, "image_id": image_id, "state": state}]}
+    return (f"boot noise\n{BEGIN}\nstatus: {json.dumps(check)}\ncheck: {json.dumps(check)}\n"
+            f"unit: Before=kubelet.service\n{END}\n")
+
+
+def test_a_good_report_is_ok(trial: Trial, tmp_path: Path) -> None:
+    fake_tools(tmp_path / "bin", report("present", IMAGE.image_id), exit_after=True)
+    result = trial.run()
+    assert result.ok
+    assert result.field("unit: ") == ["Before=kubelet.service"]
+
+
+def test_a_wrong_image_id_or_state_is_not(trial: Trial, tmp_path: Path) -> None:
+    fake_tools(tmp_path / "bin", report("present", "sha256:" + "9" * 64), exit_after=True)
+    assert not trial.run().ok
+    fake_tools(tmp_path / "bin", report("unpinned", IMAGE.image_id), exit_after=True)
+    assert not trial.run().ok
+
+
+def test_a_vm_that_stops_early_shows_the_console(trial: Trial, tmp_path: Path) -> None:
+    fake_tools(tmp_path / "bin", "Kernel panic - not syncing: VFS", exit_after=True)
+    with pytest.raises(TryError, match=r"(?s)stopped before the importer reported.*Kernel panic"):
+        trial.run()
+
+
+def test_a_timeout_shows_the_last_console_lines(trial: Trial, tmp_path: Path) -> None:
+    fake_tools(tmp_path / "bin", "cloud-init: waiting for the network", exit_after=False)
+    with pytest.raises(TryError, match=r"(?s)no importer result after 3s.*waiting for the network"):
+        trial.run()
+
+
+def test_missing_tools_and_images_are_named(trial: Trial, tmp_path: Path) -> None:
+    with pytest.raises(TryError, match="qemu-system-x86_64 is not installed"):
+        trial.run()
+    fake_tools(tmp_path / "bin", "", exit_after=True)
+    trial.base_image = tmp_path / "nope.raw"
+    with pytest.raises(TryError, match="does not exist"):
+        trial.run()
+
+
+def test_guest_url() -> None:
+    assert guest_url("http://127.0.0.1:8080/") == "http://10.0.2.2:8080/"
+    assert guest_url("https://localhost/x") == "https://10.0.2.2/x"
+    assert guest_url("https://minio.internal/") == "https://minio.internal/"
