@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--inventory", help="nodes.yaml: write dist/<env>/nodes/<host>/ seeds")
     render.add_argument("--dist", help="output folder (default: dist/ beside images.yaml)")
 
+    verify = commands.add_parser("verify", parents=[common],
+                                 help="check a containerd against the lock")
+    verify.add_argument("--containerd-address", required=True,
+                        help="the containerd socket, e.g. /run/containerd/containerd.sock")
+    verify.add_argument("--role", help="only the images of this role")
+    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--dist")
+
     trial = commands.add_parser("try", parents=[common],
                                 help="boot a throwaway VM with the user-data, report the import")
     trial.add_argument("--base-image", required=True,
@@ -119,6 +127,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kiln.commands.render import render_cmd
 
         return render_cmd(args.config, args.env, inventory=args.inventory, dist=args.dist)
+    if args.command == "verify":
+        from kiln.commands.verify import verify_cmd
+
+        return verify_cmd(args.config, args.env, address=args.containerd_address,
+                          role=args.role, as_json=args.json, dist=args.dist)
     if args.command == "try":
         from kiln.commands.try_ import try_cmd
 

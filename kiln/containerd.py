@@ -69,6 +69,9 @@ class Ctr:
             raise KilnError(f"{manifest_digest}: no manifest for {platform}")
         return str(doc["config"]["digest"])
 
+    def in_namespace(self, namespace: str) -> Ctr:
+        return Ctr(self.address, namespace)
+
     def import_stream(self, chunks: Iterable[bytes]) -> None:
         """`ctr images import -` fed from ``chunks`` (an uncompressed archive), streaming."""
         argv = ["ctr", "--address", self.address, "-n", self.namespace, "images", "import", "-"]
@@ -85,3 +88,19 @@ class Ctr:
             err = proc.stderr.read().decode(errors="replace").strip()
         if proc.returncode != 0:
             raise KilnError(f"ctr images import: {err.splitlines()[-1] if err else 'failed'}")
+
+
+class CtrContainerd:
+    """The view `kiln verify` needs, over every namespace of one containerd."""
+
+    def __init__(self, address: str) -> None:
+        self.ctr = Ctr(address)
+
+    def namespaces(self) -> list[str]:
+        return self.ctr.run("namespaces", "ls", "-q").decode().split()
+
+    def images(self, namespace: str) -> dict[str, ContainerdImage]:
+        return self.ctr.in_namespace(namespace).images()
+
+    def image_id(self, namespace: str, manifest_digest: str, platform: str) -> str:
+        return self.ctr.in_namespace(namespace).image_id(manifest_digest, platform)

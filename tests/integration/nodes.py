@@ -123,6 +123,7 @@ def make_node(baked: Path, tmp_path: Path, containerd: Daemon | None) -> Iterato
     server = FaultyServer(tmp_path / "store")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     render(env, lock, tmp_path / "dist", PlainLocator(server.url))
+    shutil.copy(baked / "dist/it/images.lock.json", tmp_path / "dist/it/images.lock.json")
     try:
         yield Node(tmp_path, lock, server, containerd)
     finally:
