@@ -69,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true")
     verify.add_argument("--dist")
 
+    push = commands.add_parser("push", parents=[common],
+                               help="day 2: push the lock's images to the registry")
+    push.add_argument("--quiet", action="store_true")
+    push.add_argument("--json", action="store_true")
+    push.add_argument("--dist")
+    vreg = commands.add_parser("verify-registry", parents=[common],
+                               help="day 2: the registry serves the lock's image IDs")
+    vreg.add_argument("--json", action="store_true")
+    vreg.add_argument("--dist")
+
     trial = commands.add_parser("try", parents=[common],
                                 help="boot a throwaway VM with the user-data, report the import")
     trial.add_argument("--base-image", required=True,
@@ -132,6 +142,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return verify_cmd(args.config, args.env, address=args.containerd_address,
                           role=args.role, as_json=args.json, dist=args.dist)
+    if args.command == "push":
+        from kiln.commands.day2 import push_cmd
+
+        return push_cmd(args.config, args.env, dist=args.dist, quiet=args.quiet,
+                        as_json=args.json)
+    if args.command == "verify-registry":
+        from kiln.commands.day2 import verify_registry_cmd
+
+        return verify_registry_cmd(args.config, args.env, dist=args.dist, as_json=args.json)
     if args.command == "try":
         from kiln.commands.try_ import try_cmd
 

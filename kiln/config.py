@@ -166,6 +166,7 @@ class Environment:
     at: Location
     registry_at: Location
     cloud_init: CloudInitSnippets = CloudInitSnippets()
+    registry_ca: Path | None = None  # CA bundle of the registry, for push / verify-registry
 
 
 @dataclass(frozen=True)
@@ -496,7 +497,7 @@ class _Reader:
         fields = self.mapping(
             node, what,
             ("registry", "store", "node", "packer", "charts", "compression", "bundles", "lint",
-             "cloud_init"),
+             "cloud_init", "registry_ca"),
             ("registry", "store"),
         )
         if fields is None:
@@ -535,6 +536,8 @@ class _Reader:
             compression=compression, packer_sources=packer, charts=charts, bundles=bundles,
             lint=lint, at=self.at(key), registry_at=self.at(fields["registry"][1]),
             cloud_init=snippets,
+            registry_ca=(self.relpath(fields["registry_ca"][1], "registry_ca")
+                         if "registry_ca" in fields else None),
         )
 
     def store(self, node: yaml.Node) -> Store | None:

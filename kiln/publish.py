@@ -14,12 +14,13 @@ import zlib
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 import zstandard
 
 from kiln.config import Compression
-from kiln.errors import Cancelled
+from kiln.errors import Cancelled, KilnError
 from kiln.stores import Store, blob_key
 
 # Images are compressed side by side (bake --jobs), so each stream compresses in its own
@@ -47,6 +48,23 @@ def decompress(data: bytes, algorithm: str) -> bytes:
     if algorithm == "zstd":
         return zstandard.ZstdDecompressor().decompressobj().decompress(data)
     return zlib.decompress(data, 31)
+
+
+def unpack_to(stream: BinaryIO, algorithm: str, expected_sha256: str, dest: Path) -> None:
+    """Decompress a stored object into ``dest``, checking its sha256 on the way (streaming)."""
+    digest = hashlib.sha256()
+    decomp: Any = (zstandard.ZstdDecompressor().decompressobj() if algorithm == "zstd"
+                   else zlib.decompressobj(31))
+    with dest.open("wb") as out:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+            out.write(decomp.decompress(chunk))
+        if algorithm != "zstd":
+            out.write(decomp.flush())
+    if digest.hexdigest() != expected_sha256:
+        dest.unlink(missing_ok=True)
+        raise KilnError(f"stored object is not what the lock says: sha256 {digest.hexdigest()}, "
+                        f"expected {expected_sha256}")
 
 
 @dataclass(frozen=True)

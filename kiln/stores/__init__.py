@@ -8,7 +8,7 @@ object is visible only when complete, and ``abort`` leaves the store as it was.
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from kiln import config
 from kiln.errors import KilnError
@@ -62,6 +62,10 @@ class Store(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
     def get_bytes(self, key: str) -> bytes: ...
+
+    def open_read(self, key: str) -> BinaryIO:
+        """A stream of the object's bytes (close it when done)."""
+        ...
 
     def facts(self) -> dict[str, str]:
         """Non-secret facts for the lock (type, bucket, endpoint, prefix, url)."""

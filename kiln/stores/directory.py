@@ -8,6 +8,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from kiln import config
 from kiln.lock import write_atomic
@@ -103,6 +104,12 @@ class DirectoryStore:
     def get_bytes(self, key: str) -> bytes:
         try:
             return (self.root / key).read_bytes()
+        except OSError as exc:
+            raise _os_error("reading", self.root / key, exc) from None
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return (self.root / key).open("rb")
         except OSError as exc:
             raise _os_error("reading", self.root / key, exc) from None
 

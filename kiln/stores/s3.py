@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import boto3
 import botocore.config
@@ -271,6 +271,13 @@ class S3ObjectStore:
             return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
         except Exception as exc:
             raise translate(exc, f"s3://{self.bucket}/{key}") from None
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except Exception as exc:
+            raise translate(exc, f"s3://{self.bucket}/{key}") from None
+        return cast(BinaryIO, body)
 
     def facts(self) -> dict[str, str]:
         facts = {"type": "s3", "bucket": self.bucket, "prefix": self.prefix}

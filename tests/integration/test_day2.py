@@ -1,0 +1,160 @@
+"""Day 2 against a real docker-registry on 127.0.0.1 with TLS (a test CA) and basic auth."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import bcrypt
+import docker
+import pytest
+
+from kiln.cli import main
+from kiln.containerd import Ctr
+from kiln.localengine import Daemon
+from tests.integration.conftest import free_port, scratch_context
+
+USER, PASSWORD = "kiln", "s3cret-day2"
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """docker-registry serving TLS with a test CA, behind htpasswd basic auth."""
+    folder = tmp_path_factory.mktemp("tls-registry")
+    port = free_port()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=kiln test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext")
+    digest = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
+    (folder / "htpasswd").write_text(f"{USER}:{digest}\n")
+    (folder / "config.yml").write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}', tls: {{certificate: {folder / 'server.crt'}, "
+        f"key: {folder / 'server.key'}}}}}\n"
+        f"auth: {{htpasswd: {{realm: kiln, path: {folder / 'htpasswd'}}}}}\n")
+    with (folder / "registry.log").open("wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(folder / "config.yml")],
+                                stdout=log, stderr=subprocess.STDOUT)
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", timeout=1, context=context)
+        except urllib.error.HTTPError:
+            break  # 401: it answers, over TLS
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                (folder / "registry.log").read_text())
+            time.sleep(0.2)
+    yield f"127.0.0.1:{port}", folder / "ca.pem"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def project(tmp_path: Path, tls_registry: tuple[str, Path], dockerd: Daemon,
+            monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two images baked with refs on the test registry; its credentials in the environment."""
+    host, ca = tls_registry
+    scratch_context(tmp_path / "small", "day2 small")
+    scratch_context(tmp_path / "big", "day2 big", 200 << 10)
+    shutil.copy(ca, tmp_path / "ca.pem")
+    team = f"t{uuid.uuid4().hex[:8]}"  # the registry outlives a test: a namespace each
+    (tmp_path / "images.yaml").write_text(
+        "version: 1\nimages:\n"
+        f"  - {{name: small, ref: '${{registry}}/{team}/small:v1', build: small}}\n"
+        f"  - {{name: big, ref: '${{registry}}/{team}/big:v1', build: big}}\n"
+        f"environments:\n  it:\n    registry: '{host}'\n    registry_ca: ca.pem\n"
+        "    store: {type: dir, path: store}\n")
+    monkeypatch.setenv("DOCKER_HOST", dockerd.address)
+    monkeypatch.setenv("KILN_REGISTRY_USERNAME", USER)
+    monkeypatch.setenv("KILN_REGISTRY_PASSWORD", PASSWORD)
+    assert main(["bake", "--env", "it", "--config", str(tmp_path / "images.yaml"),
+                 "--quiet"]) == 0
+    return tmp_path
+
+
+def run(project: Path, *args: str) -> int:
+    return main([*args, "--env", "it", "--config", str(project / "images.yaml")])
+
+
+def test_push_then_verify_then_a_moved_tag(project: Path, tls_registry: tuple[str, Path],
+                                           docker_client: docker.DockerClient,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _host, ca = tls_registry
+    assert run(project, "push", "--json") == 0
+    assert {r["result"] for r in json.loads(capsys.readouterr().out)} == {"pushed"}
+    assert run(project, "push", "--json") == 0  # idempotent: nothing sent again
+    assert {r["result"] for r in json.loads(capsys.readouterr().out)} == {"present"}
+    assert run(project, "verify-registry", "--json") == 0
+    assert {r["state"] for r in json.loads(capsys.readouterr().out)} == {"ok"}
+
+    # someone pushes another image under the same tag: the `latest` trap in a new form
+    lock = json.loads((project / "dist/it/images.lock.json").read_text())
+    other = next(i["ref"] for i in lock["images"] if i["name"] == "small")
+    docker_client.images.build(path=str(scratch_context(project / "other", "moved")), tag=other)
+    archive = project / "other.tar"
+    archive.write_bytes(b"".join(docker_client.api.get_image(other)))
+    certs = project / "certs"
+    certs.mkdir()
+    shutil.copy(ca, certs / "ca.crt")
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-cert-dir", str(certs), "--dest-creds",
+                    f"{USER}:{PASSWORD}", f"docker-archive:{archive}", f"docker://{other}"],
+                   check=True)
+    assert run(project, "verify-registry", "--json") == 1
+    states = {r["name"]: r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert states == {"small": "tag-moved", "big": "ok"}
+
+
+def test_missing_and_bad_credentials(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(project, "verify-registry", "--json") == 1
+    assert {r["state"] for r in json.loads(capsys.readouterr().out)} == {"missing"}
+    monkeypatch.setenv("KILN_REGISTRY_PASSWORD", "wrong")
+    assert run(project, "push", "--quiet") == 1
+    err = capsys.readouterr().err
+    assert "unauthorized" in err.lower() and "wrong" not in err
+
+
+def test_a_fresh_node_pulls_the_same_image_id_from_the_registry(
+        project: Path, tls_registry: tuple[str, Path], fresh_containerd: Daemon,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _, ca = tls_registry
+    assert run(project, "push", "--quiet") == 0
+    lock = json.loads((project / "dist/it/images.lock.json").read_text())
+    node = Ctr(str(fresh_containerd.socket))
+    # the node's registry config, as on a real node: ctr would try plain HTTP on 127.0.0.1
+    host = lock["registry"]
+    hosts = project / "certs.d" / host
+    hosts.mkdir(parents=True)
+    (hosts / "hosts.toml").write_text(
+        f'server = "https://{host}"\n\n[host."https://{host}"]\n'
+        f'  capabilities = ["pull", "resolve"]\n  ca = "{ca}"\n')
+    for image in lock["images"]:
+        done = subprocess.run(["ctr", "--address", str(fresh_containerd.socket), "-n",
+                               "k8s.io", "images", "pull", "--user", f"{USER}:{PASSWORD}",
+                               "--hosts-dir", str(project / "certs.d"), image["ref"]],
+                              capture_output=True, text=True, check=False, env={**os.environ})
+        assert done.returncode == 0, done.stderr
+        pulled = node.images()[image["ref"]]
+        # day 2 yields the very image day 1 side-loaded: same config digest
+        assert node.image_id(pulled.manifest_digest) == image["image_id"]
