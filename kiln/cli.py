@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     vreg.add_argument("--json", action="store_true")
     vreg.add_argument("--dist")
 
+    diff = commands.add_parser("diff", parents=[common],
+                               help="what a bake would change; objects no lock references")
+    diff.add_argument("--prune", action="store_true",
+                      help="delete the unreferenced objects (only with --yes)")
+    diff.add_argument("--yes", action="store_true")
+    diff.add_argument("--json", action="store_true")
+    diff.add_argument("--dist")
+
     trial = commands.add_parser("try", parents=[common],
                                 help="boot a throwaway VM with the user-data, report the import")
     trial.add_argument("--base-image", required=True,
@@ -151,6 +159,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kiln.commands.day2 import verify_registry_cmd
 
         return verify_registry_cmd(args.config, args.env, dist=args.dist, as_json=args.json)
+    if args.command == "diff":
+        from kiln.commands.diff import diff_cmd
+
+        return diff_cmd(args.config, args.env, prune=args.prune, yes=args.yes,
+                        as_json=args.json, dist=args.dist)
     if args.command == "try":
         from kiln.commands.try_ import try_cmd
 

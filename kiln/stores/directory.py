@@ -107,6 +107,19 @@ class DirectoryStore:
         except OSError as exc:
             raise _os_error("reading", self.root / key, exc) from None
 
+    def list(self, prefix: str) -> dict[str, int]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return {}
+        return {str(p.relative_to(self.root)): p.stat().st_size for p in base.rglob("*")
+                if p.is_file() and not p.name.startswith(".")}
+
+    def delete(self, key: str) -> None:
+        try:
+            (self.root / key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise _os_error("deleting", self.root / key, exc) from None
+
     def open_read(self, key: str) -> BinaryIO:
         try:
             return (self.root / key).open("rb")

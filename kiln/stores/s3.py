@@ -272,6 +272,23 @@ class S3ObjectStore:
         except Exception as exc:
             raise translate(exc, f"s3://{self.bucket}/{key}") from None
 
+    def list(self, prefix: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    found[str(item["Key"])] = int(item["Size"])
+        except Exception as exc:
+            raise translate(exc, f"s3://{self.bucket}/{prefix}") from None
+        return found
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise translate(exc, f"s3://{self.bucket}/{key}") from None
+
     def open_read(self, key: str) -> BinaryIO:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
