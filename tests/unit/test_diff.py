@@ -11,7 +11,8 @@ from kiln.cli import main
 from tests.unit.test_bake import FakeEngine, project, run  # noqa: F401  (fixture)
 
 
-def diff(project: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
+def diff(project: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+         *args: str) -> dict[str, object]:
     assert main(["diff", "--env", "dev", "--config", str(project / "images.yaml"), "--json",
                  *args]) == 0
     return dict(json.loads(capsys.readouterr().out))
