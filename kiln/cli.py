@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     lint = commands.add_parser("lint", parents=[common],
                                help="config, naming rules and chart alignment")
     lint.add_argument("--format", choices=("text", "json"), default="text")
+    lint.add_argument("--lock", help="also report where each chart image comes from on a "
+                                     "cold node (e.g. dist/prod/images.lock.json)")
 
     bake = commands.add_parser("bake", parents=[common],
                                help="build/pull/archive, save, compress, publish, lock")
@@ -135,7 +137,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "lint":
         from kiln.commands.lint import lint
 
-        return lint(args.config, args.env, args.format)
+        return lint(args.config, args.env, args.format, lock_path=args.lock)
     if args.command == "bake":
         from kiln.commands.bake import bake
 

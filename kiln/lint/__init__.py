@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from kiln import refs
 from kiln.config import Config, Environment
 from kiln.lint.charts import scan
 from kiln.lint.context import Hit, LintContext
 from kiln.lint.rules import RULES
+from kiln.lock import Lock
 
 __all__ = ["Finding", "Hit", "LintContext", "format_json", "format_text", "has_errors", "run"]
 
@@ -27,8 +29,12 @@ class Finding:
     message: str
 
 
-def run(config: Config, env: Environment) -> list[Finding]:
-    """Every finding of every enabled rule for ``env``, sorted by place."""
+def run(config: Config, env: Environment, lock: Lock | None = None) -> list[Finding]:
+    """Every finding of every enabled rule for ``env``, sorted by place.
+
+    With a ``lock``, each chart reference is also reported with where a cold node gets it
+    (rule ``chart-source``): the node cache, the registry (only once it runs), or nowhere.
+    """
     ctx = LintContext(config=config, env=env, images=config.images_for(env),
                       chart_refs=tuple(scan(env.charts)))
     findings = []
@@ -39,7 +45,29 @@ def run(config: Config, env: Environment) -> list[Finding]:
         for hit in rule.check(ctx):
             findings.append(Finding(hit.at.path, hit.at.line, hit.at.column, level, rule.ID,
                                     hit.message))
+    if lock is not None:
+        findings.extend(chart_sources(ctx, lock))
     return sorted(findings, key=lambda f: (f.file, f.line, f.column, f.rule))
+
+
+def chart_sources(ctx: LintContext, lock: Lock) -> list[Finding]:
+    cached = {image.ref for image in lock.images}
+    out = []
+    for found in ctx.chart_refs:
+        try:
+            domain = refs.normalize(found.text).domain
+        except refs.ReferenceError:
+            continue
+        if found.text in cached:
+            level, where = "info", "the node cache (side-loaded from day 1)"
+        elif domain == ctx.env.registry:
+            level, where = "warning", (f"the registry {ctx.env.registry} only: a cold node "
+                                       "cannot get it before the registry runs")
+        else:
+            level, where = "warning", f"nowhere on a cold node ({domain} is outside)"
+        out.append(Finding(found.at.path, found.at.line, found.at.column, level,
+                           "chart-source", f"{found.text!r} is served from {where}"))
+    return out
 
 
 def has_errors(findings: list[Finding]) -> bool:

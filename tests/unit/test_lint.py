@@ -199,3 +199,21 @@ def test_shipped_example_is_clean(monkeypatch: pytest.MonkeyPatch,
     for env in ("dev", "prod"):
         assert main(["lint", "--env", env]) == 0
         assert capsys.readouterr().out == ""
+
+
+def test_lint_with_a_lock_says_where_each_chart_image_comes_from(
+        tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kiln import lock as lockfile
+    from kiln.lock import Lock, LockedImage
+
+    image = LockedImage("registry", "registry.example.com/foundation/registry:v0.4.2",
+                        "sha256:1", "linux/amd64", "s", 1, 1, "zstd", 1, "k", (), "build")
+    lockfile.write(tree / "l.json", Lock("dev", "registry.example.com", images=(image,)))
+    main(["lint", "--env", "dev", "--lock", "l.json", "--format", "json"])
+    sources = {(f["file"], f["line"]): (f["level"], f["message"])
+               for f in json.loads(capsys.readouterr().out) if f["rule"] == "chart-source"}
+    assert sources[("manifest.yaml", 6)][0] == "info"
+    assert "node cache" in sources[("manifest.yaml", 6)][1]
+    assert "registry registry.example.com only" in sources[("charts/app/values.yaml", 3)][1]
+    assert "nowhere on a cold node (quay.io" in sources[("charts/app/values.yaml", 11)][1]
+    assert main(["lint", "--env", "dev", "--lock", "missing.json"]) == 1
