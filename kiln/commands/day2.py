@@ -8,26 +8,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kiln import config as config_mod
-from kiln import lock as lockfile
-from kiln.bake import dist_folder
-from kiln.config import Config, Environment
+from kiln.commands.common import load_with_lock
 from kiln.errors import EXIT_FAILED, EXIT_OK, KilnError
-from kiln.lock import Lock
 from kiln.publish import unpack_to
 from kiln.registry import Registry, RegistryError
 from kiln.stores import open_store
-
-
-def _load(config_path: str, env_name: str | None, dist: str | None
-          ) -> tuple[Config, Environment, Lock]:
-    config = config_mod.load(Path(config_path), config_path)
-    env = config.environment(env_name)
-    folder = Path(dist) if dist else dist_folder(config)
-    lock = lockfile.read(lockfile.lock_path(folder, env.name))
-    if lock is None:
-        raise KilnError(f"no lock for {env.name} at {lockfile.lock_path(folder, env.name)}")
-    return config, env, lock
 
 
 def _say(text: str, quiet: bool) -> None:
@@ -38,7 +23,7 @@ def _say(text: str, quiet: bool) -> None:
 def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
              quiet: bool = False, as_json: bool = False) -> int:
     """Push every image of the lock that the registry does not already serve as locked."""
-    _, env, lock = _load(config_path, env_name, dist)
+    _, env, lock = load_with_lock(config_path, env_name, dist)
     store = open_store(env.store)
     registry = Registry(env.registry, env.registry_ca)
     report: list[dict[str, str]] = []
@@ -78,7 +63,7 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
 def verify_registry_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
                         as_json: bool = False) -> int:
     """Every ref served with the lock's image ID; drift is `tag-moved` or `missing`."""
-    _, env, lock = _load(config_path, env_name, dist)
+    _, env, lock = load_with_lock(config_path, env_name, dist)
     registry = Registry(env.registry, env.registry_ca)
     found = []
     try:

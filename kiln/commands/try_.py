@@ -6,10 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from kiln import config as config_mod
-from kiln import lock as lockfile
-from kiln.bake import dist_folder
-from kiln.errors import EXIT_FAILED, EXIT_OK, KilnError
+from kiln.commands.common import load_with_lock
+from kiln.errors import EXIT_FAILED, EXIT_OK
 from kiln.render import images_for_roles
 from kiln.vm import Trial
 
@@ -17,12 +15,7 @@ from kiln.vm import Trial
 def try_cmd(config_path: str, env_name: str | None, *, base_image: str, role: str | None,
             kernel: str | None, initrd: str | None, append: str | None, timeout: float,
             no_store: bool = False, as_json: bool = False, dist: str | None = None) -> int:
-    config = config_mod.load(Path(config_path), config_path)
-    env = config.environment(env_name)
-    folder = Path(dist) if dist else dist_folder(config)
-    lock = lockfile.read(lockfile.lock_path(folder, env.name))
-    if lock is None:
-        raise KilnError(f"no lock for {env.name}: run `python bake.py bake --env {env.name}`")
+    _, env, lock = load_with_lock(config_path, env_name, dist)
     trial = Trial(env, lock, Path(base_image), role=role,
                   kernel=Path(kernel) if kernel else None,
                   initrd=Path(initrd) if initrd else None, append=append, timeout=timeout,
