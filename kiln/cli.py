@@ -36,7 +36,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bake.py", description=__doc__)
+    parser = _Parser(prog="bake.py", description="kiln: side-load foundation images into "
+                     "air-gapped nodes under their exact registry names. See README.md.")
     parser.add_argument("--version", action="version", version=f"kiln {__version__}")
     common = _Parser(add_help=False)
     common.add_argument("--env", help="the environment in images.yaml")
