@@ -32,8 +32,17 @@ def try_cmd(config_path: str, env_name: str | None, *, base_image: str, role: st
             mark = "ok " if got.get("image_id") == image.image_id and got.get(
                 "state") == "present" else "BAD"
             print(f"{mark} {image.ref} {got.get('state', 'missing')} {got.get('image_id', '-')}")
-        for line in result.field("unit: ") + result.field("kubelet: "):
-            print(f"    {line}")
+        unit = dict(line.split("=", 1) for line in result.field("unit: ") if "=" in line)
+        kubelet = dict(line.split("=", 1) for line in result.field("kubelet: ") if "=" in line)
+        print(f"    kiln-import.service: Before={unit.get('Before', '?')}")
+        print(f"    kubelet.service: After={kubelet.get('After', '?')}")
+        start, end = (int(unit.get(k) or 0) for k in ("ExecMainStartTimestampMonotonic",
+                                                      "ExecMainExitTimestampMonotonic"))
+        kubelet_start = int(kubelet.get("ExecMainStartTimestampMonotonic") or 0)
+        if start and end:
+            print(f"    the import ran {(end - start) / 1e6:.1f}s, from {start / 1e6:.1f}s after "
+                  "boot" + (f"; kubelet started {(kubelet_start - end) / 1e6:+.1f}s after it "
+                            "finished" if kubelet_start else "; no kubelet here"))
         print(f"kiln: try: {'every image present and pinned' if result.ok else 'FAILED'} "
               f"({result.seconds:.0f}s from power-on to the importer's report)")
     return EXIT_OK if result.ok else EXIT_FAILED

@@ -95,3 +95,27 @@ def test_guest_url() -> None:
     assert guest_url("http://127.0.0.1:8080/") == "http://10.0.2.2:8080/"
     assert guest_url("https://localhost/x") == "https://10.0.2.2/x"
     assert guest_url("https://minio.internal/") == "https://minio.internal/"
+
+
+def test_the_try_command_prints_the_verdict_and_the_ordering(
+        trial: Trial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from kiln import lock as lockfile
+    from kiln.cli import main
+
+    lockfile.write(tmp_path / "dist/dev/images.lock.json", LOCK)
+    console = report("present", IMAGE.image_id).replace(
+        "unit: Before=kubelet.service\n",
+        "unit: Before=kubelet.service multi-user.target\n"
+        "unit: ExecMainStartTimestampMonotonic=112303945\n"
+        "unit: ExecMainExitTimestampMonotonic=133345978\n"
+        "kubelet: After=kiln-import.service containerd.service\n"
+        "kubelet: ExecMainStartTimestampMonotonic=133572053\n")
+    fake_tools(tmp_path / "bin", console, exit_after=True)
+    monkeypatch.chdir(tmp_path)
+    assert main(["try", "--env", "dev", "--base-image", "base.raw"]) == 0
+    out = capsys.readouterr().out
+    assert f"ok  {IMAGE.ref} present {IMAGE.image_id}" in out
+    assert "kubelet.service: After=kiln-import.service containerd.service" in out
+    assert "the import ran 21.0s, from 112.3s after boot; kubelet started +0.2s after" in out
+    assert "every image present and pinned" in out
