@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KILN := $(PY) bake.py
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv bake lint render try golden demo test unit integration check bench bench-bake bench-node bench-render clean
+.PHONY: venv bake lint render verify push verify-registry diff try golden demo test unit integration check bench bench-bake bench-node bench-render clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,13 @@ try: venv
 golden: venv
 	$(PY) -m kiln.golden --env $(ENV) --var base_image=$(BASE_IMAGE) --var kernel=$(KERNEL) \
 	  --var initrd=$(INITRD) --var ssh_key=$(SSH_KEY) --var output_dir=$(or $(GOLDEN_DIR),dist/golden)
+
+# Day 2 (see README): make verify ENV=prod CONTAINERD_ADDRESS=/run/containerd/containerd.sock
+verify: venv
+	$(KILN) verify --env $(ENV) --containerd-address $(or $(CONTAINERD_ADDRESS),/run/containerd/containerd.sock)
+
+push verify-registry diff: venv
+	$(KILN) $@ --env $(ENV)
 
 render: venv
 	$(KILN) render --env $(ENV) $(if $(INVENTORY),--inventory $(INVENTORY),)
