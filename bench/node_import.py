@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from bench.content import MB, REG, make_context  # noqa: E402
 from kiln import config as config_mod  # noqa: E402
 from kiln import localengine  # noqa: E402
 from kiln.cli import main as kiln_main  # noqa: E402
+from kiln.httpserve import serve  # noqa: E402
 from kiln.lock import read as read_lock  # noqa: E402
 from kiln.publish import decompress  # noqa: E402
 from kiln.render import PlainLocator, render  # noqa: E402
@@ -54,11 +54,6 @@ while read -r name url sha; do
   rm -f "$name.tar"
 done < "$LIST"
 """
-
-
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 def fresh_containerd(work: Path, label: str) -> localengine.Daemon:
@@ -131,9 +126,7 @@ def main() -> int:
         dockerd.stop()
         engine.stop()
 
-    handler = lambda *a: Quiet(*a, directory=str(work / "store"))  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve(work / "store")
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     env_cfg = config_mod.load(config).environment("bench")
     render(env_cfg, lock, work / "dist", PlainLocator(url))

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--env", help="the environment in images.yaml")
     common.add_argument("--config", default="images.yaml", help="default: %(default)s")
+    with_dist = _Parser(add_help=False, parents=[common])
+    with_dist.add_argument("--dist", help="where the locks and rendered files are "
+                                          "(default: dist/ beside images.yaml)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     lint = commands.add_parser("lint", parents=[common],
@@ -50,47 +53,41 @@ def _parser() -> argparse.ArgumentParser:
     lint.add_argument("--lock", help="also report where each chart image comes from on a "
                                      "cold node (e.g. dist/prod/images.lock.json)")
 
-    bake = commands.add_parser("bake", parents=[common],
+    bake = commands.add_parser("bake", parents=[with_dist],
                                help="build/pull/archive, save, compress, publish, lock")
-    bake.add_argument("--dist", help="output folder (default: dist/ beside images.yaml)")
     bake.add_argument("--jobs", type=int, default=default_jobs(),
                       help="images exported and compressed at once (default: cores + 1 = "
                            "%(default)s)")
     bake.add_argument("--quiet", action="store_true", help="print errors only")
     bake.add_argument("--json", action="store_true", help="print the lock on stdout")
 
-    render = commands.add_parser("render", parents=[common],
+    render = commands.add_parser("render", parents=[with_dist],
                                  help="cloud-init, per-node seeds, Packer build, node importer")
     render.add_argument("--inventory", help="nodes.yaml: write dist/<env>/nodes/<host>/ seeds")
-    render.add_argument("--dist", help="output folder (default: dist/ beside images.yaml)")
 
-    verify = commands.add_parser("verify", parents=[common],
+    verify = commands.add_parser("verify", parents=[with_dist],
                                  help="check a containerd against the lock")
     verify.add_argument("--containerd-address", required=True,
                         help="the containerd socket, e.g. /run/containerd/containerd.sock")
     verify.add_argument("--role", help="only the images of this role")
     verify.add_argument("--json", action="store_true")
-    verify.add_argument("--dist")
 
-    push = commands.add_parser("push", parents=[common],
+    push = commands.add_parser("push", parents=[with_dist],
                                help="day 2: push the lock's images to the registry")
     push.add_argument("--quiet", action="store_true")
     push.add_argument("--json", action="store_true")
-    push.add_argument("--dist")
-    vreg = commands.add_parser("verify-registry", parents=[common],
+    vreg = commands.add_parser("verify-registry", parents=[with_dist],
                                help="day 2: the registry serves the lock's image IDs")
     vreg.add_argument("--json", action="store_true")
-    vreg.add_argument("--dist")
 
-    diff = commands.add_parser("diff", parents=[common],
+    diff = commands.add_parser("diff", parents=[with_dist],
                                help="what a bake would change; objects no lock references")
     diff.add_argument("--prune", action="store_true",
                       help="delete the unreferenced objects (only with --yes)")
     diff.add_argument("--yes", action="store_true")
     diff.add_argument("--json", action="store_true")
-    diff.add_argument("--dist")
 
-    trial = commands.add_parser("try", parents=[common],
+    trial = commands.add_parser("try", parents=[with_dist],
                                 help="boot a throwaway VM with the user-data, report the import")
     trial.add_argument("--base-image", required=True,
                        help="a bootable cloud image (qcow2/raw), or a root fs with --kernel")
@@ -103,7 +100,6 @@ def _parser() -> argparse.ArgumentParser:
     trial.add_argument("--no-store", action="store_true",
                        help="serve no store: a golden image must already hold the images")
     trial.add_argument("--json", action="store_true")
-    trial.add_argument("--dist")
     return parser
 
 

@@ -8,14 +8,12 @@ containerd (a stand-in for a fresh node), runs the rendered importer against it,
 from __future__ import annotations
 
 import argparse
-import functools
 import http.server
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import urllib.parse
 from pathlib import Path
 
@@ -23,23 +21,16 @@ from kiln import config as config_mod
 from kiln import localengine
 from kiln.bake import dist_folder
 from kiln.config import DirStore
+from kiln.httpserve import serve
 
 
-def serve(folder: Path, url: str) -> http.server.ThreadingHTTPServer:
+def serve_at(folder: Path, url: str) -> http.server.ThreadingHTTPServer:
     """Serve ``folder`` at the host and port of ``url`` (loopback only)."""
     parsed = urllib.parse.urlparse(url)
     host = parsed.hostname or "127.0.0.1"
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(f"demo: the store url {url} is not on this machine")
-    handler = functools.partial(Quiet, directory=str(folder))
-    server = http.server.ThreadingHTTPServer((host, parsed.port or 80), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    return serve(folder, host, parsed.port or 80)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return bake.returncode
     node = dist_folder(config) / env.name / "node"
     base = Path(tempfile.mkdtemp(prefix="kiln-demo-"))
-    server = serve(env.store.path, env.store.url)
+    server = serve_at(env.store.path, env.store.url)
     containerd = localengine.start_containerd(base)
     print(f"demo: serving {env.store.path} at {env.store.url}; a fresh containerd at "
           f"{containerd.socket}", flush=True)

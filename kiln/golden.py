@@ -19,8 +19,9 @@ from kiln import config as config_mod
 from kiln import lock as lockfile
 from kiln.bake import dist_folder
 from kiln.config import DirStore
+from kiln.httpserve import serve
 from kiln.render import PlainLocator, render
-from kiln.vm import GUEST_HOST, guest_url, serve
+from kiln.vm import GUEST_HOST, guest_url
 
 
 def build(config_path: str, env_name: str, variables: list[str]) -> int:

@@ -7,13 +7,12 @@ unchanged bake rewrites it byte for byte.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kiln.errors import KilnError
+from kiln.files import write_atomic
 
 LOCK_VERSION = 1
 
@@ -111,22 +110,6 @@ def read(path: Path) -> Lock | None:
     except OSError as exc:
         raise KilnError(f"cannot read {path}: {exc.strerror}") from None
     return from_json(text, str(path))
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write(path: Path, lock: Lock) -> None:

@@ -22,7 +22,8 @@ import jinja2
 
 from kiln.config import Environment, S3Store
 from kiln.errors import KilnError
-from kiln.lock import Lock, LockedImage, write_atomic
+from kiln.files import write_atomic
+from kiln.lock import Lock, LockedImage
 from kiln.yamlio import compose_file, mapping_items, position, scalar_value
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

@@ -9,15 +9,12 @@ ordering between markers on the serial console, then power off.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,6 +23,7 @@ from typing import Any
 
 from kiln.config import CloudInitSnippets, DirStore, Environment
 from kiln.errors import KilnError
+from kiln.httpserve import serve
 from kiln.lock import Lock
 from kiln.render import PlainLocator, Renderer, images_for_roles
 
@@ -84,17 +82,6 @@ def image_format(path: Path) -> str:
     if done.returncode != 0:
         raise TryError(f"{path}: not a disk image qemu-img can read: {done.stderr.strip()}")
     return str(json.loads(done.stdout)["format"])
-
-
-def serve(folder: Path) -> http.server.ThreadingHTTPServer:
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def guest_url(url: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kiln import config
-from kiln.lock import write_atomic
+from kiln.files import write_atomic
 from kiln.stores import StoreError
 
 
