@@ -122,6 +122,11 @@ class S3Writer:
                                        ContentLength=self.size)
             else:
                 self._multipart(key)
+            if self.cancel.is_set():
+                # interrupted while the last request landed: the key was absent before
+                # (stat above), so taking it away leaves the store as it was
+                self.client.delete_object(Bucket=self.store.bucket, Key=key)
+                raise Cancelled("interrupted")
             return True
         except KilnError:
             self.abort()
