@@ -1,24 +1,29 @@
 #!/usr/bin/env python3
-"""Benchmark: the node importer against a naive script and the lower bound, in one run.
+"""Benchmark: the node importer against naive scripts and the lower bound, in one run.
 
 Five images of ~100 MB (real binaries, generated logs, random bytes) are baked by kiln into a
 folder store served over HTTP on loopback. Each contender imports them into its own fresh
 containerd:
 
-- lower bound: `ctr images import` of the uncompressed tarballs, already on local disk;
-- naive: per image, one after another: curl to a file, `sha256sum -c`, `zstd -d`, `ctr import`;
+- lower bound: `ctr images import` of the `docker save` tarballs, uncompressed, on local disk;
+- naive script: per image, one after another: curl to a file, `sha256sum -c`, `zstd -d`,
+  `ctr import`, over `docker save | zstd` objects (the usual pipeline without kiln; the same
+  zstd level as kiln's layers), served beside kiln's store;
+- naive script on kiln's objects: the same loop over kiln's OCI archives (no `zstd -d`
+  needed): how much comes from the stored format and how much from the importer;
 - kiln: the rendered import-images.
 
-Then the downloading contenders again with the link capped at 1 Gbit/s (curl --limit-rate,
-shared by the importer's parallel downloads).
+Then the naive script and the importer again with the link capped at 1 Gbit/s (curl
+--limit-rate, shared by the importer's parallel downloads).
 
     make bench-node          # or: .venv/bin/python bench/node_import.py [--images 5] [--mb 100]
+                             #     [--rounds 2] [--keep DIR: build once, reuse later]
 """
 
 from __future__ import annotations
 
 import argparse
-import http.server
+import hashlib
 import os
 import shutil
 import subprocess
@@ -34,9 +39,9 @@ from bench.content import MB, REG, make_context  # noqa: E402
 from kiln import config as config_mod  # noqa: E402
 from kiln import localengine  # noqa: E402
 from kiln.cli import main as kiln_main  # noqa: E402
+from kiln.engine import DockerEngine  # noqa: E402
 from kiln.httpserve import serve  # noqa: E402
 from kiln.lock import read as read_lock  # noqa: E402
-from kiln.publish import decompress  # noqa: E402
 from kiln.render import PlainLocator, render  # noqa: E402
 
 GBIT = 125 * 1000 * 1000  # bytes per second
@@ -45,15 +50,22 @@ NAIVE = """\
 set -eu
 cd "$WORK"
 while read -r name url sha; do
-  curl -fsS $LIMIT -o "$name.zst" "$url"
-  echo "$sha  $name.zst" | sha256sum -c --quiet -
-  zstd -dq --rm "$name.zst" -o "$name.tar"
+  curl -fsS $LIMIT -o "$name.dl" "$url"
+  echo "$sha  $name.dl" | sha256sum -c --quiet -
+  if [ "$DECOMPRESS" = 1 ]; then zstd -dq --rm "$name.dl" -o "$name.tar"
+  else mv "$name.dl" "$name.tar"; fi
   ctr -n k8s.io images import "$name.tar" > /dev/null
   ctr -n k8s.io images label "$REF_PREFIX$name:v1" \
     io.cri-containerd.pinned=pinned > /dev/null
   rm -f "$name.tar"
 done < "$LIST"
 """
+LOWER = "lower bound (ctr import of local tarballs)"
+NAIVE_LOOP = "naive script, loopback"
+NAIVE_KILN = "naive script on kiln's objects, loopback"
+KILN_LOOP = "kiln importer, loopback"
+NAIVE_GBIT = "naive script, 1 Gbit/s"
+KILN_GBIT = "kiln importer, 1 Gbit/s"
 
 
 def fresh_containerd(work: Path, label: str) -> localengine.Daemon:
@@ -86,28 +98,20 @@ def run(label: str, work: Path, argv: list[str], env: dict[str, str]) -> float:
         drop(work, daemon, label)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=5)
-    parser.add_argument("--mb", type=int, default=100, help="size of each image")
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="kiln-bench-node-", dir="/var/tmp"))
+def build(work: Path, images: int, size_mb: int, config: Path) -> None:
+    """Bake ``images`` images of ~``size_mb`` MB each into a folder store under ``work``."""
     engine = localengine.start_containerd(work / "engine")
     dockerd = localengine.start_dockerd(work / "engine", engine)
-    server: http.server.ThreadingHTTPServer | None = None
     try:
         lines = []
-        mb = args.mb * MB
-        print(f"bench: building {args.images} images of ~{args.mb} MB under {work} ...",
-              flush=True)
-        for i in range(args.images):
+        mb = size_mb * MB
+        print(f"bench: building {images} images of ~{size_mb} MB under {work} ...", flush=True)
+        for i in range(images):
             name = f"app{i}"
             make_context(work / f"ctx-{name}", 100 + i, int(mb * 0.4), int(i * mb * 0.4),
                          int(mb * 0.3), int(mb * 0.3), None)
             lines.append(f"  - {{name: {name}, ref: {REG}/foundation/{name}:v1, "
                          f"build: ctx-{name}}}\n")
-        config = work / "images.yaml"
         config.write_text("version: 1\nimages:\n" + "".join(lines) + "environments:\n"
                           f"  bench:\n    registry: {REG}\n"
                           "    store: {type: dir, path: store, url: 'http://127.0.0.1:1/'}\n"
@@ -115,34 +119,67 @@ def main() -> int:
         os.environ["DOCKER_HOST"] = dockerd.address
         if kiln_main(["bake", "--env", "bench", "--config", str(config), "--quiet"]) != 0:
             raise SystemExit("bench: bake failed")
-        lock = read_lock(work / "dist/bench/images.lock.json")
-        assert lock is not None
-        total = sum(i.uncompressed_size for i in lock.images)
-        stored = sum(i.size for i in lock.images)
-        print(f"bench: {len(lock.images)} images, {total / MB:.0f} MB uncompressed, "
-              f"{stored / MB:.0f} MB stored (zstd -{lock.images[0].compression_level})",
-              flush=True)
+        # the lower bound imports what `docker save` writes, uncompressed, from local disk;
+        # the naive script downloads it zstd-compressed at kiln's level
+        level = config_mod.load(config).environment("bench").compression.level
+        engine_api = DockerEngine(dockerd.address)
+        for folder in ("tars", "store/naive"):
+            (work / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(images):
+            tar = work / "tars" / f"app{i}.tar"
+            with tar.open("wb") as out:
+                for chunk in engine_api.export([f"{REG}/foundation/app{i}:v1"]):
+                    out.write(chunk)
+            subprocess.run(["zstd", "-q", f"-{level}", "-f", str(tar), "-o",
+                            str(work / "store/naive" / f"app{i}.tar.zst")], check=True)
     finally:
         dockerd.stop()
         engine.stop()
+        subprocess.run(["umount", "-R", "-l", str(work / "engine")], capture_output=True,
+                       check=False)
+        shutil.rmtree(work / "engine", ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--mb", type=int, default=100, help="size of each image")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="build the images into DIR once and keep them for later runs")
+    args = parser.parse_args()
+    if args.keep:
+        work = args.keep.resolve()
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="kiln-bench-node-", dir="/var/tmp"))
+    config = work / "images.yaml"
+    if not (work / "dist/bench/images.lock.json").exists():
+        build(work, args.images, args.mb, config)
+    lock = read_lock(work / "dist/bench/images.lock.json")
+    assert lock is not None
+    total = sum(i.uncompressed_size for i in lock.images)
+    stored = sum(i.size for i in lock.images)
+    print(f"bench: {len(lock.images)} images, {total / MB:.0f} MB uncompressed, "
+          f"{stored / MB:.0f} MB stored (zstd -{lock.images[0].compression_level})",
+          flush=True)
 
     server = serve(work / "store")
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     env_cfg = config_mod.load(config).environment("bench")
     render(env_cfg, lock, work / "dist", PlainLocator(url))
-    tars = work / "tars"
-    tars.mkdir()
-    listing = work / "naive.list"
-    with listing.open("w") as out:
+    naive_list, kiln_list = work / "naive.list", work / "naive-kiln.list"
+    with naive_list.open("w") as classic, kiln_list.open("w") as ours:
         for image in lock.images:
-            blob = (work / "store" / image.key).read_bytes()
-            (tars / f"{image.name}.tar").write_bytes(decompress(blob, image.compression))
-            out.write(f"{image.name} {url}{image.key} {image.sha256}\n")
-    naive_script = work / "naive.sh"
-    naive_script.write_text(NAIVE)
-    base_env = {**os.environ, "WORK": str(work / "naive"), "LIST": str(listing),
-                "REF_PREFIX": f"{REG}/foundation/", "TMPDIR": str(work)}
-    (work / "naive").mkdir()
+            path = f"naive/{image.name}.tar.zst"
+            digest = hashlib.sha256((work / "store" / path).read_bytes()).hexdigest()
+            classic.write(f"{image.name} {url}{path} {digest}\n")
+            ours.write(f"{image.name} {url}{image.key} {image.sha256}\n")
+    naive = ["sh", str(work / "naive.sh")]
+    (work / "naive.sh").write_text(NAIVE)
+    base_env = {**os.environ, "WORK": str(work / "naive"), "REF_PREFIX": f"{REG}/foundation/",
+                "TMPDIR": str(work), "LIMIT": "", "LIST": str(naive_list), "DECOMPRESS": "1"}
+    (work / "naive").mkdir(exist_ok=True)
     importer = ["sh", str(work / "dist/bench/node/import-images"), "--status",
                 str(work / "status.json")]
     lower_argv = ["sh", "-c", 'for t in "$TARS"/*.tar; do ctr -n k8s.io images import "$t" '
@@ -151,34 +188,34 @@ def main() -> int:
     parallel = env_cfg.node.parallel
     for rnd in range(args.rounds):
         for label, argv, extra in (
-            ("lower bound (ctr import of local tarballs)", lower_argv, {"TARS": str(tars)}),
-            ("naive script, loopback", ["sh", str(naive_script)], {"LIMIT": ""}),
-            ("kiln importer, loopback", importer, {}),
-            ("naive script, 1 Gbit/s", ["sh", str(naive_script)],
-             {"LIMIT": f"--limit-rate {GBIT}"}),
-            ("kiln importer, 1 Gbit/s", importer,
-             {"KILN_CURL_OPTS": f"--limit-rate {GBIT // parallel}"}),
+            (LOWER, lower_argv, {"TARS": str(work / "tars")}),
+            (NAIVE_LOOP, naive, {}),
+            (NAIVE_KILN, naive, {"LIST": str(kiln_list), "DECOMPRESS": "0"}),
+            (KILN_LOOP, importer, {}),
+            (NAIVE_GBIT, naive, {"LIMIT": f"--limit-rate {GBIT}"}),
+            (KILN_GBIT, importer, {"KILN_CURL_OPTS": f"--limit-rate {GBIT // parallel}"}),
         ):
             elapsed = run(label.split()[0], work, argv, {**base_env, **extra})
             results.setdefault(label, []).append(elapsed)
-        print(f"bench: round {rnd + 1}: " + ", ".join(
-            f"{k.split(',')[0].split(' (')[0]}{',' + k.split(',')[1] if ',' in k else ''} "
-            f"{v[-1]:.1f}s" for k, v in results.items()), flush=True)
+        print(f"bench: round {rnd + 1}: "
+              + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in results.items()), flush=True)
     server.shutdown()
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
     best = {k: min(v) for k, v in results.items()}
-    lower = best["lower bound (ctr import of local tarballs)"]
+    lower = best[LOWER]
     print()
     print(f"{'measurement (best of rounds)':<46}{'seconds':>9}{'x lower':>9}")
     for label, value in best.items():
         print(f"{label:<46}{value:>9.2f}{value / lower:>9.2f}")
-    loop = best["kiln importer, loopback"] / best["naive script, loopback"]
-    capped = best["kiln importer, 1 Gbit/s"] / best["naive script, 1 Gbit/s"]
-    print(f"{'kiln / naive, loopback (target <= 0.65)':<46}{loop:>18.2f}")
-    print(f"{'kiln / lower bound, loopback (target <= 1.2)':<46}"
-          f"{best['kiln importer, loopback'] / lower:>18.2f}")
-    print(f"{'kiln / naive, 1 Gbit/s':<46}{capped:>18.2f}")
+    for label, ratio in (
+        ("kiln / naive, loopback (target <= 0.65)", best[KILN_LOOP] / best[NAIVE_LOOP]),
+        ("kiln / lower bound, loopback (target <= 1.2)", best[KILN_LOOP] / lower),
+        ("kiln / naive on kiln's objects, loopback", best[KILN_LOOP] / best[NAIVE_KILN]),
+        ("kiln / naive, 1 Gbit/s", best[KILN_GBIT] / best[NAIVE_GBIT]),
+    ):
+        print(f"{label:<46}{ratio:>18.2f}")
     return 0
 
 

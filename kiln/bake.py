@@ -59,7 +59,11 @@ class Baker:
         # uploads run beside the next images' compression.
         self.cpu_slots = threading.BoundedSemaphore(self.jobs)
         self.cancel = threading.Event()
-        self.previous = lockfile.read(self.lock_path)
+        try:
+            self.previous = lockfile.read(self.lock_path)
+        except lockfile.OldLock as exc:
+            reporter.finish("lock", f"{exc}: every image is stored again")
+            self.previous = None
         if self.previous is not None and self.previous.environment != env.name:
             self.previous = None
         self.uploaded: list[str] = []
@@ -97,7 +101,7 @@ class Baker:
             self.reporter.finish(image.name, f"unchanged {image.ref} ({human(entry.size)})")
             self.reused.append(image.name)
             return entry
-        published = self.publish([image.ref], image.name, info.size)
+        published = self.publish({image.ref: image_id}, image.name, info.size)
         source = image.source
         return LockedImage(
             name=image.name, ref=image.ref, image_id=image_id, platform=image.platform,
@@ -122,13 +126,14 @@ class Baker:
         return replace(old, roles=image.roles, source=source.kind,
                        upstream=source.ref if isinstance(source, PullSource) else None)
 
-    def publish(self, names: list[str], label: str, size_hint: int) -> Published:
+    def publish(self, images: dict[str, str], label: str, size_hint: int) -> Published:
+        """Export ``images`` (ref -> image ID) as one object; the archive must name exactly them."""
         def progress(done: int) -> None:
             self.reporter.progress(label, done, size_hint)
 
         self.reporter.step(label, "saving")
-        published = publish(self.engine.export(names), self.store, self.env.compression,
-                            size_hint, progress, self.cancel, self.cpu_slots)
+        published = publish(self.engine.export(list(images)), self.store, self.env.compression,
+                            size_hint, progress, self.cancel, self.cpu_slots, expect=images)
         verb = "stored" if published.uploaded else "already stored"
         self.reporter.finish(label, f"{verb} {human(published.uncompressed_size)} -> "
                                     f"{human(published.size)} {published.key}")
@@ -154,7 +159,7 @@ class Baker:
             self.reused.append(label)
             return old
         hint = sum(e.uncompressed_size for e in members)
-        published = self.publish(list(refs), label, hint)
+        published = self.publish(dict(zip(refs, ids, strict=True)), label, hint)
         return LockedBundle(role=role, refs=refs, image_ids=ids, sha256=published.sha256,
                             size=published.size, uncompressed_size=published.uncompressed_size,
                             compression=comp.algorithm, compression_level=comp.level,

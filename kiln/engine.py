@@ -6,8 +6,6 @@ client: the SDK's HTTP session is not meant to be shared across threads.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import shutil
 import subprocess
@@ -217,11 +215,3 @@ def archive_kind(path: Path) -> str:
         raise EngineError(f"archive {path} is not a readable tar file: {exc}") from None
     raise EngineError(f"archive {path} is neither a docker-save nor an OCI archive")
 
-
-def archive_repo_tags(data: bytes) -> list[list[str]]:
-    """The RepoTags of each image in a docker-save archive (for tests and checks)."""
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        member = tar.extractfile("manifest.json")
-        if member is None:
-            raise EngineError("archive has no manifest.json")
-        return [entry.get("RepoTags") or [] for entry in json.load(member)]

@@ -14,7 +14,12 @@ from typing import Any
 from kiln.errors import KilnError
 from kiln.files import write_atomic
 
-LOCK_VERSION = 1
+# 2: objects are OCI archives with compressed layers (1: compressed `docker save` archives)
+LOCK_VERSION = 2
+
+
+class OldLock(KilnError):
+    """A lock from an older kiln: its objects are in a format this kiln no longer ships."""
 
 
 @dataclass(frozen=True)
@@ -23,10 +28,10 @@ class LockedImage:
     ref: str  # the literal fully-qualified string
     image_id: str  # config digest: the same in Docker, containerd and any registry copy
     platform: str
-    sha256: str  # of the stored (compressed) object
+    sha256: str  # of the stored object: an OCI archive (kiln/ociarchive.py)
     size: int
-    uncompressed_size: int
-    compression: str  # "zstd" or "gzip"
+    uncompressed_size: int  # of the engine's `docker save` archive
+    compression: str  # of the layers inside: "zstd" or "gzip"
     compression_level: int
     key: str  # object key in the store
     roles: tuple[str, ...]  # empty: every role
@@ -86,6 +91,10 @@ def _plain(entry: dict[str, Any]) -> dict[str, Any]:
 def from_json(text: str, where: str = "lock") -> Lock:
     try:
         data = json.loads(text)
+        if isinstance(data.get("version"), int) and data["version"] < LOCK_VERSION:
+            raise OldLock(f"{where} was written by an older kiln (lock version "
+                          f"{data['version']}); bake this environment again to re-store its "
+                          "images in the current format")
         if data.get("version") != LOCK_VERSION:
             raise KilnError(f"{where}: unsupported lock version {data.get('version')!r}")
         images = tuple(

@@ -88,13 +88,17 @@ class Registry:
         return str(manifest["config"]["digest"])
 
     def push(self, archive: Path, ref: str) -> None:
-        """`skopeo copy docker-archive:ARCHIVE docker://REF`: no Docker engine involved."""
+        """`skopeo copy oci-archive:ARCHIVE:REF docker://REF`: no Docker engine involved.
+
+        The stored archive names each image by its full ref, and skopeo copies its manifest
+        and compressed layers as they are: the registry serves the bytes the nodes imported.
+        """
         argv = ["copy", "--quiet"]
         if self.cert_dir:
             argv += ["--dest-cert-dir", str(self.cert_dir)]
         if self.authfile:
             argv += ["--dest-authfile", str(self.authfile)]
-        done = self._skopeo(*argv, f"docker-archive:{archive}", f"docker://{ref}")
+        done = self._skopeo(*argv, f"oci-archive:{archive}:{ref}", f"docker://{ref}")
         if done.returncode != 0:
             reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
             raise RegistryError(f"push of {ref} failed: {reason}")

@@ -13,3 +13,68 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text).lstrip("\n"))
     return root
+
+
+def layer_tar(files: dict[str, bytes]) -> bytes:
+    """An uncompressed layer: a tar of ``files`` (path -> content)."""
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def image_config(layers: list[bytes], arch: str = "amd64") -> bytes:
+    """A Docker image config for ``layers``; its sha256 is the image ID."""
+    import hashlib
+    import json
+
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    return json.dumps({"architecture": arch, "os": "linux", "config": {},
+                       "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+
+
+def docker_save(images: list[tuple[str, list[bytes]]], oci_shaped: bool = False) -> bytes:
+    """What `docker save REF...` writes for ``images`` (ref, layers): the legacy layout, a
+    repeated layer as a symlink as Docker does, or (``oci_shaped``) Docker 25's blobs/ layout."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    out = io.BytesIO()
+    seen: dict[str, str] = {}
+    entries = []
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        def put(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        for ref, layers in images:
+            paths = []
+            for layer in layers:
+                hexdigest = hashlib.sha256(layer).hexdigest()
+                path = f"blobs/sha256/{hexdigest}" if oci_shaped else f"{hexdigest}/layer.tar"
+                if hexdigest not in seen:
+                    put(path, layer)
+                elif not oci_shaped:
+                    path = f"{hexdigest[::-1]}/layer.tar"
+                    link = tarfile.TarInfo(path)
+                    link.type, link.linkname = tarfile.SYMTYPE, f"../{seen[hexdigest]}"
+                    tar.addfile(link)
+                seen.setdefault(hexdigest, path)
+                paths.append(path)
+            config = image_config(layers)
+            config_hex = hashlib.sha256(config).hexdigest()
+            config_path = f"blobs/sha256/{config_hex}" if oci_shaped else f"{config_hex}.json"
+            put(config_path, config)
+            entries.append({"Config": config_path, "RepoTags": [ref], "Layers": paths})
+        put("manifest.json", json.dumps(entries).encode())
+        put("repositories", b"{}")
+    return out.getvalue()

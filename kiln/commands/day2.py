@@ -1,4 +1,4 @@
-"""Day 2: `push` seeds the real registry from the stored tarballs under exactly their refs;
+"""Day 2: `push` seeds the real registry from the stored archives under exactly their refs;
 `verify-registry` proves it serves the lock's image IDs."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kiln.commands.common import load_with_lock
 from kiln.errors import EXIT_FAILED, EXIT_OK, KilnError
-from kiln.publish import unpack_to
+from kiln.publish import fetch_to
 from kiln.registry import Registry, RegistryError
 from kiln.stores import open_store
 
@@ -40,7 +40,7 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
                 with tempfile.TemporaryDirectory(prefix="kiln-push-") as work:
                     archive = Path(work) / "image.tar"
                     with store.open_read(image.key) as stream:
-                        unpack_to(stream, image.compression, image.sha256, archive)
+                        fetch_to(stream, image.sha256, archive)
                     registry.push(archive, image.ref)
                 served = registry.image_id(image.ref, image.platform)
                 if served != image.image_id:

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -25,14 +24,13 @@ import botocore.exceptions
 
 from kiln import config
 from kiln.errors import Cancelled, KilnError
+from kiln.files import spool, spool_dir
 from kiln.stores import StoreError
 
 MIN_PART = 8 << 20
 MAX_PARTS = 10_000
-SPOOL_MEMORY = 8 << 20  # a compressed stream up to this size never touches the disk
 MULTIPART_THRESHOLD = 128 << 20  # above this, a parallel multipart upload; else one PUT
 UPLOAD_THREADS = 6
-SPOOL_DIR_ENV = "KILN_SPOOL_DIR"
 THRESHOLD_ENV = "KILN_MULTIPART_THRESHOLD"
 
 
@@ -40,11 +38,6 @@ def multipart_threshold() -> int:
     """Objects above this many bytes go up in parallel parts ($KILN_MULTIPART_THRESHOLD)."""
     value = os.environ.get(THRESHOLD_ENV, "")
     return max(MIN_PART, int(value)) if value.isdigit() else MULTIPART_THRESHOLD
-
-
-def spool_dir() -> str:
-    """Where compressed streams wait for their upload: $KILN_SPOOL_DIR, else the temp folder."""
-    return os.environ.get(SPOOL_DIR_ENV) or tempfile.gettempdir()
 
 
 def part_size_for(size: int) -> int:
@@ -94,8 +87,7 @@ class S3Writer:
         self.cancel = cancel or threading.Event()
         self.client = store.client
         # The writer owns the spool from write() to commit()/abort(), which close it.
-        self.spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=SPOOL_MEMORY, prefix="kiln-spool-", dir=spool_dir())
+        self.spool = spool()
         self.size = 0
         self.upload_id: str | None = None
         self.key = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -17,9 +18,8 @@ import pytest
 
 from kiln.cli import main
 from kiln.containerd import Ctr
-from kiln.engine import archive_repo_tags
 from kiln.localengine import Daemon
-from kiln.publish import decompress
+from kiln.ociarchive import describe
 from tests.integration.conftest import scratch_context
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,11 +107,13 @@ def test_every_source_kind_reaches_containerd_under_its_fq_ref(
         body = s3.get_object(Bucket=bucket, Key=entry["key"])["Body"].read()
         assert entry["key"] == "kiln/blobs/sha256/" + entry["sha256"]
         assert len(body) == entry["size"]
-        archive = decompress(body, entry["compression"])
-        assert len(archive) == entry["uncompressed_size"]
-        # The stored archive names exactly the FQ ref: the upstream name never reaches it.
-        assert archive_repo_tags(archive) == [[entry["ref"]]]
-        ctr.import_stream([archive])
+        # An OCI archive naming exactly the FQ ref (the upstream name never reaches it), its
+        # config the engine's (same image ID), its layers compressed one by one.
+        (archived,) = describe(io.BytesIO(body))
+        assert (archived.ref, archived.image_id) == (entry["ref"], entry["image_id"])
+        assert {m for m, _, _ in archived.layers} == {
+            "application/vnd.oci.image.layer.v1.tar+zstd"}
+        ctr.import_stream([body])
         imported = ctr.images()
         assert ctr.image_id(imported[entry["ref"]].manifest_digest) == entry["image_id"]
     assert lock["images"][2]["upstream"] == pinned
@@ -154,8 +156,10 @@ def test_bundle_stores_a_shared_base_once(tmp_path: Path, engine_env: str,
     largest = max(i["size"] for i in lock["images"])
     assert bundle["size"] < largest + (64 << 10)
     assert (tmp_path / "store" / bundle["key"]).stat().st_size == bundle["size"]
-    tags = archive_repo_tags(decompress((tmp_path / "store" / bundle["key"]).read_bytes(), "zstd"))
-    assert sorted(t for ts in tags for t in ts) == bundle["refs"]
+    with (tmp_path / "store" / bundle["key"]).open("rb") as stream:
+        archived = describe(stream)
+    assert sorted(a.ref for a in archived) == bundle["refs"]
+    assert [a.image_id for a in archived] == bundle["image_ids"]
 
 
 # -- failures: one line naming the image and the cause, exit 1, nothing partial ---------------

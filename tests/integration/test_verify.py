@@ -60,9 +60,7 @@ def unpin(node: Node, docker_client: docker.DockerClient, tmp_path: Path) -> Non
 def default_namespace(node: Node, docker_client: docker.DockerClient, tmp_path: Path) -> None:
     delete(node, docker_client, tmp_path)
     small = next(i for i in node.lock.images if i.name == "small")
-    from kiln.publish import decompress
-
-    archive = decompress((node.folder / "store" / small.key).read_bytes(), small.compression)
+    archive = (node.folder / "store" / small.key).read_bytes()
     ctr(node, "-n", "default", "images", "import", "-", stdin=archive)
 
 

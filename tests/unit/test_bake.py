@@ -17,19 +17,20 @@ from kiln.bake import BakeError, Baker
 from kiln.config import ArchiveSource, BuildSource, Compression, PullSource
 from kiln.engine import EngineError, ImageInfo
 from kiln.errors import Cancelled, KilnError
+from kiln.ociarchive import describe
 from kiln.progress import LiveReporter, PlainReporter, human
-from kiln.publish import decompress, publish
+from kiln.publish import publish
 from kiln.stores import blob_key
 from kiln.stores.directory import DirectoryStore
 from kiln.stores.s3 import MAX_PARTS, S3ObjectStore, part_size_for
-from tests.helpers import write_tree
+from tests.helpers import docker_save, image_config, layer_tar, write_tree
 
 
 class FakeEngine:
-    """Images are byte strings; export concatenates them (a stand-in for a tar stream)."""
+    """Images are one layer holding a payload; export writes a real `docker save` archive."""
 
     def __init__(self) -> None:
-        self.content: dict[str, bytes] = {}
+        self.content: dict[str, bytes] = {}  # image ID -> its one layer
         self.tags: dict[str, str] = {}
         self.exports: list[list[str]] = []
         self.fail: dict[str, str] = {}
@@ -37,8 +38,9 @@ class FakeEngine:
     def _make(self, key: str, payload: bytes) -> str:
         if key in self.fail:
             raise EngineError(self.fail[key])
-        image_id = "sha256:" + hashlib.sha256(payload).hexdigest()
-        self.content[image_id] = payload
+        layer = layer_tar({"payload": payload})
+        image_id = "sha256:" + hashlib.sha256(image_config([layer])).hexdigest()
+        self.content[image_id] = layer
         return image_id
 
     def build(self, source: BuildSource, ref: str, platform: str) -> str:
@@ -61,10 +63,9 @@ class FakeEngine:
 
     def export(self, refs: list[str]) -> Iterator[bytes]:
         self.exports.append(list(refs))
-        for ref in refs:
-            data = self.content[self.tags[ref]]
-            for start in range(0, len(data), 1000):
-                yield data[start:start + 1000]
+        data = docker_save([(ref, [self.content[self.tags[ref]]]) for ref in refs])
+        for start in range(0, len(data), 1000):
+            yield data[start:start + 1000]
 
 
 IMAGES_YAML = """
@@ -109,8 +110,11 @@ def test_bake_publishes_and_locks(project: Path) -> None:
     assert a.ref == "registry.example.com/f/a:v1"
     stored = (project / "store" / a.key).read_bytes()
     assert hashlib.sha256(stored).hexdigest() == a.sha256 and len(stored) == a.size
-    assert decompress(stored, "zstd") == b"a" * 5000
-    assert a.uncompressed_size == 5000
+    (archived,) = describe(io.BytesIO(stored))
+    assert (archived.ref, archived.image_id, archived.platform) == (a.ref, a.image_id,
+                                                                   "linux/amd64")
+    assert archived.layers[0][0] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    assert a.uncompressed_size > 5000
     (bundle,) = lock.bundles
     assert bundle.role == "worker"
     assert bundle.refs == tuple(sorted(i.ref for i in lock.images))  # a and c have every role
@@ -195,20 +199,28 @@ def test_a_previous_lock_survives_a_failed_bake(project: Path) -> None:
 # -- publish ------------------------------------------------------------------------------------
 
 
+def archive_chunks(size: int = 10000) -> list[bytes]:
+    data = docker_save([("r.example/a:v1", [layer_tar({"x": b"x" * size, "y": b"y" * size})])])
+    return [data[i:i + 4096] for i in range(0, len(data), 4096)]
+
+
 def test_publish_gzip_is_deterministic(tmp_path: Path) -> None:
     store = DirectoryStore(config_mod.DirStore(tmp_path))
-    chunks = [b"x" * 10000, b"y" * 10000]
+    chunks = archive_chunks()
     one = publish(iter(chunks), store, Compression("gzip", 6), 20000)
     two = publish(iter(chunks), store, Compression("gzip", 6), 20000)
     assert one.sha256 == two.sha256 and one.uploaded and not two.uploaded
-    assert decompress((tmp_path / one.key).read_bytes(), "gzip") == b"".join(chunks)
+    (image,) = describe((tmp_path / one.key).open("rb"))
+    assert image.layers[0][0].endswith("tar+gzip")
+    assert one.uncompressed_size == sum(map(len, chunks))
 
 
-def test_publish_aborts_on_failure_and_cancel(tmp_path: Path) -> None:
+def test_publish_aborts_on_failure_cancel_and_a_wrong_archive(tmp_path: Path) -> None:
     store = DirectoryStore(config_mod.DirStore(tmp_path))
+    chunks = archive_chunks(100000)
 
     def broken() -> Iterator[bytes]:
-        yield b"data" * 1000
+        yield from chunks[:len(chunks) // 2]
         raise EngineError("export broke off")
 
     with pytest.raises(EngineError):
@@ -216,7 +228,11 @@ def test_publish_aborts_on_failure_and_cancel(tmp_path: Path) -> None:
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        publish(iter([b"x"]), store, Compression(), 1, cancel=cancel)
+        publish(iter(chunks), store, Compression(), 1, cancel=cancel)
+    with pytest.raises(KilnError, match=r"names r.example/a:v1 as sha256:.*; expected "
+                                        r"r.example/a:v1 as sha256:0"):
+        publish(iter(chunks), store, Compression(), 1,
+                expect={"r.example/a:v1": "sha256:" + "0" * 64})
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
@@ -267,7 +283,7 @@ def s3_store(client: FakeS3) -> S3ObjectStore:
 
 def test_s3_small_object_goes_straight_to_its_key() -> None:
     client = FakeS3()
-    published = publish(iter([b"small"]), s3_store(client), Compression(), 5)
+    published = publish(iter(archive_chunks(10)), s3_store(client), Compression(), 5)
     assert list(client.objects) == [published.key]
     assert published.key == blob_key("p/", published.sha256)
     assert not [c for c, _ in client.calls if "multipart" in c]
@@ -361,3 +377,17 @@ def test_live_reporter_redraws_in_place() -> None:
     assert "\x1b[2F" in text  # moved up over both lines to redraw them
     assert text.rsplit("\x1b[2F", 1)[1] == "\x1b[2Ka  stored\n\x1b[2Kb  building\n"
     assert human(5 << 20) == "5.0 MiB" and human(12) == "12 B"
+
+
+def test_a_lock_from_an_older_kiln_is_named_and_everything_is_stored_again(
+        project: Path) -> None:
+    engine = FakeEngine()
+    run(project, engine)
+    path = project / "dist/dev/images.lock.json"
+    path.write_text(path.read_text().replace('"version": 2', '"version": 1'))
+    with pytest.raises(lockfile.OldLock, match=r"older kiln \(lock version 1\); bake this"):
+        lockfile.read(path)
+    engine.exports.clear()
+    _, result = run(project, engine)
+    assert len(engine.exports) == 4  # three images and the bundle
+    assert lockfile.read(path) == result.lock
