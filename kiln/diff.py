@@ -47,20 +47,17 @@ def image_changes(images: tuple[Image, ...], env: Environment, lock: Lock | None
     return out
 
 
-def referenced_keys(store: Store, extra: list[Lock]) -> set[str]:
-    """Every object a lock names: the locks kept in the store, and the ones given."""
-    keys: set[str] = set()
-    locks = list(extra)
+def referenced_keys(store: Store, extra: set[str]) -> set[str]:
+    """Every object a lock names: the locks kept in the store (of any kiln version), and the
+    keys given (the local lock's)."""
+    keys = set(extra)
     for key in store.list(f"{store.prefix}locks/"):
         if key.endswith(".lock.json"):
-            locks.append(lockfile.from_json(store.get_bytes(key).decode(), key))
-    for lock in locks:
-        keys.update(i.key for i in lock.images)
-        keys.update(b.key for b in lock.bundles)
+            keys |= lockfile.object_keys(store.get_bytes(key).decode(), key)
     return keys
 
 
-def unreferenced(store: Store, extra: list[Lock]) -> dict[str, int]:
+def unreferenced(store: Store, extra: set[str]) -> dict[str, int]:
     """Blobs in the store that no lock names (the candidates for --prune)."""
     named = referenced_keys(store, extra)
     return {k: v for k, v in store.list(f"{store.prefix}{BLOB_PREFIX}").items()

@@ -110,6 +110,15 @@ def from_json(text: str, where: str = "lock") -> Lock:
         raise KilnError(f"{where}: not a kiln lock file ({type(exc).__name__}: {exc})") from None
 
 
+def object_keys(text: str, where: str = "lock") -> set[str]:
+    """The store keys a lock of any version names: what a prune must keep."""
+    try:
+        data = json.loads(text)
+        return {str(e["key"]) for e in [*data.get("images", []), *data.get("bundles", [])]}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KilnError(f"{where}: not a kiln lock file ({type(exc).__name__}: {exc})") from None
+
+
 def read(path: Path) -> Lock | None:
     """The lock at ``path``, or None when there is none yet."""
     try:

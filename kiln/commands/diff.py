@@ -23,11 +23,16 @@ def diff_cmd(config_path: str, env_name: str | None, *, prune: bool = False, yes
     config = config_mod.load(Path(config_path), config_path)
     env = config.environment(env_name)
     folder = Path(dist) if dist else dist_folder(config)
-    lock = lockfile.read(lockfile.lock_path(folder, env.name))
+    path = lockfile.lock_path(folder, env.name)
+    try:
+        lock = lockfile.read(path)
+    except lockfile.OldLock as exc:  # every image is stored again; its objects stay named
+        print(f"kiln: {exc}", file=sys.stderr)
+        lock = None
+    extra = lockfile.object_keys(path.read_text(), str(path)) if path.exists() else set()
     changes = image_changes(config.images_for(env), env, lock)
     store = open_store(env.store)
     try:
-        extra = [lock] if lock else []
         orphans = unreferenced(store, extra)
         deleted: list[str] = []
         if prune and yes:

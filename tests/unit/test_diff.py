@@ -53,3 +53,19 @@ def test_prune_needs_yes_and_spares_what_a_lock_names(project: Path,  # noqa: F8
               "--bogus"])
     assert main(["diff", "--env", "dev", "--config", str(project / "images.yaml"),
                  "--yes"]) == 2
+
+
+def test_objects_an_older_kiln_lock_names_are_spared(project: Path,  # noqa: F811
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run(project, FakeEngine())
+    old_key = f"blobs/sha256/{'e' * 64}"
+    (project / "store" / old_key).write_bytes(b"a v1 object")
+    old_lock = json.dumps({"version": 1, "environment": "old", "registry": "r.example",
+                           "images": [{"name": "x", "key": old_key}], "bundles": []})
+    (project / "store/locks/old").mkdir(parents=True)
+    (project / "store/locks/old/images.lock.json").write_text(old_lock)
+    local = project / "dist/dev/images.lock.json"
+    local.write_text(local.read_text().replace('"version": 2', '"version": 1'))
+    found = diff(project, capsys, "--prune", "--yes")
+    assert found["deleted"] == [] and (project / "store" / old_key).exists()
+    assert [c["kind"] for c in found["changes"]] == ["added"] * 3  # all stored again
