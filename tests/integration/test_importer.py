@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 import tempfile
@@ -40,21 +41,31 @@ def test_imports_every_image_under_its_ref_and_a_rerun_is_a_no_op(node: Node) ->
     assert check.returncode == 0 and "all 2 images present" in check.stderr
 
 
-def test_one_download_at_a_time(node: Node) -> None:
+def without_openssl(folder: Path) -> dict[str, str]:
+    """PATH with an `openssl` that fails first: the importer must fall back to sha256sum."""
+    bin_dir = folder / "no-openssl"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "openssl").write_text("#!/bin/sh\nexit 127\n")
+    (bin_dir / "openssl").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_one_download_at_a_time_hashing_with_sha256sum(node: Node) -> None:
     data = node.folder / "dist/it/node/images.data"
     data.write_text(data.read_text().replace("set parallel 2", "set parallel 1"))
-    done = node.run()
+    done = node.run(env=without_openssl(node.folder))
     assert done.returncode == 0, done.stderr
     assert_imported(node, {"small", "big"})
 
 
-def test_a_corrupted_object_is_never_imported(node: Node) -> None:
+@pytest.mark.parametrize("hasher", ["openssl", "sha256sum"])
+def test_a_corrupted_object_is_never_imported(node: Node, hasher: str) -> None:
     big = next(i for i in node.lock.images if i.name == "big")
     blob = node.folder / "store" / big.key
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
-    done = node.run()
+    done = node.run(env=without_openssl(node.folder) if hasher == "sha256sum" else None)
     assert done.returncode == 1
     assert "big: FAILED: sha256 mismatch" in done.stderr
     assert_imported(node, {"small"})
