@@ -197,7 +197,7 @@ fi
 # -- room for the downloads ---------------------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/kiln-import.XXXXXX") || die "cannot create a work folder"
 cleanup() {
-  for pidfile in "$work"/*.pid; do
+  for pidfile in "$work"/*.pid "$work"/*.ipid; do
     if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || :; fi
   done
   rm -rf "$work"
@@ -275,7 +275,9 @@ fail() {  # n reason
   rm -f "$work/$1.blob" "$work/$1.blob.part"
 }
 
-queue=$need_list
+# largest first: the last import to start is a small one, so no big one runs alone at the end
+queue=$(for n in $need_list; do printf '%s %s\n' "$(get size "$n")" "$n"; done |
+  sort -k1,1nr -k2,2n | cut -d ' ' -f 2)
 started=0
 for n in $queue; do
   if [ "$started" -lt "$parallel" ]; then
@@ -298,7 +300,10 @@ import_one() {
     return 1
   fi
   rm -f "$work/$io_n.blob"
-  ctr_ images label "$io_ref" "$PIN=pinned" >/dev/null
+  if ! ctr_ images label "$io_ref" "$PIN=pinned" >/dev/null 2>&1; then
+    echo "could not pin $io_ref" > "$work/$io_n.result"
+    return 1
+  fi
   io_have=$(image_id_of "$io_ref")
   if [ "$io_have" != "$io_want" ]; then
     ctr_ images rm "$io_ref" >/dev/null 2>&1 || :
@@ -308,19 +313,31 @@ import_one() {
   log "$(get name "$io_n"): imported $io_ref ($io_want), pinned"
 }
 
-running=""  # image numbers being imported, oldest first
+# Each import, when it ends, writes "N STATUS" to a FIFO; the main shell reads whichever ends
+# first, so a slot is refilled at once rather than after the oldest import.
+mkfifo "$work/done" || die "cannot create a FIFO in $work"
+exec 3<>"$work/done"
+running=0
 
-# Wait for the oldest running import and record its verdict.
-collect_oldest() {
-  co_n=${running%% *}
-  running=${running#"$co_n"}
-  running=${running# }
-  if wait "$(cat "$work/$co_n.ipid")"; then
+start_import() {
+  si_n=$1
+  { if import_one "$si_n"; then si_rc=0; else si_rc=1; fi
+    echo "$si_n $si_rc" >&3; } &
+  echo $! > "$work/$si_n.ipid"
+  running=$((running + 1))
+}
+
+# Wait for the next import to end and record its verdict.
+collect_one() {
+  read -r co_n co_rc <&3
+  running=$((running - 1))
+  wait "$(cat "$work/$co_n.ipid")" 2>/dev/null || :
+  rm -f "$work/$co_n.ipid"
+  if [ "$co_rc" = 0 ]; then
     eval "state_$co_n=imported"
   else
     fail "$co_n" "$(cat "$work/$co_n.result" 2>/dev/null || echo 'import failed')"
   fi
-  rm -f "$work/$co_n.ipid"
 }
 
 index=0
@@ -352,14 +369,10 @@ for n in $queue; do
     continue
   fi
   log "$(get name "$n"): verified sha256 $got"
-  nrun=0
-  for m in $running; do nrun=$((nrun + 1)); done
-  if [ "$nrun" -ge "$imports" ]; then collect_oldest; fi
-  import_one "$n" &
-  echo $! > "$work/$n.ipid"
-  running="${running:+$running }$n"
+  if [ "$running" -ge "$imports" ]; then collect_one; fi
+  start_import "$n"
 done
-while [ -n "$running" ]; do collect_oldest; done
+while [ "$running" -gt 0 ]; do collect_one; done
 
 if [ "$missing" -eq 0 ]; then
   write_status import true
