@@ -93,6 +93,7 @@ def test_a_layer_that_does_not_match_its_config_is_refused() -> None:
     (b"not a tar at all" * 100, "not a readable tar"),
     (layer_tar({"x": b"y"}), "no manifest.json"),
     (layer_tar({"manifest.json": b"[{]"}), "manifest.json is not"),
+    (docker_save([("r.example/f/app:v1", [APP])])[:5000], "ends in the middle of a member"),
 ])
 def test_what_is_not_a_docker_archive_is_refused(data: bytes, reason: str) -> None:
     with pytest.raises(ArchiveError, match=reason):
@@ -105,3 +106,23 @@ def test_an_unnamed_image_is_refused() -> None:
                               b'"RepoTags": null' + b" " * 18)
     with pytest.raises(ArchiveError, match="has no name"):
         run(nameless)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax", "gnu"])
+def test_long_member_names_as_go_and_gnu_write_them(fmt: int) -> None:
+    folder = "x" * 120  # over ustar's 100 characters: a PAX record or a GNU long name
+    config = image_config([APP])
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        for name, data in ((f"{folder}/layer.tar", APP), (f"{folder}/config.json", config),
+                           ("manifest.json", json.dumps([{
+                               "Config": f"{folder}/config.json", "RepoTags": ["r.example/a:1"],
+                               "Layers": [f"{folder}/layer.tar"]}]).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("y" * 110)
+        link.type, link.linkname = tarfile.SYMTYPE, "z" * 130  # a long link target too
+        tar.addfile(link)
+    _, images = run(out.getvalue())
+    assert images == {"r.example/a:1": image_id([APP])}
