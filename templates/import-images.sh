@@ -321,7 +321,9 @@ running=0
 
 start_import() {
   si_n=$1
-  { if import_one "$si_n"; then si_rc=0; else si_rc=1; fi
+  # the import runs in a subshell of its own: if it dies (OOM, a signal), this small one still
+  # reports, so the main shell never waits on the FIFO for a verdict that cannot come
+  { si_rc=0; (import_one "$si_n") || si_rc=$?
     echo "$si_n $si_rc" >&3; } &
   echo $! > "$work/$si_n.ipid"
   running=$((running + 1))

@@ -74,6 +74,23 @@ def test_a_corrupted_object_is_never_imported(node: Node, hasher: str) -> None:
     assert check.returncode == 1 and "missing" in check.stderr
 
 
+def test_an_import_killed_midway_fails_that_image_and_the_run_ends(node: Node) -> None:
+    """The shell running one import is killed (the OOM killer, say): a verdict still reaches
+    the main shell, which would otherwise wait on its FIFO for ever."""
+    number = 1 + [i.name for i in node.lock.images].index("big")  # its line in the data file
+    bin_dir = node.folder / "killed-ctr"
+    bin_dir.mkdir()
+    (bin_dir / "ctr").write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *"images import"*/{number}.blob) kill -9 "$PPID"; exit 1 ;; esac\n'
+        f'exec {shutil.which("ctr")} "$@"\n')
+    (bin_dir / "ctr").chmod(0o755)
+    done = node.run(env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert done.returncode == 1, done.stderr
+    assert "big: FAILED: import failed" in done.stderr
+    assert_imported(node, {"small"})
+
+
 def test_server_errors_and_resets_are_retried(node: Node) -> None:
     for image in node.lock.images:
         node.server.faults[image.key] = ["500", "reset", "500"]
