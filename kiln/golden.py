@@ -47,7 +47,10 @@ def build(config_path: str, env_name: str, variables: list[str]) -> int:
         for variable in variables:
             argv += ["-var", variable]
         argv.append(str(work / env.name / "packer"))
-        return subprocess.call(argv, env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+        # packer's qemu builder keeps port locks in ./packer_cache unless told: not in the repo
+        environ = {"PACKER_CACHE_DIR": str(work / "packer_cache"), **os.environ,
+                   "CHECKPOINT_DISABLE": "1"}
+        return subprocess.call(argv, env=environ)
     finally:
         if server is not None:
             server.shutdown()

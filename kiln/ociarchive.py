@@ -136,6 +136,10 @@ class _Reader:
     def read(self, size: int) -> bytes:
         return b"".join(self.pieces(size))
 
+    def skip(self, size: int) -> None:
+        for _ in self.pieces(size):
+            pass
+
     def at_end(self) -> bool:
         return not self._fill()
 
@@ -177,8 +181,7 @@ class _Reader:
             yield info, size
 
     def pad(self, size: int) -> None:
-        for _ in self.pieces(-size % 512):
-            pass
+        self.skip(-size % 512)
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -295,7 +298,7 @@ def convert(chunks: Iterable[bytes], compression: Compression, sink: Callable[[b
             base = posixpath.dirname(name) if member.issym() else ""
             links[name] = posixpath.normpath(posixpath.join(base, member.linkname))
         if not member.isfile():
-            reader.read(size)
+            reader.skip(size)
             reader.pad(size)
             continue
         head = reader.read(min(size, 1024))
@@ -390,7 +393,7 @@ class ArchivedImage:
 
 
 def describe(stream: BinaryIO) -> list[ArchivedImage]:
-    """The images a stored archive names, each blob's digest checked (tests, `diff`, checks)."""
+    """The images a stored archive names, each blob's digest checked (for tests and checks)."""
     blobs: dict[str, bytes] = {}
     index: dict[str, Any] = {}
     with tarfile.open(fileobj=stream, mode="r|") as tar:
