@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from kiln import refs
+from kiln import grammar, refs
 from kiln.errors import ConfigError, Problem, UsageError
 from kiln.yamlio import compose_file, construct, mapping_items, position, scalar_value
 
@@ -26,15 +26,22 @@ DEFAULT_MUTABLE_TAGS = (
 )
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
-_DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
+_NAME_RE = grammar.NAME
+_PLATFORM_RE = grammar.PLATFORM
+_DURATION_RE = re.compile(r"([0-9]{1,9})([smhd]?)", re.ASCII)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _REGISTRY_RE = re.compile(
-    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$"
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?", re.ASCII
 )
 LEVELS = ("error", "warning", "off")
+# cloud_init write_files: each key and what its value must be (a grammar, text or a flag)
+_WRITE_FILE_FIELDS: dict[str, re.Pattern[str] | type] = {
+    "path": grammar.NODE_PATH, "content": str, "permissions": grammar.FILE_MODE,
+    "owner": grammar.OWNER, "encoding": re.compile(r"b64|base64|gz|gzip|gz\+b64|gz\+base64|"
+                                                   r"gzip\+b64|gzip\+base64|text/plain"),
+    "append": bool, "defer": bool,
+}
 
 
 @dataclass(frozen=True)
@@ -227,7 +234,7 @@ def parse_duration(value: Any) -> int | None:
     if isinstance(value, int):
         return value if value > 0 else None
     if isinstance(value, str):
-        match = _DURATION_RE.match(value.strip())
+        match = _DURATION_RE.fullmatch(value)
         if match and int(match.group(1)) > 0:
             return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
     return None
@@ -338,6 +345,39 @@ class _Reader:
         value = self.string(node, what)
         return None if value is None else self.root / value
 
+    def input_file(self, node: yaml.Node, what: str) -> Path | None:
+        """A path to a file kiln reads (a CA bundle): it must exist and be readable now."""
+        path = self.relpath(node, what)
+        if path is not None:
+            try:
+                with path.open("rb"):
+                    pass
+            except OSError as exc:
+                self.error(node, f"{what}: cannot read {path}: {exc.strerror or exc}")
+                return None
+        return path
+
+    def checked(self, node: yaml.Node, what: str, pattern: re.Pattern[str], shape: str,
+                *, empty: bool = False) -> str | None:
+        """A string that ``pattern`` matches whole (it may reach a node)."""
+        value = self.string(node, what, empty=empty)
+        if value is not None and not grammar.matches(pattern, value):
+            self.error(node, f"{what} {value!r} must match {shape}")
+            return None
+        return value
+
+    def matching(self, node: yaml.Node, what: str, pattern: re.Pattern[str], shape: str
+                 ) -> list[str]:
+        """A list of strings, each matching ``pattern`` whole."""
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{what}s must be a list of strings")
+            return []
+        values = (self.checked(item, what, pattern, shape) for item in node.value)
+        return [v for v in values if v is not None]
+
+    def roles(self, node: yaml.Node, what: str = "role") -> tuple[str, ...]:
+        return tuple(self.matching(node, what, grammar.ROLE, grammar.ROLE.pattern))
+
     # -- the document -----------------------------------------------------------------------
 
     def config(self, node: yaml.Node) -> Config | None:
@@ -386,8 +426,9 @@ class _Reader:
         name = ref = None
         if "name" in fields:
             name = self.string(fields["name"][1], "image name")
-            if name is not None and not _NAME_RE.match(name):
-                self.error(fields["name"][1], f"image name {name!r} must match {_NAME_RE.pattern}")
+            if name is not None and not _NAME_RE.fullmatch(name):
+                self.error(fields["name"][1],
+                           f"image name {name!r} must match ^{_NAME_RE.pattern}$")
                 name = None
         if "ref" in fields:
             ref = self.image_ref(fields["ref"][1], registries)
@@ -402,14 +443,14 @@ class _Reader:
         platform = DEFAULT_PLATFORM
         if "platform" in fields:
             value = self.string(fields["platform"][1], "platform")
-            if value is not None and not _PLATFORM_RE.match(value):
+            if value is not None and not _PLATFORM_RE.fullmatch(value):
                 self.error(fields["platform"][1],
                            f"platform must look like os/arch[/variant], not {value!r}")
             elif value is not None:
                 platform = value
         roles: tuple[str, ...] = ()
         if "roles" in fields:
-            roles = tuple(v for _, v in self.strings(fields["roles"][1], "roles"))
+            roles = self.roles(fields["roles"][1])
         if name is None or ref is None or source is None:
             return None
         source_key = fields[sources[0]][0]
@@ -484,8 +525,8 @@ class _Reader:
             self.error(node, "environments must define at least one environment")
         out = {}
         for name, (key, value) in fields.items():
-            if not _NAME_RE.match(name):
-                self.error(key, f"environment name {name!r} must match {_NAME_RE.pattern}")
+            if not _NAME_RE.fullmatch(name):
+                self.error(key, f"environment name {name!r} must match ^{_NAME_RE.pattern}$")
                 continue
             env = self.environment(name, key, value)
             if env is not None:
@@ -505,7 +546,7 @@ class _Reader:
         registry = None
         if "registry" in fields:
             registry = self.string(fields["registry"][1], "registry")
-            if registry is not None and not _REGISTRY_RE.match(registry):
+            if registry is not None and not _REGISTRY_RE.fullmatch(registry):
                 self.error(fields["registry"][1],
                            f"registry must be a host name with an optional port, not {registry!r}")
                 registry = None
@@ -518,14 +559,15 @@ class _Reader:
         if "packer" in fields:
             pfields = self.mapping(fields["packer"][1], "packer", ("sources",))
             if pfields and "sources" in pfields:
-                packer = tuple(v for _, v in self.strings(pfields["sources"][1], "packer sources"))
+                packer = tuple(self.matching(pfields["sources"][1], "packer source",
+                                             grammar.PACKER_SOURCE, "source.BUILDER.NAME"))
         charts: tuple[PathAt, ...] = ()
         if "charts" in fields:
             charts = tuple(PathAt(self.root / v, self.at(n))
                            for n, v in self.strings(fields["charts"][1], "charts"))
         bundles: tuple[str, ...] = ()
         if "bundles" in fields:
-            bundles = tuple(v for _, v in self.strings(fields["bundles"][1], "bundles"))
+            bundles = self.roles(fields["bundles"][1], "bundles")
         lint = self.lint_settings(fields["lint"][1]) if "lint" in fields else LintSettings()
         snippets = (self.cloud_init(fields["cloud_init"][1]) if "cloud_init" in fields
                     else CloudInitSnippets())
@@ -536,7 +578,7 @@ class _Reader:
             compression=compression, packer_sources=packer, charts=charts, bundles=bundles,
             lint=lint, at=self.at(key), registry_at=self.at(fields["registry"][1]),
             cloud_init=snippets,
-            registry_ca=(self.relpath(fields["registry_ca"][1], "registry_ca")
+            registry_ca=(self.input_file(fields["registry_ca"][1], "registry_ca")
                          if "registry_ca" in fields else None),
         )
 
@@ -566,16 +608,26 @@ class _Reader:
         )
         if fields is None or "bucket" not in fields:
             return None
-        bucket = self.string(fields["bucket"][1], "bucket")
+        bucket = self.checked(fields["bucket"][1], "bucket", grammar.BUCKET,
+                              "an S3 bucket name (letters, digits, '.', '-', '_')")
         get = fields.get
         endpoint = self.url(fields["endpoint"][1], "endpoint") if get("endpoint") else None
-        prefix = self.string(fields["prefix"][1], "prefix", empty=True) if get("prefix") else ""
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        region = self.string(fields["region"][1], "region") if get("region") else None
+        prefix: str | None = ""
+        if get("prefix"):
+            pnode = fields["prefix"][1]
+            prefix = self.string(pnode, "prefix", empty=True)
+            if prefix and not prefix.endswith("/"):
+                prefix += "/"
+            if prefix is not None and not grammar.matches(grammar.PREFIX, prefix):
+                self.error(pnode, f"prefix {prefix!r} must be folder names of S3's safe "
+                                  "characters (letters, digits, ! _ . * ' ( ) -) ending in /")
+                prefix = None
+        region = (self.checked(fields["region"][1], "region", grammar.REGION,
+                               "an S3 region name (like us-east-1)") if get("region") else None)
         addressing = (self.choice(fields["addressing"][1], "addressing",
                                   ("auto", "path", "virtual")) if get("addressing") else "auto")
-        ca_bundle = self.relpath(fields["ca_bundle"][1], "ca_bundle") if get("ca_bundle") else None
+        ca_bundle = (self.input_file(fields["ca_bundle"][1], "ca_bundle") if get("ca_bundle")
+                     else None)
         url = self.url(fields["url"][1], "store url") if get("url") else None
         url_mode = (self.choice(fields["url_mode"][1], "url_mode",
                                 ("plain", "presigned", "sigv4")) if get("url_mode") else
@@ -605,8 +657,9 @@ class _Reader:
 
     def url(self, node: yaml.Node, what: str) -> str | None:
         value = self.string(node, what)
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            self.error(node, f"{what} must be an http:// or https:// URL, not {value!r}")
+        if value is not None and not grammar.matches(grammar.URL, value):
+            self.error(node, f"{what} must be an http:// or https:// URL of RFC 3986 "
+                             f"characters, not {value!r}")
             return None
         return value
 
@@ -618,8 +671,8 @@ class _Reader:
             return None
         settings = NodeSettings()
         if "ca_bundle" in fields:
-            settings = replace(settings, ca_bundle=self.relpath(fields["ca_bundle"][1],
-                                                                "ca_bundle"))
+            settings = replace(settings, ca_bundle=self.input_file(fields["ca_bundle"][1],
+                                                                   "ca_bundle"))
         numbers: dict[str, int] = {}
         for key, low, high in (("parallel", 1, 32), ("user_data_limit", 1024, 1 << 30),
                                ("containerd_timeout", 1, 86400)):
@@ -660,12 +713,7 @@ class _Reader:
             if not isinstance(wnode, yaml.SequenceNode):
                 self.error(wnode, "cloud_init write_files must be a list")
             else:
-                for item in wnode.value:
-                    entry = self.mapping(item, "cloud_init write_files entry",
-                                         ("path", "content", "permissions", "owner", "encoding",
-                                          "append", "defer"), ("path",))
-                    if entry is not None and "path" in entry:
-                        files.append(self.plain(item))
+                files = [f for f in map(self.write_file, wnode.value) if f is not None]
         commands: list[Any] = []
         if "runcmd" in fields:
             rnode = fields["runcmd"][1]
@@ -674,18 +722,57 @@ class _Reader:
             else:
                 for item in rnode.value:
                     value = self.plain(item)
-                    if not (isinstance(value, str) or (isinstance(value, list) and all(
-                            isinstance(v, str) for v in value))):
+                    words = value if isinstance(value, list) else [value]
+                    if not all(isinstance(v, str) for v in words):
                         self.error(item, "each runcmd entry must be a string or a list of strings")
-                    else:
+                    elif self.text_ok(item, "runcmd entry", words):
                         commands.append(value)
         return CloudInitSnippets(tuple(files), tuple(commands))
+
+    def write_file(self, item: yaml.Node) -> dict[str, Any] | None:
+        """One write_files entry: every field checked, the content any text but control bytes."""
+        what = "cloud_init write_files entry"
+        entry = self.mapping(item, what, tuple(_WRITE_FILE_FIELDS), ("path",))
+        if entry is None or "path" not in entry:
+            return None
+        value = self.plain(item)
+        if not isinstance(value, dict):
+            return None
+        ok = True
+        for key, (_, vnode) in entry.items():
+            kind = _WRITE_FILE_FIELDS[key]
+            field_value = value.get(key)
+            if isinstance(kind, re.Pattern):
+                if not grammar.matches(kind, field_value):
+                    self.error(vnode, f"write_files {key} {field_value!r} must match "
+                                      f"{kind.pattern}")
+                    ok = False
+            elif kind is bool and not isinstance(field_value, bool):
+                self.error(vnode, f"write_files {key} must be true or false")
+                ok = False
+            elif kind is str and not isinstance(field_value, str | bytes):
+                self.error(vnode, f"write_files {key} must be text (or !!binary)")
+                ok = False
+            elif isinstance(field_value, str):
+                ok = self.text_ok(vnode, f"write_files {key}", [field_value]) and ok
+        return value if ok else None
+
+    def text_ok(self, node: yaml.Node, what: str, texts: list[str]) -> bool:
+        """False (and a problem) when a text holds control characters other than tab/newline."""
+        for text in texts:
+            bad = grammar.control_characters(text)
+            if bad:
+                self.error(node, f"{what} holds the control character {bad[0]!r}")
+                return False
+        return True
 
     def plain(self, node: yaml.Node) -> Any:
         try:
             return construct(node)
         except yaml.MarkedYAMLError as exc:
-            self.error(node, str(exc.problem))
+            mark = exc.problem_mark or node.start_mark
+            self.problems.append(Problem(self.path, mark.line + 1, mark.column + 1,
+                                         str(exc.problem)))
             return None
 
     def lint_settings(self, node: yaml.Node) -> LintSettings:

@@ -9,6 +9,7 @@ render does not pass fails instead of writing an empty string onto a node.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shlex
@@ -20,19 +21,31 @@ from typing import Any, Protocol
 
 import jinja2
 
+from kiln import cloudconfig, grammar, pem
 from kiln.config import Environment, S3Store
 from kiln.errors import KilnError
 from kiln.files import write_atomic
+from kiln.inventory import Node
 from kiln.lock import Lock, LockedImage
-from kiln.yamlio import compose_file, mapping_items, position, scalar_value
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 PREFIX = "/usr/local/lib/kiln"  # where nodes keep the importer, its data and the CA
 IMPORTER = "import-images.sh"
 NODE_FILES = ("import-images", "images.data", "kiln-import.service", "10-kiln-import.conf")
-_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
-_DATA_VALUE_RE = re.compile(r"^[^\s]+$")
+
+# Each value of an `image` line in the data file, and the grammar it must match whole: the
+# importer splits lines on white space, so one newline or space would add a line or a field.
+DATA_FIELDS: dict[str, re.Pattern[str]] = {
+    "name": grammar.NAME, "ref": re.compile(r"[\x21-\x7e]{1,400}"),
+    "image_id": grammar.IMAGE_ID, "sha256": grammar.SHA256_HEX, "size": grammar.COUNT,
+    "uncompressed_size": grammar.COUNT, "compression": grammar.COMPRESSION,
+    "platform": grammar.PLATFORM, "url": grammar.URL,
+}
+# ... and of each `set` line kiln writes.
+SETTING_VALUES: dict[str, re.Pattern[str]] = {
+    "sigv4": re.compile(rf"aws:amz:{grammar.REGION.pattern}:s3"),
+    "sigv4_user": grammar.CREDENTIAL, "sigv4_token": grammar.CREDENTIAL,
+}
 
 
 class RenderError(KilnError):
@@ -49,7 +62,15 @@ def jinja_env() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["shquote"] = shlex.quote
+    env.filters["hcl"] = hcl_string
     return env
+
+
+def hcl_string(value: str) -> str:
+    """``value`` as an HCL2 quoted string: JSON escapes, and no ``${``/``%{`` template."""
+    if not isinstance(value, str):
+        raise RenderError(f"HCL string expected, got {type(value).__name__}")
+    return json.dumps(value, ensure_ascii=True).replace("${", "$${").replace("%{", "%%{")
 
 
 # -- how nodes reach the objects ------------------------------------------------------------------
@@ -154,12 +175,6 @@ def locator_for(env: Environment, environ: dict[str, str] | None = None,
 # -- the pieces -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Node:
-    hostname: str
-    roles: tuple[str, ...]  # empty: every image
-
-
 @dataclass
 class Rendered:
     files: list[Path] = field(default_factory=list)
@@ -186,15 +201,7 @@ class Renderer:
 
     def _read_ca(self) -> str:
         path = self.env.node.ca_bundle
-        if path is None:
-            return ""
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise RenderError(f"cannot read the node CA bundle {path}: {exc.strerror}") from None
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            raise RenderError(f"{path} holds no PEM certificate")
-        return text if text.endswith("\n") else text + "\n"
+        return "" if path is None else pem.read_bundle(path)
 
     def template(self, name: str, **values: Any) -> str:
         return self.jinja.get_template(name).render(**values)
@@ -207,17 +214,26 @@ class Renderer:
     def data_file(self, images: list[LockedImage]) -> str:
         rows = []
         for image in images:
+            if not grammar.matches(grammar.OBJECT_KEY, image.key):
+                raise RenderError(f"the lock's object key for image {image.name!r} is not an "
+                                  f"object key: {image.key!r}")
             row = {"name": image.name, "ref": image.ref, "image_id": image.image_id,
-                   "sha256": image.sha256, "size": image.size,
-                   "uncompressed_size": image.uncompressed_size,
+                   "sha256": image.sha256, "size": str(image.size),
+                   "uncompressed_size": str(image.uncompressed_size),
                    "compression": image.compression, "platform": image.platform,
                    "url": self.url(image.key)}
-            for value in row.values():
-                if not _DATA_VALUE_RE.match(str(value)):
-                    raise RenderError(f"image {image.name!r}: {value!r} cannot go into the "
-                                      "data file (white space)")
+            for field_name, value in row.items():
+                if not grammar.matches(DATA_FIELDS[field_name], value):
+                    raise RenderError(f"image {image.name!r}: the {field_name} {value!r} "
+                                      "cannot go to nodes (it does not match its grammar; "
+                                      "was the lock edited?)")
             rows.append(row)
         settings = self.locator.settings()
+        for key, value in settings:
+            if not grammar.matches(SETTING_VALUES[key], value):
+                shown = value if key == "sigv4" else "(hidden)"
+                raise RenderError(f"the {key} setting {shown!r} cannot go to nodes: it must "
+                                  f"match {SETTING_VALUES[key].pattern}")
         return self.template(
             "images.data.j2", env=self.env.name, images=rows, settings=settings,
             parallel=self.env.node.parallel, containerd_timeout=self.env.node.containerd_timeout,
@@ -233,16 +249,58 @@ class Renderer:
     def importer(self) -> str:
         return (TEMPLATES / IMPORTER).read_text()
 
+    def bootcmd(self) -> str:
+        """Every boot, in cloud-init's first stage: install the unit and make kubelet wait for
+        it. Started here, it runs before kubelet and before runcmd (which is too late alone).
+        The unit texts reach the shell single-quoted by shlex: never pasted."""
+        unit = "/etc/systemd/system/kiln-import.service"
+        dropin = "/etc/systemd/system/kubelet.service.d/10-kiln-import.conf"
+        return "\n".join([
+            "mkdir -p /etc/systemd/system/kubelet.service.d",
+            f"printf '%s' {shlex.quote(self.unit())} > {unit}",
+            f"printf '%s' {shlex.quote(self.dropin())} > {dropin}",
+            "if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then",
+            "  systemctl daemon-reload",
+            "  systemctl enable kiln-import.service",
+            "  systemctl start --no-block kiln-import.service",
+            "fi",
+            "",
+        ])
+
     def user_data(self, images: list[LockedImage], roles: tuple[str, ...] | None) -> str:
-        data = self.data_file(images)
-        # The data file names ca.pem relative to itself; on a node it sits beside it.
-        return self.template(
-            "user-data.yaml.j2", env=self.env.name, images=images, roles=roles or (),
-            ca_pem=self.ca_pem, unit=self.unit(), dropin=self.dropin(), prefix=PREFIX,
-            importer=self.importer(), data=data, data_mode="0600",
-            extra_write_files=list(self.env.cloud_init.write_files),
-            extra_runcmd=list(self.env.cloud_init.runcmd), secret=self.locator.secret,
-        )
+        """The cloud-config: a Python structure, serialized, read back and compared."""
+        del roles  # the images were chosen by role already; no data goes into comments
+        document: dict[str, Any] = {}
+        if self.ca_pem:
+            document["ca_certs"] = {"trusted": [self.ca_pem]}
+        document["bootcmd"] = [self.bootcmd()]
+        files: list[dict[str, Any]] = [
+            {"path": f"{PREFIX}/import-images", "permissions": "0755",
+             "content": self.importer()},
+            {"path": f"{PREFIX}/images.data", "permissions": "0600",
+             "content": self.data_file(images)},
+        ]
+        if self.ca_pem:
+            files.append({"path": f"{PREFIX}/ca.pem", "permissions": "0644",
+                          "content": self.ca_pem})
+        files.extend(dict(item) for item in self.env.cloud_init.write_files)
+        document["write_files"] = files
+        # Waits for the import if it is still running; the user's join steps come after it.
+        document["runcmd"] = [["systemctl", "start", "kiln-import.service"],
+                              *(list(c) if isinstance(c, list | tuple) else c
+                                for c in self.env.cloud_init.runcmd)]
+        comments = ["kiln: side-loads the foundation images into containerd before kubelet.",
+                    "Generated by `python bake.py render`; do not edit."]
+        if self.locator.secret:
+            comments.append("SECRET: holds S3 read credentials (url_mode sigv4). Keep it 0600.")
+        try:
+            return cloudconfig.dump(document, tuple(comments))
+        except cloudconfig.SerializeError as exc:
+            raise RenderError(f"user-data: {exc}") from None
+
+    def meta_data(self, hostname: str) -> str:
+        return cloudconfig.dump({"instance-id": f"{self.env.name}-{hostname}",
+                                 "local-hostname": hostname}, header="")
 
     def user_data_bytes(self, images: list[LockedImage], roles: tuple[str, ...] | None
                         ) -> tuple[bytes, bool]:
@@ -340,7 +398,6 @@ def render_nodes(renderer: Renderer, folder: Path, nodes: list[Node], out: Rende
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     cache: dict[tuple[str, ...], bytes] = {}
-    meta_template = renderer.jinja.get_template("meta-data.yaml.j2")
     try:
         for node in nodes:
             if node.roles not in cache:
@@ -349,8 +406,9 @@ def render_nodes(renderer: Renderer, folder: Path, nodes: list[Node], out: Rende
             target = staging / node.hostname
             target.mkdir()
             _write_seed(target / "user-data", cache[node.roles], renderer.locator.secret, out)
-            meta = meta_template.render(hostname=node.hostname,
-                                        instance_id=f"{renderer.env.name}-{node.hostname}")
+            if not grammar.hostname_ok(node.hostname):
+                raise RenderError(f"node host name {node.hostname!r} is not an RFC 1123 name")
+            meta = renderer.meta_data(node.hostname)
             _write_seed(target / "meta-data", meta.encode(), False, out)
         os.sync()
     except BaseException:
@@ -387,66 +445,3 @@ def render_packer(renderer: Renderer, folder: Path, sources: tuple[str, ...],
         shutil.copyfile(path, target)
         out.files.append(target)
     _write(folder / "build.pkr.hcl", renderer.packer(sources).encode(), False, out)
-
-
-# -- inventory ------------------------------------------------------------------------------------
-
-
-def load_inventory(path: Path, display: str | None = None) -> list[Node]:
-    """nodes.yaml: ``nodes: [{hostname: cp-1, roles: [control-plane]}, ...]``."""
-    import yaml
-
-    from kiln.errors import ConfigError, Problem
-
-    shown = display or str(path)
-    docs = compose_file(path, shown, fast=True)
-    problems: list[Problem] = []
-
-    def problem(node: yaml.Node, message: str) -> None:
-        line, column = position(node)
-        problems.append(Problem(shown, line, column, message))
-
-    if len(docs) != 1 or not isinstance(docs[0], yaml.MappingNode):
-        raise ConfigError([Problem(shown, 1, 1, "an inventory is a mapping with a 'nodes' list")])
-    top = {k.value: v for k, v in mapping_items(docs[0]) if isinstance(k, yaml.ScalarNode)}
-    for key, _ in mapping_items(docs[0]):
-        if isinstance(key, yaml.ScalarNode) and key.value != "nodes":
-            problem(key, f"unknown key {key.value!r} (an inventory has only 'nodes')")
-    seq = top.get("nodes")
-    if not isinstance(seq, yaml.SequenceNode):
-        raise ConfigError([*problems, Problem(shown, 1, 1, "missing 'nodes' list")])
-    nodes: list[Node] = []
-    seen: dict[str, int] = {}
-    for item in seq.value:
-        if not isinstance(item, yaml.MappingNode):
-            problem(item, "each node must be a mapping with hostname and roles")
-            continue
-        fields = {k.value: (k, v) for k, v in mapping_items(item) if isinstance(k, yaml.ScalarNode)}
-        for name, (knode, _) in fields.items():
-            if name not in ("hostname", "roles"):
-                problem(knode, f"node: unknown key {name!r}")
-        if "hostname" not in fields:
-            problem(item, "node: missing hostname")
-            continue
-        hnode = fields["hostname"][1]
-        hostname = scalar_value(hnode) if isinstance(hnode, yaml.ScalarNode) else None
-        if not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname):
-            problem(hnode, f"hostname {hostname!r} is not a lowercase RFC 1123 host name")
-            continue
-        if hostname in seen:
-            problem(hnode, f"hostname {hostname!r} is already used (line {seen[hostname]})")
-            continue
-        seen[hostname] = position(hnode)[0]
-        roles: tuple[str, ...] = ()
-        if "roles" in fields:
-            rnode = fields["roles"][1]
-            if not isinstance(rnode, yaml.SequenceNode) or not all(
-                    isinstance(r, yaml.ScalarNode) and isinstance(scalar_value(r), str)
-                    for r in rnode.value):
-                problem(rnode, "roles must be a list of strings")
-                continue
-            roles = tuple(sorted({str(scalar_value(r)) for r in rnode.value}))
-        nodes.append(Node(hostname, roles))
-    if problems:
-        raise ConfigError(problems)
-    return nodes

@@ -86,26 +86,117 @@ def _line_column(prefix: str) -> tuple[int, int]:
     return line, column
 
 
+# The most a constructed value may weigh (nodes + characters, aliases counted each time they
+# are used): a few anchors nested nine deep would otherwise build gigabytes ("billion laughs").
+MAX_CONSTRUCTED = 4_000_000
+
+
+def _constructor_error(node: yaml.Node, problem: str) -> yaml.constructor.ConstructorError:
+    return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+
+
+def _construct(node: yaml.Node) -> Any:
+    # PyYAML's safe constructors raise ValueError and friends for `!!int abc`, `!!float x`,
+    # `!!timestamp nope` or 5,000-digit integers: every one becomes a positioned error.
+    constructor = _SCALAR_CONSTRUCTOR
+    # a failed construction leaves state behind ("recursive node" errors later): start clean
+    constructor.constructed_objects = {}
+    constructor.recursive_objects = {}
+    try:
+        return constructor.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError:
+        raise
+    except (ValueError, TypeError, AttributeError, OverflowError, IndexError, KeyError) as exc:
+        tag = node.tag.rsplit(":", 1)[-1]
+        raise _constructor_error(node, f"not a valid {tag}: {exc}") from None
+    except RecursionError:
+        raise _constructor_error(node, "the value is nested too deeply") from None
+
+
 def scalar_value(node: yaml.ScalarNode) -> Any:
     """The Python value of a scalar node under the safe schema (str, int, bool, None...).
 
-    Raises yaml.constructor.ConstructorError (which carries a mark) for unknown tags.
+    Raises yaml.constructor.ConstructorError (which carries a mark) for unknown tags and for
+    values their tag cannot hold.
     """
-    return _SCALAR_CONSTRUCTOR.construct_object(node, deep=True)
+    return _construct(node)
+
+
+def weight(node: yaml.Node, limit: int = MAX_CONSTRUCTED) -> int:
+    """Nodes plus scalar characters of the value ``node`` constructs, aliases expanded.
+
+    Computed once per node (linear in the document even for alias bombs); raises a
+    positioned ConstructorError when over ``limit`` or recursive.
+    """
+    done: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while stack:
+        current, expanded = stack.pop()
+        key = id(current)
+        if key in done:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(current, yaml.MappingNode):
+            children = [n for pair in current.value for n in pair]
+        elif isinstance(current, yaml.SequenceNode):
+            children = list(current.value)
+        if not expanded:
+            if key in active:
+                raise _constructor_error(current, "a recursive alias cannot be used here")
+            active.add(key)
+            stack.append((current, True))
+            stack.extend((child, False) for child in children if id(child) not in done)
+            continue
+        active.discard(key)
+        own = len(current.value) if isinstance(current, yaml.ScalarNode) else 1
+        total = own + sum(done.get(id(child), 0) for child in children)
+        if total > limit:
+            raise _constructor_error(current, f"the value is too large ({total:,} nodes and "
+                                              f"characters once aliases are expanded; at most "
+                                              f"{limit:,})")
+        done[key] = total
+    return done[id(node)]
 
 
 def construct(node: yaml.Node) -> Any:
-    """Plain Python data (dicts, lists, scalars) for a subtree, under the safe schema."""
-    return _SCALAR_CONSTRUCTOR.construct_object(node, deep=True)
+    """Plain Python data (dicts, lists, scalars) for a subtree, under the safe schema.
+
+    Refuses (positioned) a value that aliases would blow up beyond MAX_CONSTRUCTED.
+    """
+    weight(node)
+    return _construct(node)
 
 
 def mapping_items(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
-    """The (key, value) pairs of a mapping with ``<<`` merge keys applied."""
+    """The (key, value) pairs of a mapping with ``<<`` merge keys applied.
+
+    A bad merge (``<<: 5``) raises a ConstructorError at the mapping.
+    """
     if any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
         flat = yaml.MappingNode(node.tag, list(node.value), node.start_mark, node.end_mark)
-        _SCALAR_CONSTRUCTOR.flatten_mapping(flat)
+        try:
+            _SCALAR_CONSTRUCTOR.flatten_mapping(flat)
+        except yaml.MarkedYAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise _constructor_error(node, f"bad merge key: {exc}") from None
         return list(flat.value)
     return list(node.value)
+
+
+def duplicate_keys(node: yaml.MappingNode) -> list[yaml.ScalarNode]:
+    """The key nodes written a second time in ``node`` itself (merged keys do not count)."""
+    seen: set[object] = set()
+    out = []
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        ident = (key.tag, key.value)
+        if ident in seen:
+            out.append(key)
+        seen.add(ident)
+    return out
 
 
 def walk(node: yaml.Node) -> Iterator[yaml.Node]:

@@ -78,3 +78,18 @@ def docker_save(images: list[tuple[str, list[bytes]]], oci_shaped: bool = False)
         put("manifest.json", json.dumps(entries).encode())
         put("repositories", b"{}")
     return out.getvalue()
+
+
+# A real self-signed certificate (EC P-256, CN=kiln-test-ca): CA bundles are parsed strictly.
+TEST_CA = """-----BEGIN CERTIFICATE-----
+MIIBhTCCASugAwIBAgIUZfD8OxmobLeCuUaHkpexNEoD7UowCgYIKoZIzj0EAwIw
+FzEVMBMGA1UEAwwMa2lsbi10ZXN0LWNhMCAXDTI2MTEyODE0MTYzNVoYDzIxMjYx
+MTA0MTQxNjM1WjAXMRUwEwYDVQQDDAxraWxuLXRlc3QtY2EwWTATBgcqhkjOPQIB
+BggqhkjOPQMBBwNCAARq3B0SoGHbEn6/gpl33uZV29WRoXkZwE72BKI4xRxIjRuY
+MFB7fRLM8e79tsfq93SpGTIVGbLBnjg81KoWvpabo1MwUTAdBgNVHQ4EFgQUUJ+p
+kCRN9a2QDm6K9kb5oSt/IwkwHwYDVR0jBBgwFoAUUJ+pkCRN9a2QDm6K9kb5oSt/
+IwkwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiAOgXkdrRONAEmS
+XEC1R3OQ59FnL1vYfdz/g4OBdOaKiQIhAProsrR5fbYu7BqTmT+qVAYFM0eCktcg
+sWLCMeqNDrpa
+-----END CERTIFICATE-----
+"""

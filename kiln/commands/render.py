@@ -10,7 +10,8 @@ from kiln import lock as lockfile
 from kiln.bake import dist_folder
 from kiln.config import Config, Environment
 from kiln.errors import EXIT_OK, KilnError
-from kiln.render import load_inventory, locator_for, missing_url, render
+from kiln.inventory import load_inventory
+from kiln.render import locator_for, missing_url, render
 
 
 def render_env(config: Config, env: Environment, dist: Path, inventory: str | None = None,

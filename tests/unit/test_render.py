@@ -13,6 +13,7 @@ import yaml
 
 from kiln import config as config_mod
 from kiln.errors import ConfigError
+from kiln.inventory import load_inventory
 from kiln.lock import Lock, LockedImage
 from kiln.render import (
     TEMPLATES,
@@ -23,15 +24,14 @@ from kiln.render import (
     SigV4Locator,
     images_for_roles,
     jinja_env,
-    load_inventory,
     locator_for,
     render,
 )
-from tests.helpers import write_tree
+from tests.helpers import TEST_CA, write_tree
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("KILN_UPDATE_GOLDEN") == "1"
-CA = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+CA = TEST_CA
 
 CONFIG = """
 version: 1
@@ -161,8 +161,7 @@ def test_an_undefined_template_variable_fails() -> None:
     template = jinja_env().from_string("ExecStart={{ prefix }}/import-images {{ nope }}")
     with pytest.raises(jinja2.UndefinedError):
         template.render(prefix="/usr/local/lib/kiln")
-    for name in ("user-data.yaml.j2", "images.data.j2", "build.pkr.hcl.j2",
-                 "kiln-import.service.j2", "meta-data.yaml.j2"):
+    for name in ("images.data.j2", "build.pkr.hcl.j2", "kiln-import.service.j2"):
         with pytest.raises(jinja2.UndefinedError):
             jinja_env().get_template(name).render()
 
