@@ -39,7 +39,12 @@ class Registry:
         if ca_bundle is not None:
             self.cert_dir = self.work / "certs"
             self.cert_dir.mkdir()
-            shutil.copyfile(ca_bundle, self.cert_dir / "ca.crt")
+            try:
+                shutil.copyfile(ca_bundle, self.cert_dir / "ca.crt")
+            except OSError as exc:
+                shutil.rmtree(self.work, ignore_errors=True)
+                raise RegistryError(f"cannot read the registry CA {ca_bundle}: "
+                                    f"{exc.strerror or exc}") from None
         self.authfile: Path | None = None
         user, password = environ.get(USER_ENV), environ.get(PASSWORD_ENV)
         if user and password:

@@ -538,3 +538,13 @@ def test_the_bootcmd_is_posix_sh_clean_under_shellcheck(tmp_path: Path) -> None:
     subprocess.run(["sh", "-eu", "-c", script], check=True, env={"PATH": "/usr/bin:/bin"})
     written = (out / "etc/systemd/system/kiln-import.service").read_text()
     assert written == (tmp_path / "dist/dev/node/kiln-import.service").read_text()
+
+
+def test_an_unreadable_registry_ca_leaves_no_temp_folder(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln.registry import Registry, RegistryError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(RegistryError, match="cannot read the registry CA"):
+        Registry("registry.example.com", tmp_path / "gone.pem", environ={})
+    assert list(tmp_path.iterdir()) == []
