@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from kiln import refs
+
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}", re.ASCII)  # image and environment names
@@ -34,6 +36,8 @@ CREDENTIAL = re.compile(r"[A-Za-z0-9/+=._~:-]{1,2048}", re.ASCII)
 PACKER_SOURCE = re.compile(r"source\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", re.ASCII)
 FILE_MODE = re.compile(r"0?[0-7]{3,4}", re.ASCII)
 OWNER = re.compile(r"[a-z_][a-z0-9_-]{0,31}(?::[a-z_][a-z0-9_-]{0,31})?", re.ASCII)
+# A reference as containerd stores it: distribution's grammar, nothing around it.
+REFERENCE = refs.REFERENCE_RE
 NODE_PATH = re.compile(r"/[A-Za-z0-9._+@%=,:~/-]{0,4095}", re.ASCII)
 
 

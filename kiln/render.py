@@ -36,7 +36,7 @@ NODE_FILES = ("import-images", "images.data", "kiln-import.service", "10-kiln-im
 # Each value of an `image` line in the data file, and the grammar it must match whole: the
 # importer splits lines on white space, so one newline or space would add a line or a field.
 DATA_FIELDS: dict[str, re.Pattern[str]] = {
-    "name": grammar.NAME, "ref": re.compile(r"[\x21-\x7e]{1,400}"),
+    "name": grammar.NAME, "ref": grammar.REFERENCE,
     "image_id": grammar.IMAGE_ID, "sha256": grammar.SHA256_HEX, "size": grammar.COUNT,
     "uncompressed_size": grammar.COUNT, "compression": grammar.COMPRESSION,
     "platform": grammar.PLATFORM, "url": grammar.URL,
