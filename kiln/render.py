@@ -206,10 +206,13 @@ def images_for_roles(lock: Lock, roles: Iterable[str] | None) -> list[LockedImag
 
 
 class Renderer:
-    def __init__(self, env: Environment, lock: Lock, locator: Locator) -> None:
+    def __init__(self, env: Environment, lock: Lock, locator: Locator, *,
+                 runcmd_waits_for_success: bool | None = None) -> None:
         self.env = env
         self.lock = lock
         self.locator = locator
+        # None: as on_import_failure says. `try` waits for the first run only, to report it.
+        self.runcmd_waits_for_success = runcmd_waits_for_success
         self.jinja = jinja_env()
         self.ca_pem = self._read_ca()
         self._urls: dict[str, str] = {}
@@ -280,7 +283,8 @@ class Renderer:
         """cloud-init's runcmd step before the user's (kubeadm join): it waits for the import.
         hold-kubelet: until the unit has succeeded (systemd retries it); start-kubelet: for
         its first run only."""
-        if not self.hold_kubelet:
+        waits = self.runcmd_waits_for_success
+        if not (self.hold_kubelet if waits is None else waits):
             return ["systemctl", "start", "kiln-import.service"]
         return ["sh", "-c", "if [ -d /run/systemd/system ]; then until systemctl start "
                             "kiln-import.service; do sleep 10; done; fi"]

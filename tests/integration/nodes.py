@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import os
 import shutil
@@ -123,7 +124,7 @@ class FaultyServer(http.server.ThreadingHTTPServer):
     def gaps(self, key: str) -> list[float]:
         """Seconds between the requests for ``key``, as the server saw them."""
         times = self.times.get(key, [])
-        return [b - a for a, b in zip(times, times[1:], strict=False)]
+        return [b - a for a, b in itertools.pairwise(times)]
 
 
 @dataclass
