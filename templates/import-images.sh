@@ -29,6 +29,7 @@ check_only=0
 retry_state=""
 work=""
 
+exec 4>&2  # the journal, for background downloads whose stderr goes to a file
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -322,7 +323,7 @@ retry_after() {
 # line on stderr is its verdict. URL and credentials reach curl on stdin (-K -), never in argv.
 # shellcheck disable=SC2086 # KILN_CURL_OPTS is a list of curl options on purpose
 download() {
-  url=$1 out=$2 size=$3
+  url=$1 out=$2 size=$3 dl_name=$4 dl_err=$5
   attempt=1
   while :; do
     left=$(( deadline - $(now) ))
@@ -348,7 +349,6 @@ download() {
     if [ -f "$out.part" ] && [ "$(wc -c < "$out.part" | tr -d " ")" -eq "$size" ]; then break; fi
     # a server that cannot resume (33): start this file again from its first byte
     if [ "$rc" -eq 33 ]; then rm -f "$out.part"; fi
-    if [ "$rc" -eq 28 ]; then echo "no progress for ${stall_timeout}s or out of time (curl 28): abandoned"; fi
     if [ "$attempt" -ge "$retries" ]; then echo "download failed after $attempt tries"; return 1; fi
     pause=$(backoff_ms 1 "$retry_max_delay" "$((attempt - 1))")
     code=$(last_status "$out.hdr")
@@ -360,13 +360,14 @@ download() {
             echo "the store answered $code, retry after ${wait_s}s: past the import budget (${import_budget}s)"
             return 1
           fi
-          echo "the store answered $code: retrying after ${wait_s}s (Retry-After) and a random back-off"
           pause=$(( pause + wait_s * 1000 ))
         fi ;;
     esac
     if [ "$(( $(now) * 1000 + pause ))" -ge "$(( deadline * 1000 ))" ]; then
       echo "import budget of ${import_budget}s spent after $attempt tries"; return 1
     fi
+    # to the journal at once (this shell's stderr is the image's error file)
+    log "$dl_name: try $attempt failed ($(grep '^curl: ' "$dl_err" 2>/dev/null | tail -n 1 || :)${code:+, HTTP $code}), next in $((pause / 1000)).$(printf '%03d' $((pause % 1000)))s" 2>&4
     sleep_ms "$pause"
     attempt=$((attempt + 1))
   done
@@ -376,9 +377,11 @@ download() {
 
 # In the background: download, then hash (so hashing overlaps the previous import).
 # (POSIX sh has no local variables: functions here use their own prefixed names.)
+# shellcheck disable=SC2094 # download reads its error file for a log line after curl wrote it
 start_download() {
   sd_n=$1
-  (download "$(get url "$sd_n")" "$work/$sd_n.blob" "$(get size "$sd_n")" &&
+  (download "$(get url "$sd_n")" "$work/$sd_n.blob" "$(get size "$sd_n")" \
+    "$(get name "$sd_n")" "$work/$sd_n.err" &&
     sha256_of "$work/$sd_n.blob" > "$work/$sd_n.sha") >"$work/$sd_n.err" 2>&1 &
   echo $! > "$work/$sd_n.pid"
 }

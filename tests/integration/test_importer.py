@@ -205,6 +205,8 @@ def test_a_stalled_download_is_abandoned_within_the_stall_timeout_and_retried(
     done = node.run(timeout=120)
     assert done.returncode == 0, done.stderr
     assert_imported(node, {"small", "big"})
+    for name in ("big", "small"):  # each retry is logged as it happens
+        assert f"kiln-import: {name}: try 1 failed (curl: (28) Operation too slow" in done.stderr
     for key in (big, small):
         gaps = node.server.gaps(key)
         assert len(gaps) == 1, gaps
@@ -222,6 +224,8 @@ def test_retry_after_is_honoured_on_503_and_429(node: Node) -> None:
     assert len(node.server.gaps(small)) == 2 and len(node.server.gaps(big)) == 1
     assert all(gap >= 3 for gap in node.server.gaps(small)), node.server.gaps(small)
     assert node.server.gaps(big)[0] >= 2, node.server.gaps(big)
+    assert "small: try 2 failed (curl: (22) The requested URL returned error: 503, HTTP 503)" \
+        in done.stderr
 
 
 def test_the_import_gives_up_within_its_budget_with_a_one_line_reason(node: Node) -> None:
