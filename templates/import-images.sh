@@ -39,11 +39,41 @@ while [ $# -gt 0 ]; do
     --data) [ $# -ge 2 ] || die "--data needs a file"; data="$2"; shift ;;
     --status) [ $# -ge 2 ] || die "--status needs a file"; status_file="$2"; shift ;;
     --retry-state) [ $# -ge 2 ] || die "--retry-state needs a file"; retry_state="$2"; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
   shift
 done
+
+# -- failed runs: counted in --retry-state FILE, for the back-off between runs -------------------
+failed_runs=0
+if [ -n "$retry_state" ]; then
+  failed_runs=$(cat "$retry_state" 2>/dev/null || :)
+  case "$failed_runs" in ''|*[!0-9]*) failed_runs=0 ;; esac
+  [ "${#failed_runs}" -le 6 ] || failed_runs=0
+fi
+cleanup() {
+  if [ -n "$work" ]; then
+    for pidfile in "$work"/*.pid "$work"/*.ipid; do
+      if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || :; fi
+    done
+    rm -rf "$work"
+  fi
+}
+on_exit() {
+  oe_rc=$?
+  cleanup
+  if [ -n "$retry_state" ]; then
+    if [ "$oe_rc" = 0 ]; then
+      rm -f "$retry_state"
+    elif mkdir -p "$(dirname "$retry_state")" 2>/dev/null; then
+      echo "$((failed_runs + 1))" > "$retry_state" 2>/dev/null || :
+    fi
+  fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # -- the data file: `set KEY VALUE` and `image NAME REF ID SHA256 SIZE RAW COMP PLATFORM URL` --
 env_name=""
@@ -239,35 +269,6 @@ if [ "$check_only" = 1 ]; then
   exit 0
 fi
 
-# -- failed runs: counted in --retry-state FILE, for the back-off between runs -------------------
-failed_runs=0
-if [ -n "$retry_state" ]; then
-  failed_runs=$(cat "$retry_state" 2>/dev/null || :)
-  case "$failed_runs" in ''|*[!0-9]*) failed_runs=0 ;; esac
-  [ "${#failed_runs}" -le 6 ] || failed_runs=0
-fi
-cleanup() {
-  if [ -n "$work" ]; then
-    for pidfile in "$work"/*.pid "$work"/*.ipid; do
-      if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || :; fi
-    done
-    rm -rf "$work"
-  fi
-}
-on_exit() {
-  oe_rc=$?
-  cleanup
-  if [ -n "$retry_state" ]; then
-    if [ "$oe_rc" = 0 ]; then
-      rm -f "$retry_state"
-    elif mkdir -p "$(dirname "$retry_state")" 2>/dev/null; then
-      echo "$((failed_runs + 1))" > "$retry_state" 2>/dev/null || :
-    fi
-  fi
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 if [ -z "$need_list" ]; then
   write_status import true
@@ -314,7 +315,8 @@ budget_spent=0
 # before they join, and the jittered back-off still applies.
 last_status() { awk '/^HTTP\//{ c = $2 } END { print c }' "$1" 2>/dev/null || :; }
 retry_after() {
-  ra=$(awk '/^HTTP\//{ v = "" } tolower($1) == "retry-after:" { v = $2; sub(/\r$/, "", v) }
+  ra=$(awk '/^HTTP\//{ v = "" }
+    index(tolower($0), "retry-after:") == 1 { v = substr($0, 13); gsub(/[ \t\r]/, "", v) }
     END { print v }' "$1" 2>/dev/null || :)
   case "$ra" in ''|*[!0-9]*) ;; *) printf '%s' "$ra" ;; esac
 }

@@ -380,3 +380,23 @@ def test_rendered_units_pass_systemd_analyze_verify(node: Node, tmp_path: Path,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert str(units) not in done.stdout + done.stderr  # no warning about our files
+
+
+@pytest.mark.parametrize("line", ["set stall_timeout 5;reboot", "set retries 0x10",
+                                  "set import_budget 010", "set retry_max_delay -1"])
+def test_node_settings_in_the_data_file_are_whole_numbers_only(node: Node, line: str) -> None:
+    """They reach curl's options and the shell's arithmetic: anything else is refused before
+    a single request (010 would be octal in $((...)))."""
+    data = node.folder / "dist/it/node/images.data"
+    key = line.split()[1]
+    text = "\n".join(line if row.startswith(f"set {key} ") else row
+                     for row in data.read_text().splitlines())
+    assert line in text
+    data.write_text(text + "\n")
+    done = node.run()
+    assert done.returncode == 1
+    value = line.split()[2]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"kiln-import: error: {data}: {key} must be a whole number of seconds above 0, "
+        f"not '{value}'")
+    assert node.server.requests == []
