@@ -43,6 +43,7 @@ class FaultyHandler(http.server.SimpleHTTPRequestHandler):
         path = self.path.split("?", 1)[0].lstrip("/")
         self.server.requests.append(path)
         self.server.times.setdefault(path, []).append(time.monotonic())
+        self.server.ranges.setdefault(path, []).append(self.headers.get("Range"))
         faults = self.server.faults.get(path, [])
         fault = faults.pop(0) if faults else None
         target = Path(self.directory) / path
@@ -104,6 +105,7 @@ class FaultyServer(http.server.ThreadingHTTPServer):
         self.faults: dict[str, list[str]] = {}
         self.requests: list[str] = []
         self.times: dict[str, list[float]] = {}  # when each request for a key arrived
+        self.ranges: dict[str, list[str | None]] = {}  # each request's Range header
         self.release = threading.Event()  # ends every stalled answer
         super().__init__(("127.0.0.1", port),
                          lambda *a: FaultyHandler(*a, directory=str(folder)))

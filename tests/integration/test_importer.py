@@ -212,6 +212,9 @@ def test_a_stalled_download_is_abandoned_within_the_stall_timeout_and_retried(
         assert len(gaps) == 1, gaps
         # abandoned after 3 s without progress, then at most 1 s of back-off (+ slack)
         assert gaps[0] < 3 + 1 + 3, gaps
+    # the stalled transfer's first KiB is kept: the retry resumes after it (-C - with --fail)
+    assert node.server.ranges[big] == [None, "bytes=1024-"]
+    assert node.server.ranges[small] == [None, None]
 
 
 def test_retry_after_is_honoured_on_503_and_429(node: Node) -> None:
