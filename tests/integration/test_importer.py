@@ -365,10 +365,12 @@ def test_outage_recovery_the_way_systemd_runs_the_unit(node: Node, tmp_path: Pat
 
 
 @pytest.mark.parametrize("policy", ["hold-kubelet", "start-kubelet"])
-def test_rendered_units_pass_systemd_analyze_verify(node: Node, tmp_path: Path,
+def test_rendered_units_pass_systemd_analyze_verify(baked: Path, tmp_path: Path,
                                                     policy: str) -> None:
     """Beside a kubelet.service like kubeadm's (Restart=always): systemd parses the unit and
     the drop-in without a complaint."""
+    nodes = make_node(baked, tmp_path / "node", None)
+    node = next(nodes)
     node.render(on_import_failure=policy)
     units = tmp_path / "units"
     (units / "kubelet.service.d").mkdir(parents=True)
@@ -383,6 +385,7 @@ def test_rendered_units_pass_systemd_analyze_verify(node: Node, tmp_path: Path,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert str(units) not in done.stdout + done.stderr  # no warning about our files
+    nodes.close()
 
 
 @pytest.mark.parametrize("line", ["set stall_timeout 5;reboot", "set retries 0x10",
