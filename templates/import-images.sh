@@ -269,7 +269,6 @@ if [ "$check_only" = 1 ]; then
   exit 0
 fi
 
-
 if [ -z "$need_list" ]; then
   write_status import true
   log "all $count images present: nothing to do"
