@@ -38,8 +38,9 @@ echo "status: $(cat /var/lib/kiln/import-status.json 2>/dev/null || echo '{{}}')
 echo "check: $(sh /usr/local/lib/kiln/import-images --check \
 --status /run/kiln-check.json >/dev/null 2>&1; cat /run/kiln-check.json 2>/dev/null || echo '{{}}')"
 systemctl show kiln-import.service -p Before -p After -p WantedBy -p ActiveState \
--p ExecMainStartTimestampMonotonic -p ExecMainExitTimestampMonotonic | sed 's/^/unit: /'
-systemctl show kubelet.service -p After -p Requires -p ActiveState \
+-p ExecMainStartTimestampMonotonic -p ExecMainExitTimestampMonotonic -p Restart -p NRestarts \
+| sed 's/^/unit: /'
+systemctl show kubelet.service -p After -p Requires -p Wants -p ActiveState \
 -p ExecMainStartTimestampMonotonic | sed 's/^/kubelet: /'
 cat /var/log/kiln-try-kubelet 2>/dev/null | sed 's/^/kubelet-saw: /'
 ctr -n k8s.io images ls 2>/dev/null | sed 's/^/ctr: /'
