@@ -60,10 +60,16 @@ def _parser() -> argparse.ArgumentParser:
                            "%(default)s)")
     bake.add_argument("--quiet", action="store_true", help="print errors only")
     bake.add_argument("--json", action="store_true", help="print the lock on stdout")
+    golden_help = ("url_mode sigv4 with Packer sources: accept that the golden image carries "
+                   "S3 credentials (refused otherwise)")
+    bake.add_argument("--allow-credentials-in-golden-image", action="store_true",
+                      help=golden_help)
 
     render = commands.add_parser("render", parents=[with_dist],
                                  help="cloud-init, per-node seeds, Packer build, node importer")
     render.add_argument("--inventory", help="nodes.yaml: write dist/<env>/nodes/<host>/ seeds")
+    render.add_argument("--allow-credentials-in-golden-image", action="store_true",
+                        help=golden_help)
 
     verify = commands.add_parser("verify", parents=[with_dist],
                                  help="check a containerd against the lock")
@@ -139,11 +145,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kiln.commands.bake import bake
 
         return bake(args.config, args.env, dist=args.dist, jobs=args.jobs, quiet=args.quiet,
-                    as_json=args.json)
+                    as_json=args.json,
+                    allow_credentials_in_golden_image=args.allow_credentials_in_golden_image)
     if args.command == "render":
         from kiln.commands.render import render_cmd
 
-        return render_cmd(args.config, args.env, inventory=args.inventory, dist=args.dist)
+        return render_cmd(args.config, args.env, inventory=args.inventory, dist=args.dist,
+                          allow_credentials_in_golden_image=(
+                              args.allow_credentials_in_golden_image))
     if args.command == "verify":
         from kiln.commands.verify import verify_cmd
 

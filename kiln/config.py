@@ -42,6 +42,9 @@ _WRITE_FILE_FIELDS: dict[str, re.Pattern[str] | type] = {
                                                    r"gzip\+b64|gzip\+base64|text/plain"),
     "append": bool, "defer": bool,
 }
+# node: durations (seconds) and their bounds
+NODE_DURATIONS = {"stall_timeout": (1, 3600), "import_budget": (10, 7 * 86400),
+                  "retry_max_delay": (1, 86400)}
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,12 @@ class NodeSettings:
     parallel: int = 4
     user_data_limit: int = 16384
     containerd_timeout: int = 300
+    # A node never hangs on the store: see README, images.yaml (node:).
+    stall_timeout: int = 60  # a download slower than 1 KiB/s this long is abandoned
+    import_budget: int = 1800  # seconds one importer run may spend fetching, retries included
+    retries: int = 8  # download attempts per image in one run
+    retry_max_delay: int = 300  # cap of the jittered exponential back-off
+    on_import_failure: Literal["hold-kubelet", "start-kubelet"] = "hold-kubelet"
 
 
 # zstd -1 already halves a typical image and compresses about twice as fast as -3 on the
@@ -665,7 +674,8 @@ class _Reader:
 
     def node_settings(self, node: yaml.Node) -> NodeSettings | None:
         fields = self.mapping(
-            node, "node", ("ca_bundle", "parallel", "user_data_limit", "containerd_timeout"),
+            node, "node", ("ca_bundle", "parallel", "user_data_limit", "containerd_timeout",
+                           *NODE_DURATIONS, "retries", "on_import_failure"),
         )
         if fields is None:
             return None
@@ -675,11 +685,25 @@ class _Reader:
                                                                    "ca_bundle"))
         numbers: dict[str, int] = {}
         for key, low, high in (("parallel", 1, 32), ("user_data_limit", 1024, 1 << 30),
-                               ("containerd_timeout", 1, 86400)):
+                               ("containerd_timeout", 1, 86400), ("retries", 1, 1000)):
             if key in fields:
                 value = self.integer(fields[key][1], key, low, high)
                 if value is not None:
                     numbers[key] = value
+        for key, (low, high) in NODE_DURATIONS.items():
+            if key in fields:
+                dnode = fields[key][1]
+                seconds = parse_duration(self.scalar(dnode))
+                if seconds is None or not low <= seconds <= high:
+                    self.error(dnode, f"{key} must be a duration like 90, 90s, 30m or 2h, "
+                                      f"from {low}s to {high}s")
+                else:
+                    numbers[key] = seconds
+        if "on_import_failure" in fields:
+            choice = self.choice(fields["on_import_failure"][1], "on_import_failure",
+                                 ("hold-kubelet", "start-kubelet"))
+            if choice is not None:
+                settings = replace(settings, on_import_failure=choice)  # type: ignore[arg-type]
         return replace(settings, **numbers)  # type: ignore[arg-type]
 
     def compression(self, node: yaml.Node) -> Compression | None:

@@ -23,7 +23,7 @@ import jinja2
 
 from kiln import cloudconfig, grammar, pem
 from kiln.config import Environment, S3Store
-from kiln.errors import KilnError
+from kiln.errors import EXIT_INVALID, KilnError
 from kiln.files import write_atomic
 from kiln.inventory import Node
 from kiln.lock import Lock, LockedImage
@@ -43,13 +43,37 @@ DATA_FIELDS: dict[str, re.Pattern[str]] = {
 }
 # ... and of each `set` line kiln writes.
 SETTING_VALUES: dict[str, re.Pattern[str]] = {
+    "stall_timeout": grammar.COUNT, "import_budget": grammar.COUNT, "retries": grammar.COUNT,
+    "retry_max_delay": grammar.COUNT,
     "sigv4": re.compile(rf"aws:amz:{grammar.REGION.pattern}:s3"),
     "sigv4_user": grammar.CREDENTIAL, "sigv4_token": grammar.CREDENTIAL,
 }
+RUN_DIR = "/run/kiln"  # on nodes: state of this boot (failed runs, the kubelet gate's check)
+RESTART_SEC = 10  # systemd restarts a failed import after this; the importer adds its back-off
 
 
 class RenderError(KilnError):
     pass
+
+
+class GoldenCredentialsError(RenderError):
+    """Long-lived credentials would be baked into a golden image without the user's consent."""
+
+    exit_code = EXIT_INVALID
+
+
+GOLDEN_FLAG = "--allow-credentials-in-golden-image"
+
+
+def golden_credentials_refusal(env: Environment) -> str | None:
+    """Why rendering ``env`` would bake S3 credentials into a golden image, or None."""
+    store = env.store
+    if env.packer_sources and isinstance(store, S3Store) and store.url_mode == "sigv4":
+        return (f"environment {env.name!r}: url_mode sigv4 with Packer sources would bake S3 "
+                "credentials into the golden image (every copy and snapshot of it carries "
+                "them): use url_mode presigned or plain for golden images, or pass "
+                f"{GOLDEN_FLAG} to accept that")
+    return None
 
 
 def jinja_env() -> jinja2.Environment:
@@ -77,7 +101,11 @@ def hcl_string(value: str) -> str:
 
 
 class Locator(Protocol):
+    # secret: long-lived credentials (sigv4): said loudly. private: the URLs or settings are
+    # credentials of any kind (a presigned URL's signature and session token too): every file
+    # holding them is written 0600.
     secret: bool
+    private: bool
 
     def url(self, key: str) -> str: ...
 
@@ -90,6 +118,7 @@ class PlainLocator:
 
     base: str
     secret: bool = False
+    private: bool = False
 
     def url(self, key: str) -> str:
         return self.base.rstrip("/") + "/" + key
@@ -106,6 +135,7 @@ class PresignedLocator:
     bucket: str
     ttl: int
     secret: bool = False
+    private: bool = True  # whoever reads a presigned URL can fetch with it until it expires
 
     def url(self, key: str) -> str:
         return str(self.client.generate_presigned_url(
@@ -125,6 +155,7 @@ class SigV4Locator:
     user: str
     token: str | None
     secret: bool = True
+    private: bool = True
 
     def url(self, key: str) -> str:
         return f"{self.endpoint.rstrip('/')}/{self.bucket}/{key}"
@@ -180,6 +211,7 @@ class Rendered:
     files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     secret: bool = False
+    private: bool = False  # the node files holding URLs were written 0600
 
 
 def images_for_roles(lock: Lock, roles: Iterable[str] | None) -> list[LockedImage]:
@@ -191,10 +223,13 @@ def images_for_roles(lock: Lock, roles: Iterable[str] | None) -> list[LockedImag
 
 
 class Renderer:
-    def __init__(self, env: Environment, lock: Lock, locator: Locator) -> None:
+    def __init__(self, env: Environment, lock: Lock, locator: Locator, *,
+                 runcmd_waits_for_success: bool | None = None) -> None:
         self.env = env
         self.lock = lock
         self.locator = locator
+        # None: as on_import_failure says. `try` waits for the first run only, to report it.
+        self.runcmd_waits_for_success = runcmd_waits_for_success
         self.jinja = jinja_env()
         self.ca_pem = self._read_ca()
         self._urls: dict[str, str] = {}
@@ -228,23 +263,49 @@ class Renderer:
                                       "cannot go to nodes (it does not match its grammar; "
                                       "was the lock edited?)")
             rows.append(row)
-        settings = self.locator.settings()
+        node = self.env.node
+        settings = [("stall_timeout", str(node.stall_timeout)),
+                    ("import_budget", str(node.import_budget)),
+                    ("retries", str(node.retries)),
+                    ("retry_max_delay", str(node.retry_max_delay)),
+                    *self.locator.settings()]
         for key, value in settings:
             if not grammar.matches(SETTING_VALUES[key], value):
-                shown = value if key == "sigv4" else "(hidden)"
+                shown = "(hidden)" if key.startswith("sigv4_") else value
                 raise RenderError(f"the {key} setting {shown!r} cannot go to nodes: it must "
                                   f"match {SETTING_VALUES[key].pattern}")
         return self.template(
             "images.data.j2", env=self.env.name, images=rows, settings=settings,
-            parallel=self.env.node.parallel, containerd_timeout=self.env.node.containerd_timeout,
+            parallel=node.parallel, containerd_timeout=node.containerd_timeout,
             ca_bundle="ca.pem" if self.ca_pem else "", secret=self.locator.secret,
         )
 
+    @property
+    def hold_kubelet(self) -> bool:
+        return self.env.node.on_import_failure == "hold-kubelet"
+
     def unit(self) -> str:
-        return self.template("kiln-import.service.j2", env=self.env.name, prefix=PREFIX)
+        node = self.env.node
+        # systemd's backstop: containerd's wait, the back-off before a retried run, the
+        # budget, and as long again for the imports that follow the last download
+        timeout = node.containerd_timeout + node.retry_max_delay + 2 * node.import_budget
+        return self.template("kiln-import.service.j2", env=self.env.name, prefix=PREFIX,
+                             run_dir=RUN_DIR, restart_sec=RESTART_SEC, timeout=timeout,
+                             hold_kubelet=self.hold_kubelet)
 
     def dropin(self) -> str:
-        return self.template("kubelet-kiln.conf.j2")
+        return self.template("kubelet-kiln.conf.j2", prefix=PREFIX, run_dir=RUN_DIR,
+                             hold_kubelet=self.hold_kubelet)
+
+    def import_runcmd(self) -> list[str]:
+        """cloud-init's runcmd step before the user's (kubeadm join): it waits for the import.
+        hold-kubelet: until the unit has succeeded (systemd retries it); start-kubelet: for
+        its first run only."""
+        waits = self.runcmd_waits_for_success
+        if not (self.hold_kubelet if waits is None else waits):
+            return ["systemctl", "start", "kiln-import.service"]
+        return ["sh", "-c", "if [ -d /run/systemd/system ]; then until systemctl start "
+                            "kiln-import.service; do sleep 10; done; fi"]
 
     def importer(self) -> str:
         return (TEMPLATES / IMPORTER).read_text()
@@ -286,7 +347,7 @@ class Renderer:
         files.extend(dict(item) for item in self.env.cloud_init.write_files)
         document["write_files"] = files
         # Waits for the import if it is still running; the user's join steps come after it.
-        document["runcmd"] = [["systemctl", "start", "kiln-import.service"],
+        document["runcmd"] = [self.import_runcmd(),
                               *(list(c) if isinstance(c, list | tuple) else c
                                 for c in self.env.cloud_init.runcmd)]
         comments = ["kiln: side-loads the foundation images into containerd before kubelet.",
@@ -346,12 +407,18 @@ def _write_seed(path: Path, data: bytes, secret: bool, out: Rendered) -> None:
 
 
 def render(env: Environment, lock: Lock, dist: Path, locator: Locator, *,
-           nodes: list[Node] | None = None, packer_dir: Path | None = None) -> Rendered:
+           nodes: list[Node] | None = None, packer_dir: Path | None = None,
+           allow_credentials_in_golden_image: bool = False) -> Rendered:
     """Write node/, cloud-init/, nodes/<host>/ (with an inventory) and packer/ under dist/<env>."""
-    out = Rendered(secret=locator.secret)
+    golden_credentials = bool(env.packer_sources and locator.secret)
+    if golden_credentials and not allow_credentials_in_golden_image:
+        raise GoldenCredentialsError(golden_credentials_refusal(env) or
+                                     f"environment {env.name!r}: credentials would be baked "
+                                     f"into the golden image: pass {GOLDEN_FLAG} to accept")
+    out = Rendered(secret=locator.secret, private=locator.private)
     renderer = Renderer(env, lock, locator)
     base = dist / env.name
-    secret = locator.secret
+    secret = locator.private  # file modes: any credential, long-lived or not, is 0600
     try:
         node_dir = base / "node"
         _write(node_dir / "import-images", renderer.importer().encode(), False, out)
@@ -381,10 +448,15 @@ def render(env: Environment, lock: Lock, dist: Path, locator: Locator, *,
                     "golden image booting later cannot re-fetch a missing image with them")
     except OSError as exc:
         raise RenderError(f"cannot write under {base}: {exc.strerror or exc}") from None
-    if secret:
+    if locator.secret:
         out.warnings.append(
             "SECRET: url_mode sigv4 wrote S3 credentials into images.data and user-data "
             f"under {base} (mode 0600). Use read-only credentials; never commit these files.")
+    if golden_credentials:
+        out.warnings.append(
+            f"SECRET: {GOLDEN_FLAG}: the golden image built from {base / 'packer'} carries "
+            "S3 credentials in its images.data: every copy and snapshot of that golden image "
+            "can read the bucket until the credentials are revoked.")
     return out
 
 
@@ -405,7 +477,7 @@ def render_nodes(renderer: Renderer, folder: Path, nodes: list[Node], out: Rende
                 cache[node.roles], _ = renderer.user_data_bytes(images, node.roles or None)
             target = staging / node.hostname
             target.mkdir()
-            _write_seed(target / "user-data", cache[node.roles], renderer.locator.secret, out)
+            _write_seed(target / "user-data", cache[node.roles], renderer.locator.private, out)
             if not grammar.hostname_ok(node.hostname):
                 raise RenderError(f"node host name {node.hostname!r} is not an RFC 1123 name")
             meta = renderer.meta_data(node.hostname)

@@ -6,12 +6,16 @@
 # Needs: curl, ctr (containerd >= 1.5 for zstd layers), sha256sum or openssl. Honours
 # CONTAINERD_ADDRESS (ctr's own variable).
 #
-#   import-images [--check] [--data FILE] [--status FILE]
+#   import-images [--check] [--data FILE] [--status FILE] [--retry-state FILE]
 #
 # Exit 0 when every image is present under its ref with the lock's image ID, 1 otherwise.
-# Environment: CONTAINERD_ADDRESS, TMPDIR (downloads), KILN_DATA, KILN_STATUS_FILE,
-# KILN_RETRIES (download attempts, back-off 1 s doubling to 30 s), KILN_IMPORTS (imports at
-# once, default 2), KILN_CURL_OPTS (extra curl options, e.g. --limit-rate 100M).
+# A download slower than 1 KiB/s for stall_timeout s is abandoned and retried (resuming), with
+# a random back-off of 0..min(retry_max_delay, 2^n) s (full jitter; at least Retry-After on
+# 429/503); no download outlives the run's import_budget. --retry-state FILE counts failed runs
+# (systemd's unit passes it): a run after N failures first waits 0..min(retry_max_delay,
+# 10 s * 2^(N-1)). Environment: CONTAINERD_ADDRESS, TMPDIR (downloads), KILN_DATA,
+# KILN_STATUS_FILE, KILN_RETRIES (download attempts), KILN_IMPORTS (imports at once, default 2),
+# KILN_CURL_OPTS (extra curl options, e.g. --limit-rate 100M).
 set -eu
 
 PROG=kiln-import
@@ -22,8 +26,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 data="${KILN_DATA:-$here/images.data}"
 status_file="${KILN_STATUS_FILE:-}"
 check_only=0
+retry_state=""
 work=""
 
+exec 4>&2  # the journal, for background downloads whose stderr goes to a file
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -32,11 +38,42 @@ while [ $# -gt 0 ]; do
     --check) check_only=1 ;;
     --data) [ $# -ge 2 ] || die "--data needs a file"; data="$2"; shift ;;
     --status) [ $# -ge 2 ] || die "--status needs a file"; status_file="$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --retry-state) [ $# -ge 2 ] || die "--retry-state needs a file"; retry_state="$2"; shift ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
   shift
 done
+
+# -- failed runs: counted in --retry-state FILE, for the back-off between runs -------------------
+failed_runs=0
+if [ -n "$retry_state" ]; then
+  failed_runs=$(cat "$retry_state" 2>/dev/null || :)
+  case "$failed_runs" in ''|*[!0-9]*) failed_runs=0 ;; esac
+  [ "${#failed_runs}" -le 6 ] || failed_runs=0
+fi
+cleanup() {
+  if [ -n "$work" ]; then
+    for pidfile in "$work"/*.pid "$work"/*.ipid; do
+      if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || :; fi
+    done
+    rm -rf "$work"
+  fi
+}
+on_exit() {
+  oe_rc=$?
+  cleanup
+  if [ -n "$retry_state" ]; then
+    if [ "$oe_rc" = 0 ]; then
+      rm -f "$retry_state"
+    elif mkdir -p "$(dirname "$retry_state")" 2>/dev/null; then
+      echo "$((failed_runs + 1))" > "$retry_state" 2>/dev/null || :
+    fi
+  fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # -- the data file: `set KEY VALUE` and `image NAME REF ID SHA256 SIZE RAW COMP PLATFORM URL` --
 env_name=""
@@ -47,7 +84,10 @@ ca_bundle=""
 sigv4=""
 sigv4_user=""
 sigv4_token=""
-retries=6
+retries=8
+stall_timeout=60
+import_budget=1800
+retry_max_delay=300
 count=0
 
 [ -r "$data" ] || die "cannot read the data file $data (render it with: python bake.py render)"
@@ -63,6 +103,9 @@ while read -r kind a b c d e f g h i rest; do
         containerd_timeout) timeout="$b" ;;
         ca_bundle) ca_bundle="$b" ;;
         retries) retries="$b" ;;
+        stall_timeout) stall_timeout="$b" ;;
+        import_budget) import_budget="$b" ;;
+        retry_max_delay) retry_max_delay="$b" ;;
         sigv4) sigv4="$b" ;;
         sigv4_user) sigv4_user="$b" ;;
         sigv4_token) sigv4_token="$b" ;;
@@ -90,9 +133,47 @@ case "$timeout" in ''|*[!0-9]*) timeout=300 ;; esac
 imports=${KILN_IMPORTS:-2}
 case "$imports" in ''|*[!0-9]*|0) imports=2 ;; esac
 retries="${KILN_RETRIES:-$retries}"
-case "$retries" in ''|*[!0-9]*|0) retries=6 ;; esac
+# numbers only: these reach curl's options and the shell's arithmetic
+value=""
+for setting in retries stall_timeout import_budget retry_max_delay; do
+  eval "value=\$$setting"
+  case "$value" in
+    ''|*[!0-9]*|0*) die "$data: $setting must be a whole number of seconds above 0, not '$value'" ;;
+  esac
+  [ "${#value}" -le 7 ] || die "$data: $setting is out of range: $value"
+done
 
 get() { eval "printf '%s' \"\$${1}_$2\""; }
+
+# >>> backoff (tests run these functions on their own: keep them self-contained)
+random_source=${KILN_RANDOM_SOURCE:-/dev/urandom}
+# A random whole number 0..$1 (POSIX sh has no $RANDOM).
+random_upto() {
+  ru_r=$(od -An -N4 -tu4 "$random_source" 2>/dev/null | tr -dc '0-9')
+  echo $(( ${ru_r:-$$} % ($1 + 1) ))
+}
+# Full jitter: milliseconds, random in 0..min(cap, base * 2^n); base and cap in seconds.
+backoff_ms() {  # base cap n
+  bo_bound=$(( $1 * 1000 )) bo_cap=$(( $2 * 1000 )) bo_i=0
+  while [ "$bo_i" -lt "$3" ] && [ "$bo_bound" -lt "$bo_cap" ]; do
+    bo_bound=$(( bo_bound * 2 )) bo_i=$(( bo_i + 1 ))
+  done
+  [ "$bo_bound" -le "$bo_cap" ] || bo_bound=$bo_cap
+  random_upto "$bo_bound"
+}
+# Sleep $1 milliseconds (whole seconds where sleep takes no fraction).
+sleep_ms() {
+  sleep "$(( $1 / 1000 )).$(printf '%03d' $(( $1 % 1000 )))" 2>/dev/null || sleep "$(( $1 / 1000 ))"
+}
+# <<< backoff
+
+# >>> curl config (tests run this on its own)
+# A value for curl's config file (-K): double-quoted, with backslash and quote escaped. URLs and
+# credentials go to curl this way, on stdin: on its command line `ps` would show them.
+curl_quote() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+# <<< curl config
+
+now() { date +%s; }  # not POSIX, but GNU, busybox and BSD date all have %s
 
 ctr_() { ctr -n "$NS" "$@"; }
 
@@ -194,17 +275,15 @@ if [ -z "$need_list" ]; then
   exit 0
 fi
 
+# A retried run waits first, so a rack of nodes that failed together does not retry together.
+if [ "$failed_runs" -gt 0 ]; then
+  pause=$(backoff_ms 10 "$retry_max_delay" "$((failed_runs - 1))")
+  log "run after $failed_runs failed runs: waiting $((pause / 1000)).$(printf '%03d' $((pause % 1000)))s first (back-off)"
+  sleep_ms "$pause"
+fi
+
 # -- room for the downloads ---------------------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/kiln-import.XXXXXX") || die "cannot create a work folder"
-cleanup() {
-  for pidfile in "$work"/*.pid "$work"/*.ipid; do
-    if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || :; fi
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # At most `parallel` downloads wait on disk, plus the ones being imported.
 peak=$(for n in $need_list; do get size "$n"; echo; done | sort -rn |
@@ -226,45 +305,85 @@ fi
 local_flag=""
 if ctr images import --help 2>&1 | grep -q -- '--local'; then local_flag="--local"; fi
 
-# One download, in the background: retries with back-off, resuming the partial file.
+# No download outlives the budget: each attempt's --max-time is what is left of it.
+deadline=$(( $(now) + import_budget ))
+budget_spent=0
+
+# The status code and the Retry-After seconds of the last response in a --dump-header file
+# (several with redirects). An HTTP-date Retry-After is ignored: nodes keep no trusted clock
+# before they join, and the jittered back-off still applies.
+last_status() { awk '/^HTTP\//{ c = $2 } END { print c }' "$1" 2>/dev/null || :; }
+retry_after() {
+  ra=$(awk '/^HTTP\//{ v = "" }
+    index(tolower($0), "retry-after:") == 1 { v = substr($0, 13); gsub(/[ \t\r]/, "", v) }
+    END { print v }' "$1" 2>/dev/null || :)
+  case "$ra" in ''|*[!0-9]*) ;; *) printf '%s' "$ra" ;; esac
+}
+
+# One download, in the background: retries with back-off, resuming the partial file. Its last
+# line on stderr is its verdict. URL and credentials reach curl on stdin (-K -), never in argv.
 # shellcheck disable=SC2086 # KILN_CURL_OPTS is a list of curl options on purpose
 download() {
-  url=$1 out=$2 size=$3
+  url=$1 out=$2 size=$3 dl_name=$4 dl_err=$5
   attempt=1
-  delay=1
   while :; do
-    rc=0
-    if [ -n "$sigv4" ]; then
-      # credentials go to curl on stdin, never on its command line (ps would show them)
-      { printf 'user = "%s"\n' "$sigv4_user"
-        if [ -n "$sigv4_token" ]; then printf 'header = "x-amz-security-token: %s"\n' "$sigv4_token"; fi
-      } | curl --fail --silent --show-error --location --connect-timeout 10 -C - \
-          ${ca_bundle:+--cacert "$ca_bundle"} ${KILN_CURL_OPTS:-} --aws-sigv4 "$sigv4" -K - \
-          -o "$out.part" "$url" || rc=$?
-    else
-      curl --fail --silent --show-error --location --connect-timeout 10 -C - \
-        ${ca_bundle:+--cacert "$ca_bundle"} ${KILN_CURL_OPTS:-} -o "$out.part" "$url" || rc=$?
+    left=$(( deadline - $(now) ))
+    if [ "$left" -le 0 ]; then
+      echo "import budget of ${import_budget}s spent after $((attempt - 1)) tries"; return 1
     fi
+    rc=0
+    rm -f "$out.hdr"
+    { printf 'url = %s\n' "$(curl_quote "$url")"
+      if [ -n "$sigv4" ]; then
+        printf 'user = %s\n' "$(curl_quote "$sigv4_user")"
+        if [ -n "$sigv4_token" ]; then
+          printf 'header = %s\n' "$(curl_quote "x-amz-security-token: $sigv4_token")"
+        fi
+      fi
+    } | curl --fail --silent --show-error --location -C - \
+        --connect-timeout "$(( left < 10 ? left : 10 ))" --max-time "$left" \
+        --speed-limit 1024 --speed-time "$stall_timeout" --dump-header "$out.hdr" \
+        ${ca_bundle:+--cacert "$ca_bundle"} ${sigv4:+--aws-sigv4 "$sigv4"} ${KILN_CURL_OPTS:-} \
+        -K - -o "$out.part" || rc=$?
     [ "$rc" -eq 0 ] && break
     # a finished file answers a resume with 416: it is complete, not failed
     if [ -f "$out.part" ] && [ "$(wc -c < "$out.part" | tr -d " ")" -eq "$size" ]; then break; fi
     # a server that cannot resume (33): start this file again from its first byte
     if [ "$rc" -eq 33 ]; then rm -f "$out.part"; fi
-    if [ "$attempt" -ge "$retries" ]; then return 1; fi
-    sleep "$delay"
+    if [ "$attempt" -ge "$retries" ]; then echo "download failed after $attempt tries"; return 1; fi
+    pause=$(backoff_ms 1 "$retry_max_delay" "$((attempt - 1))")
+    code=$(last_status "$out.hdr")
+    case "$code" in
+      429|503)
+        wait_s=$(retry_after "$out.hdr")
+        if [ -n "$wait_s" ]; then
+          if [ "${#wait_s}" -gt 7 ] || [ "$wait_s" -ge "$(( deadline - $(now) ))" ]; then
+            echo "the store answered $code, retry after ${wait_s}s: past the import budget (${import_budget}s)"
+            return 1
+          fi
+          pause=$(( pause + wait_s * 1000 ))
+        fi ;;
+    esac
+    if [ "$(( $(now) * 1000 + pause ))" -ge "$(( deadline * 1000 ))" ]; then
+      echo "import budget of ${import_budget}s spent after $attempt tries"; return 1
+    fi
+    # to the journal at once (this shell's stderr is the image's error file)
+    log "$dl_name: try $attempt failed ($(grep '^curl: ' "$dl_err" 2>/dev/null | tail -n 1 || :)${code:+, HTTP $code}), next in $((pause / 1000)).$(printf '%03d' $((pause % 1000)))s" 2>&4
+    sleep_ms "$pause"
     attempt=$((attempt + 1))
-    delay=$((delay * 2))
-    [ "$delay" -gt 30 ] && delay=30
   done
+  rm -f "$out.hdr"
   mv -f "$out.part" "$out"
 }
 
 # In the background: download, then hash (so hashing overlaps the previous import).
 # (POSIX sh has no local variables: functions here use their own prefixed names.)
+# shellcheck disable=SC2094 # download reads its error file for a log line after curl wrote it
 start_download() {
   sd_n=$1
-  (download "$(get url "$sd_n")" "$work/$sd_n.blob" "$(get size "$sd_n")" &&
-    sha256_of "$work/$sd_n.blob" > "$work/$sd_n.sha") 2>"$work/$sd_n.err" &
+  (download "$(get url "$sd_n")" "$work/$sd_n.blob" "$(get size "$sd_n")" \
+    "$(get name "$sd_n")" "$work/$sd_n.err" &&
+    sha256_of "$work/$sd_n.blob" > "$work/$sd_n.sha") >"$work/$sd_n.err" 2>&1 &
   echo $! > "$work/$sd_n.pid"
 }
 
@@ -361,7 +480,10 @@ for n in $queue; do
   : > "$work/$n.done"
   if ! wait "$pid"; then
     rm -f "$work/$n.pid"
-    fail "$n" "download failed after $retries tries: $(tail -n 1 "$work/$n.err" 2>/dev/null)"
+    verdict=$(tail -n 1 "$work/$n.err" 2>/dev/null || :)
+    case "$verdict" in *budget*) budget_spent=1 ;; esac
+    last_error=$(grep '^curl: ' "$work/$n.err" 2>/dev/null | tail -n 1 || :)
+    fail "$n" "${verdict:-download failed}${last_error:+: $last_error}"
     continue
   fi
   rm -f "$work/$n.pid"
@@ -381,6 +503,8 @@ if [ "$missing" -eq 0 ]; then
   log "all $count images present"
 else
   write_status import false
-  log "$missing of $count images missing"
+  reason=""
+  if [ "$budget_spent" = 1 ]; then reason=": the import budget of ${import_budget}s (node.import_budget) is spent"; fi
+  log "error: $missing of $count images missing$reason${retry_state:+; systemd runs the import again}"
   exit 1
 fi

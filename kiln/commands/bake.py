@@ -9,7 +9,7 @@ from pathlib import Path
 from kiln import config as config_mod
 from kiln import lint as lint_mod
 from kiln.bake import Baker, dist_folder
-from kiln.commands.render import render_env
+from kiln.commands.render import check_golden_credentials, render_env
 from kiln.engine import DockerEngine
 from kiln.errors import EXIT_FAILED, EXIT_OK
 from kiln.lock import to_json
@@ -18,9 +18,11 @@ from kiln.stores import open_store
 
 
 def bake(config_path: str, env_name: str | None, *, dist: str | None = None, jobs: int = 2,
-         quiet: bool = False, as_json: bool = False) -> int:
+         quiet: bool = False, as_json: bool = False,
+         allow_credentials_in_golden_image: bool = False) -> int:
     config = config_mod.load(Path(config_path), config_path)
     env = config.environment(env_name)
+    check_golden_credentials(env, allow_credentials_in_golden_image)  # before any work
     findings = lint_mod.run(config, env)
     if findings and not (quiet and not lint_mod.has_errors(findings)):
         sys.stderr.write(lint_mod.format_text(findings))
@@ -37,7 +39,8 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
         reporter.close()
         store.close()
     render_env(config, env, Path(dist) if dist else dist_folder(config), quiet=quiet,
-               after_bake=True)
+               after_bake=True,
+               allow_credentials_in_golden_image=allow_credentials_in_golden_image)
     if as_json:
         sys.stdout.write(to_json(result.lock))
     elif not quiet:

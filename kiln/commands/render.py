@@ -11,11 +11,26 @@ from kiln.bake import dist_folder
 from kiln.config import Config, Environment
 from kiln.errors import EXIT_OK, KilnError
 from kiln.inventory import load_inventory
-from kiln.render import locator_for, missing_url, render
+from kiln.render import (
+    GoldenCredentialsError,
+    golden_credentials_refusal,
+    locator_for,
+    missing_url,
+    render,
+)
+
+
+def check_golden_credentials(env: Environment, allow: bool) -> None:
+    """Refuse (exit 2) before any work when the golden image would carry S3 credentials."""
+    refusal = golden_credentials_refusal(env)
+    if refusal and not allow:
+        raise GoldenCredentialsError(refusal)
 
 
 def render_env(config: Config, env: Environment, dist: Path, inventory: str | None = None,
-               quiet: bool = False, after_bake: bool = False) -> int:
+               quiet: bool = False, after_bake: bool = False,
+               allow_credentials_in_golden_image: bool = False) -> int:
+    check_golden_credentials(env, allow_credentials_in_golden_image)
     missing = missing_url(env)
     if missing and after_bake:  # a bake into a store nodes cannot read yet is still a bake
         sys.stderr.write(f"kiln: warning: node files not rendered: {missing}\n")
@@ -26,7 +41,8 @@ def render_env(config: Config, env: Environment, dist: Path, inventory: str | No
                         f"run `python bake.py bake --env {env.name}` first")
     nodes = load_inventory(Path(inventory), inventory) if inventory else None
     result = render(env, lock, dist, locator_for(env), nodes=nodes,
-                    packer_dir=config.root / "packer")
+                    packer_dir=config.root / "packer",
+                    allow_credentials_in_golden_image=allow_credentials_in_golden_image)
     for warning in result.warnings:
         sys.stderr.write(f"kiln: warning: {warning}\n")
     if not quiet:
@@ -36,7 +52,8 @@ def render_env(config: Config, env: Environment, dist: Path, inventory: str | No
 
 
 def render_cmd(config_path: str, env_name: str | None, *, inventory: str | None = None,
-               dist: str | None = None) -> int:
+               dist: str | None = None, allow_credentials_in_golden_image: bool = False) -> int:
     config = config_mod.load(Path(config_path), config_path)
     env = config.environment(env_name)
-    return render_env(config, env, Path(dist) if dist else dist_folder(config), inventory)
+    return render_env(config, env, Path(dist) if dist else dist_folder(config), inventory,
+                      allow_credentials_in_golden_image=allow_credentials_in_golden_image)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kiln.localengine import Daemon, start_containerd
-from tests.integration.nodes import Node, assert_imported, make_node
+from tests.integration.nodes import FaultyServer, Node, assert_imported, curl_spy, make_node
 
 
 @pytest.fixture
@@ -174,3 +175,234 @@ def test_importer_is_shellcheck_clean() -> None:
     done = subprocess.run(["shellcheck", "-s", "sh", str(importer)], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stdout
+
+
+# -- a node never hangs on its store (issue 10, section 2) -----------------------------------------
+
+IMPORTER = Path(__file__).parents[2] / "templates/import-images.sh"
+
+
+def importer_block(name: str) -> str:
+    """The importer's own text between `# >>> NAME` and `# <<< NAME`: run on its own."""
+    text = IMPORTER.read_text()
+    start, end = text.find(f"# >>> {name}"), text.find(f"# <<< {name}")
+    assert 0 <= start < end, f"no block {name!r} in {IMPORTER}"
+    return text[start:end]
+
+
+def key_of(node: Node, name: str) -> str:
+    return next(i.key for i in node.lock.images if i.name == name)
+
+
+def test_a_stalled_download_is_abandoned_within_the_stall_timeout_and_retried(
+        node: Node) -> None:
+    """One server sends headers and a KiB, then nothing; the other accepts and never answers.
+    Before: curl had only --connect-timeout and waited for ever."""
+    node.render(stall_timeout=3)
+    big, small = key_of(node, "big"), key_of(node, "small")
+    node.server.faults[big] = ["stall"]
+    node.server.faults[small] = ["silent"]
+    done = node.run(timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert_imported(node, {"small", "big"})
+    for name in ("big", "small"):  # each retry is logged as it happens
+        assert f"kiln-import: {name}: try 1 failed (curl: (28) Operation too slow" in done.stderr
+    for key in (big, small):
+        gaps = node.server.gaps(key)
+        assert len(gaps) == 1, gaps
+        # abandoned after 3 s without progress, then at most 1 s of back-off (+ slack)
+        assert gaps[0] < 3 + 1 + 3, gaps
+    # the stalled transfer's first KiB is kept: the retry resumes after it (-C - with --fail)
+    assert node.server.ranges[big] == [None, "bytes=1024-"]
+    assert node.server.ranges[small] == [None, None]
+
+
+def test_retry_after_is_honoured_on_503_and_429(node: Node) -> None:
+    big, small = key_of(node, "big"), key_of(node, "small")
+    node.server.faults[small] = ["503:3", "503:3"]
+    node.server.faults[big] = ["429:2"]
+    done = node.run(timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert_imported(node, {"small", "big"})
+    assert len(node.server.gaps(small)) == 2 and len(node.server.gaps(big)) == 1
+    assert all(gap >= 3 for gap in node.server.gaps(small)), node.server.gaps(small)
+    assert node.server.gaps(big)[0] >= 2, node.server.gaps(big)
+    assert "small: try 2 failed (curl: (22) The requested URL returned error: 503, HTTP 503)" \
+        in done.stderr
+
+
+def test_the_import_gives_up_within_its_budget_with_a_one_line_reason(node: Node) -> None:
+    """A store that answers 503 for ever, and one that asks to come back in an hour: the run
+    ends within its budget (exit 1), not after as many tries as it is allowed."""
+    node.render(import_budget=10, retries=1000, retry_max_delay=2)
+    big, small = key_of(node, "big"), key_of(node, "small")
+    node.server.faults[small] = ["503"] * 10000
+    node.server.faults[big] = ["503:3600"]
+    t0 = time.monotonic()
+    done = node.run(timeout=120)
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 1, done.stderr
+    assert elapsed < 10 + 8, elapsed  # the budget, plus start-up and containerd's answers
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == ("kiln-import: error: 2 of 2 images missing: the import budget of 10s "
+                         "(node.import_budget) is spent"), done.stderr
+    assert "small: FAILED: import budget of 10s spent after" in done.stderr
+    assert ("big: FAILED: the store answered 503, retry after 3600s: past the import budget "
+            "(10s): curl: (22)") in done.stderr
+    assert node.server.requests.count(big) == 1  # no retry it could not finish in time
+    assert node.server.requests.count(small) >= 3
+    assert_imported(node, set())
+
+
+def test_backoff_is_full_jitter_from_a_random_source(tmp_path: Path) -> None:
+    """The importer's own back-off functions: a delay is random in 0..min(cap, base * 2^n) ms
+    (full jitter), from /dev/urandom, so nodes that failed together do not retry together."""
+    block = tmp_path / "backoff.sh"
+    block.write_text(importer_block("backoff"))
+    fixed = tmp_path / "random"
+    fixed.write_bytes(bytes([0x01, 0x02, 0x03, 0x04]))  # od -tu4 reads 0x04030201
+    drawn = 0x04030201
+    script = '. "$1"; shift; for n in "$@"; do backoff_ms 1 30 "$n"; done'
+    done = subprocess.run(["sh", "-c", script, "_", str(block), "0", "1", "3", "4", "5", "9"],
+                          env={**os.environ, "KILN_RANDOM_SOURCE": str(fixed)},
+                          capture_output=True, text=True, check=True)
+    bounds = [1000, 2000, 8000, 16000, 30000, 30000]  # min(30 s, 1 s * 2^n), in ms
+    assert [int(v) for v in done.stdout.split()] == [drawn % (b + 1) for b in bounds]
+
+    samples = subprocess.run(["sh", "-c", script, "_", str(block), *["3"] * 300],
+                             capture_output=True, text=True, check=True)
+    values = [int(v) for v in samples.stdout.split()]
+    assert len(values) == 300 and all(0 <= v <= 8000 for v in values)
+    assert len(set(values)) > 200  # not a constant, not a coarse grid
+    assert min(values) < 1000 and max(values) > 7000  # the whole range, down to zero
+
+
+def test_curl_config_quoting_keeps_a_url_intact(node: Node) -> None:
+    """URLs go to curl in its config file (-K -), quoted: one with a quote and a backslash
+    arrives as it was."""
+    block = node.folder / "curl-config.sh"
+    block.write_text(importer_block("curl config"))
+    url = f"{node.server.url}q/a\"b\\c?X-Amz-Signature=s%2Bt&x=1"
+    done = subprocess.run(
+        ["sh", "-c", '. "$1"; printf "url = %s\\n" "$(curl_quote "$2")" | '
+                     'curl -sS -K - -o /dev/null', "_", str(block), url],
+        capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr  # a 404 (not in the store), but it got there
+    assert node.server.requests[-1] == 'q/a"b\\c'
+
+
+def test_urls_never_reach_curls_command_line(node: Node) -> None:
+    """`ps` shows a command line to every user of the node: a presigned URL there is a
+    credential handed out. Before: the URL was curl's last argument."""
+    env, argv_log = curl_spy(node.folder)
+    done = node.run(env=env)
+    assert done.returncode == 0, done.stderr
+    argv = argv_log.read_text()
+    assert argv.count("-K -") == 2
+    assert "127.0.0.1" not in argv and "blobs/sha256" not in argv, argv
+
+
+def gate_and_start(node: Node, run_dir: Path) -> tuple[str, str, dict[str, str]]:
+    """The rendered unit's ExecStart and kubelet's ExecStartPre gate, pointed at this node's
+    files instead of /usr/local/lib/kiln and /run/kiln."""
+    folder = node.folder / "dist/it/node"
+    fields: dict[str, str] = {}
+    for name in ("kiln-import.service", "10-kiln-import.conf"):
+        for line in (folder / name).read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                fields[key] = value.replace("/usr/local/lib/kiln", str(folder)).replace(
+                    "/run/kiln", str(run_dir))
+    return fields["ExecStart"], fields["ExecStartPre"], fields
+
+
+def test_outage_recovery_the_way_systemd_runs_the_unit(node: Node, tmp_path: Path) -> None:
+    """The store is down at boot: each run fails within its budget, systemd runs the unit again
+    (Restart=on-failure, no start limit), each retried run backs off first, and kubelet's
+    gate (ExecStartPre) holds it until the images are in: then both pass."""
+    from tests.integration.conftest import free_port
+
+    port = free_port()
+    node.render(base_url=f"http://127.0.0.1:{port}/", import_budget=10, retries=3,
+                retry_max_delay=2)
+    run_dir = tmp_path / "run-kiln"
+    start, gate, unit = gate_and_start(node, run_dir)
+    assert unit["Type"] == "oneshot" and unit["Restart"] == "on-failure"
+    assert unit["StartLimitIntervalSec"] == "0" and int(unit["RestartSec"]) > 0
+    assert int(unit["TimeoutStartSec"]) > 0  # finite: a wedged run is killed and retried
+    assert gate.startswith("/bin/sh -c '") and start.startswith("/bin/sh ")
+    gate_argv = ["sh", "-c", gate[len("/bin/sh -c '"):-1]]
+    env = node.environ()
+
+    def run_unit() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(shlex.split(start), env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+
+    def gate_passes() -> bool:
+        return subprocess.run(gate_argv, env=env, capture_output=True, timeout=120,
+                              check=False).returncode == 0
+
+    for failed in (1, 2):  # the store is down: connection refused
+        t0 = time.monotonic()
+        done = run_unit()
+        assert done.returncode == 1, done.stderr
+        assert time.monotonic() - t0 < 10 + 2 + 8
+        assert (run_dir / "failed-runs").read_text().strip() == str(failed)
+        assert "systemd runs the import again" in done.stderr.splitlines()[-1]
+        assert not gate_passes()  # kubelet stays held
+    assert "run after 1 failed runs: waiting" in done.stderr
+
+    server = FaultyServer(node.folder / "store", port).start()
+    try:
+        done = run_unit()
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr
+    assert "run after 2 failed runs: waiting" in done.stderr
+    assert not (run_dir / "failed-runs").exists()
+    assert_imported(node, {"small", "big"})
+    assert gate_passes()  # kubelet starts
+
+
+@pytest.mark.parametrize("policy", ["hold-kubelet", "start-kubelet"])
+def test_rendered_units_pass_systemd_analyze_verify(baked: Path, tmp_path: Path,
+                                                    policy: str) -> None:
+    """Beside a kubelet.service like kubeadm's (Restart=always): systemd parses the unit and
+    the drop-in without a complaint."""
+    nodes = make_node(baked, tmp_path / "node", None)
+    node = next(nodes)
+    node.render(on_import_failure=policy)
+    units = tmp_path / "units"
+    (units / "kubelet.service.d").mkdir(parents=True)
+    shutil.copy(node.folder / "dist/it/node/kiln-import.service", units)
+    shutil.copy(node.folder / "dist/it/node/10-kiln-import.conf", units / "kubelet.service.d")
+    (units / "kubelet.service").write_text(
+        "[Unit]\nDescription=kubelet\nWants=network-online.target\nAfter=network-online.target\n"
+        "[Service]\nExecStart=/bin/true\nRestart=always\nStartLimitInterval=0\nRestartSec=10\n"
+        "[Install]\nWantedBy=multi-user.target\n")
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                           str(units / "kiln-import.service"), str(units / "kubelet.service")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert str(units) not in done.stdout + done.stderr  # no warning about our files
+    nodes.close()
+
+
+@pytest.mark.parametrize("line", ["set stall_timeout 5;reboot", "set retries 0x10",
+                                  "set import_budget 010", "set retry_max_delay -1"])
+def test_node_settings_in_the_data_file_are_whole_numbers_only(node: Node, line: str) -> None:
+    """They reach curl's options and the shell's arithmetic: anything else is refused before
+    a single request (010 would be octal in $((...)))."""
+    data = node.folder / "dist/it/node/images.data"
+    key = line.split()[1]
+    text = "\n".join(line if row.startswith(f"set {key} ") else row
+                     for row in data.read_text().splitlines())
+    assert line in text
+    data.write_text(text + "\n")
+    done = node.run()
+    assert done.returncode == 1
+    value = line.split()[2]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"kiln-import: error: {data}: {key} must be a whole number of seconds above 0, "
+        f"not '{value}'")
+    assert node.server.requests == []

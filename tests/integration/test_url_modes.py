@@ -13,7 +13,7 @@ import pytest
 from kiln import config as config_mod
 from kiln.localengine import Daemon
 from kiln.render import PresignedLocator, SigV4Locator, locator_for, render
-from tests.integration.nodes import Node, assert_imported, make_node
+from tests.integration.nodes import Node, assert_imported, curl_spy, make_node
 
 
 @pytest.fixture
@@ -39,11 +39,17 @@ def test_presigned_urls(s3_node: tuple[Node, config_mod.Environment]) -> None:
     locator = locator_for(env)
     assert isinstance(locator, PresignedLocator)
     render(env, node.lock, node.folder / "dist", locator)
-    data = (node.folder / "dist/it/node/images.data").read_text()
+    data_file = node.folder / "dist/it/node/images.data"
+    data = data_file.read_text()
     assert "X-Amz-Signature=" in data and "X-Amz-Expires=600" in data
-    done = node.run()
+    # a presigned URL is a credential until it expires: 0600, and never in curl's argv
+    assert stat.S_IMODE(data_file.stat().st_mode) == 0o600
+    spy, argv_log = curl_spy(node.folder)
+    done = node.run(env=spy)
     assert done.returncode == 0, done.stderr
     assert_imported(node, {"small", "big"})
+    argv = argv_log.read_text()
+    assert argv.count("-K -") == 2 and "X-Amz-Signature" not in argv, argv
 
 
 def test_sigv4_with_credentials_from_the_environment(
@@ -58,7 +64,9 @@ def test_sigv4_with_credentials_from_the_environment(
     assert "set sigv4_user readonly:s3cr3t" in data.read_text()
     assert stat.S_IMODE(data.stat().st_mode) == 0o600
     assert result.secret
-    done = node.run()
+    spy, argv_log = curl_spy(node.folder)
+    done = node.run(env=spy)
     assert done.returncode == 0, done.stderr
     assert "s3cr3t" not in done.stderr  # never logged
+    assert "s3cr3t" not in argv_log.read_text()  # nor on curl's command line
     assert_imported(node, {"small", "big"})

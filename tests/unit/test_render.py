@@ -111,7 +111,9 @@ def test_user_data_is_cloud_config_with_the_pieces(env: config_mod.Environment,
                      "/usr/local/lib/kiln/ca.pem", "/etc/motd"]
     assert data["write_files"][0]["content"] == (TEMPLATES / "import-images.sh").read_text()
     assert data["ca_certs"]["trusted"] == [CA]
-    assert data["runcmd"][0] == ["systemctl", "start", "kiln-import.service"]
+    # hold-kubelet (the default): the join steps wait until the import has succeeded
+    assert data["runcmd"][0][:2] == ["sh", "-c"]
+    assert "until systemctl start kiln-import.service" in data["runcmd"][0][2]
     assert data["runcmd"][1] == ["kubeadm", "join", "--config", "/etc/kubeadm/join.yaml"]
     assert "Before=kubelet.service" in data["bootcmd"][0]
     assert "systemctl start --no-block kiln-import.service" in data["bootcmd"][0]
@@ -145,11 +147,11 @@ def test_oversized_user_data_is_gzipped_then_refused(env: config_mod.Environment
                                                      tmp_path: Path) -> None:
     from dataclasses import replace
 
-    small = replace(env, node=replace(env.node, user_data_limit=9000))
+    small = replace(env, node=replace(env.node, user_data_limit=12000))
     result = render(small, LOCK, tmp_path, PlainLocator("https://a/"),
            packer_dir=PACKER(tmp_path))
     packed = (tmp_path / "prod/cloud-init/user-data").read_bytes()
-    assert len(packed) <= 9000 and gzip.decompress(packed).startswith(b"#cloud-config")
+    assert len(packed) <= 12000 and gzip.decompress(packed).startswith(b"#cloud-config")
     assert any("gzip" in w for w in result.warnings)
     tiny = replace(env, node=replace(env.node, user_data_limit=1024))
     with pytest.raises(RenderError, match=r"over the limit of 1024"):
@@ -167,31 +169,179 @@ def test_an_undefined_template_variable_fails() -> None:
 
 
 def test_sigv4_output_is_secret(env: config_mod.Environment, tmp_path: Path) -> None:
+    from dataclasses import replace
+
     locator = SigV4Locator("http://127.0.0.1:9000", "b", "us-east-1", "AKIA:SECRETKEY", None)
-    result = render(env, LOCK, tmp_path, locator,
-           packer_dir=PACKER(tmp_path))
+    result = render(replace(env, packer_sources=()), LOCK, tmp_path, locator,
+                    nodes=[Node("w-1", ("worker",))])
     data = tmp_path / "prod/node/images.data"
     assert "set sigv4_user AKIA:SECRETKEY" in data.read_text()
     assert stat.S_IMODE(data.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "prod/cloud-init/user-data").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "prod/nodes/w-1/user-data").stat().st_mode) == 0o600
     assert result.secret and any(w.startswith("SECRET") for w in result.warnings)
     assert "http://127.0.0.1:9000/b/blobs/sha256/" in data.read_text()
 
 
-def test_no_secret_in_plain_or_presigned_output(env: config_mod.Environment,
-                                                tmp_path: Path) -> None:
-    class Client:
-        def generate_presigned_url(self, op: str, Params: dict[str, str], ExpiresIn: int
-                                   ) -> str:
-            return f"https://s3/{Params['Bucket']}/{Params['Key']}?X-Amz-Expires={ExpiresIn}"
+class SigningClient:
+    def generate_presigned_url(self, op: str, Params: dict[str, str], ExpiresIn: int) -> str:
+        return (f"https://s3/{Params['Bucket']}/{Params['Key']}?X-Amz-Expires={ExpiresIn}"
+                "&X-Amz-Security-Token=tok&X-Amz-Signature=sig")
 
-    render(env, LOCK, tmp_path, PresignedLocator(Client(), "b", 3600),
-           packer_dir=PACKER(tmp_path))
+
+HOLDS_URLS = {"node/images.data", "cloud-init/user-data", "nodes/w-1/user-data"}
+
+
+def test_presigned_urls_are_credentials_written_0600(env: config_mod.Environment,
+                                                     tmp_path: Path) -> None:
+    """A presigned URL (signature, session token) fetches the object until it expires: every
+    file holding one is 0600. No loud SECRET warning: that is for long-lived credentials."""
+    result = render(env, LOCK, tmp_path, PresignedLocator(SigningClient(), "b", 3600),
+                    nodes=[Node("w-1", ("worker",))], packer_dir=PACKER(tmp_path))
+    assert result.private and not result.secret
+    assert not any("SECRET" in w for w in result.warnings)
     for path in (tmp_path / "prod").rglob("*"):
         if path.is_file():
+            rel = str(path.relative_to(tmp_path / "prod"))
             assert "SECRET" not in path.read_text(errors="replace")
-            assert stat.S_IMODE(path.stat().st_mode) & 0o044
+            holds = "X-Amz-Signature=sig" in path.read_text(errors="replace")
+            assert holds == (rel in HOLDS_URLS), rel
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert (mode == 0o600) if holds else bool(mode & 0o044), (rel, oct(mode))
     assert "X-Amz-Expires=3600" in (tmp_path / "prod/node/images.data").read_text()
+
+
+def test_plain_urls_stay_world_readable(env: config_mod.Environment, tmp_path: Path) -> None:
+    result = render(env, LOCK, tmp_path, PlainLocator("https://a/"),
+                    nodes=[Node("w-1", ("worker",))], packer_dir=PACKER(tmp_path))
+    assert not result.private
+    for rel in HOLDS_URLS:
+        assert stat.S_IMODE((tmp_path / "prod" / rel).stat().st_mode) == 0o644
+
+
+def test_sigv4_credentials_in_a_golden_image_are_refused_without_the_flag(
+        env: config_mod.Environment, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from kiln.errors import EXIT_INVALID
+    from kiln.render import GoldenCredentialsError
+
+    sigv4 = replace(env, store=config_mod.S3Store(bucket="b", url_mode="sigv4"))
+    locator = SigV4Locator("http://127.0.0.1:9000", "b", "us-east-1", "AKIA:SECRETKEY", None)
+    with pytest.raises(GoldenCredentialsError, match="golden image") as info:
+        render(sigv4, LOCK, tmp_path, locator, packer_dir=PACKER(tmp_path))
+    assert info.value.exit_code == EXIT_INVALID
+    assert "--allow-credentials-in-golden-image" in str(info.value)
+    assert not (tmp_path / "prod").exists()  # refused before anything is written
+    result = render(sigv4, LOCK, tmp_path, locator, packer_dir=PACKER(tmp_path),
+                    allow_credentials_in_golden_image=True)
+    assert any("golden image" in w and w.startswith("SECRET") for w in result.warnings)
+    assert (tmp_path / "prod/packer/build.pkr.hcl").exists()
+
+
+def test_render_and_bake_refuse_credentials_for_a_golden_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from kiln import lock as lockfile
+    from kiln.cli import main
+
+    config = CONFIG.replace('store: {type: dir, path: store, url: "https://artifacts.internal/kiln/"}',
+                            "store: {type: s3, bucket: b, endpoint: 'http://127.0.0.1:9', "
+                            "url_mode: sigv4}")
+    write_tree(tmp_path, {"images.yaml": config, "ca.pem": CA,
+                          "packer/node.pkr.hcl": 'source "null" "node" {}\n'})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SECRETKEY")
+    lockfile.write(tmp_path / "dist/prod/images.lock.json", LOCK)
+    assert main(["render", "--env", "prod"]) == 2
+    assert "golden image" in capsys.readouterr().err
+    assert not (tmp_path / "dist/prod/node").exists()
+    assert main(["bake", "--env", "prod"]) == 2  # before building anything
+    assert "golden image" in capsys.readouterr().err
+    assert main(["render", "--env", "prod", "--allow-credentials-in-golden-image"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: SECRET" in err and "golden image" in err
+    assert "set sigv4_user AKIA:SECRETKEY" in (tmp_path / "dist/prod/node/images.data").read_text()
+
+
+NODE_SETTINGS = """
+    node: {stall_timeout: 2m, import_budget: 1h, retries: 3, retry_max_delay: 45s,
+           on_import_failure: start-kubelet}
+"""
+
+
+def test_node_settings_reach_the_data_file_and_the_units(tmp_path: Path) -> None:
+    config = CONFIG.replace(
+        "    node: {ca_bundle: ca.pem, parallel: 3, containerd_timeout: 120, user_data_limit: "
+        "65536}\n", NODE_SETTINGS.lstrip("\n"))
+    write_tree(tmp_path, {"images.yaml": config, "ca.pem": CA,
+                          "packer/node.pkr.hcl": 'source "null" "node" {}\n'})
+    env = config_mod.load(tmp_path / "images.yaml").environment("prod")
+    assert (env.node.stall_timeout, env.node.import_budget, env.node.retries,
+            env.node.retry_max_delay, env.node.on_import_failure) == (
+        120, 3600, 3, 45, "start-kubelet")
+    render(env, LOCK, tmp_path / "dist", PlainLocator("https://a/"), packer_dir=PACKER(tmp_path))
+    node = tmp_path / "dist/prod/node"
+    data = (node / "images.data").read_text().splitlines()
+    for line in ("set stall_timeout 120", "set import_budget 3600", "set retries 3",
+                 "set retry_max_delay 45"):
+        assert line in data
+    unit = (node / "kiln-import.service").read_text()
+    assert "Restart=on-failure" in unit and "StartLimitIntervalSec=0" in unit
+    assert "TimeoutStartSec=7545" in unit  # 300 (containerd) + 45 + 2 * 3600
+    assert "ExecStartPost" not in unit  # start-kubelet: kiln never starts kubelet itself
+    dropin = (node / "10-kiln-import.conf").read_text()
+    assert "After=kiln-import.service" in dropin
+    assert not any(line.startswith(("Requires=", "ExecStartPre=")) for line in dropin.splitlines())
+    raw = (tmp_path / "dist/prod/cloud-init/user-data").read_bytes()
+    user_data = yaml.safe_load(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    assert user_data["runcmd"][0] == ["systemctl", "start", "kiln-import.service"]
+
+
+def test_hold_kubelet_is_the_default_and_gates_kubelet(env: config_mod.Environment,
+                                                       tmp_path: Path) -> None:
+    assert env.node.on_import_failure == "hold-kubelet"
+    render(env, LOCK, tmp_path, PlainLocator("https://a/"), packer_dir=PACKER(tmp_path))
+    node = tmp_path / "prod/node"
+    data = (node / "images.data").read_text().splitlines()
+    for line in ("set stall_timeout 60", "set import_budget 1800", "set retries 8",
+                 "set retry_max_delay 300"):
+        assert line in data
+    dropin = (node / "10-kiln-import.conf").read_text()
+    # Requires= would fail kubelet's start job for good when the first import run fails
+    assert not any(line.startswith("Requires=") for line in dropin.splitlines())
+    assert "Wants=kiln-import.service" in dropin and "After=kiln-import.service" in dropin
+    assert "ExecStartPre=/bin/sh -c 'systemctl is-active --quiet kiln-import.service || exec " \
+           "/bin/sh /usr/local/lib/kiln/import-images --check " in dropin
+    unit = (node / "kiln-import.service").read_text()
+    assert "TimeoutStartSec=0" not in unit and "Restart=on-failure" in unit
+    assert "--retry-state /run/kiln/failed-runs" in unit
+    assert "systemctl --no-block start kubelet.service" in unit
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("stall_timeout: 0", "stall_timeout must be a duration"),
+    ("stall_timeout: 2h", "stall_timeout must be a duration like 90, 90s, 30m or 2h, from 1s "
+                          "to 3600s"),
+    ("import_budget: forever", "import_budget must be a duration"),
+    ("retry_max_delay: -5", "retry_max_delay must be a duration"),
+    ("retries: 0", "retries must be between 1 and 1000"),
+    ("retries: '3'", "retries must be an integer"),
+    ("on_import_failure: wait", "on_import_failure must be one of hold-kubelet, start-kubelet"),
+])
+def test_node_settings_errors_point_at_the_value(tmp_path: Path, setting: str,
+                                                 message: str) -> None:
+    config = CONFIG.replace(
+        "    node: {ca_bundle: ca.pem, parallel: 3, containerd_timeout: 120, user_data_limit: "
+        "65536}\n", f"    node:\n      {setting}\n")
+    write_tree(tmp_path, {"images.yaml": config, "ca.pem": CA})
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(tmp_path / "images.yaml", "images.yaml")
+    [problem] = info.value.problems
+    column = 7 + len(setting.split(":")[0]) + 2
+    assert (problem.line, problem.column) == (11, column), str(problem)
+    assert message in problem.message
 
 
 def test_locator_choice(env: config_mod.Environment) -> None:

@@ -119,3 +119,16 @@ def test_the_try_command_prints_the_verdict_and_the_ordering(
     assert "kubelet.service: After=kiln-import.service containerd.service" in out
     assert "the import ran 21.0s, from 112.3s after boot; kubelet started +0.2s after" in out
     assert "every image present and pinned" in out
+
+
+def test_try_reports_after_the_first_import_run_and_keeps_the_hold_gate(trial: Trial) -> None:
+    """hold-kubelet makes cloud-init wait until the import succeeds; `try` must report a
+    failing import instead of waiting for ever, while the units stay as the environment has
+    them."""
+    import yaml
+
+    data = yaml.safe_load(trial.user_data("http://10.0.2.2:9/"))
+    assert data["runcmd"][0] == ["systemctl", "start", "kiln-import.service"]
+    assert data["runcmd"][-2][:2] == ["sh", "-c"]  # the report, then poweroff
+    # (the drop-in reaches the shell through shlex quoting: its own quotes are escaped)
+    assert "ExecStartPre=/bin/sh -c '\"'\"'systemctl is-active" in data["bootcmd"][0]
