@@ -28,7 +28,15 @@ from kiln.files import write_atomic
 from kiln.inventory import Node
 from kiln.lock import Lock, LockedImage
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+def _templates() -> Path:
+    """kiln/templates in an installed wheel; the checkout's top-level templates/ otherwise."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "templates"
+    return packaged if packaged.is_dir() else here.parent / "templates"
+
+
+TEMPLATES = _templates()
 PREFIX = "/usr/local/lib/kiln"  # where nodes keep the importer, its data and the CA
 IMPORTER = "import-images.sh"
 NODE_FILES = ("import-images", "images.data", "kiln-import.service", "10-kiln-import.conf")
