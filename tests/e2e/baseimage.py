@@ -16,7 +16,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RECIPE = "2"
-MIRROR = os.environ.get("KILN_E2E_MIRROR", "http://deb.debian.org/debian")
+SUITE = "bookworm"
+APT_SOURCES = Path("/etc/apt")
+
+
+def apt_mirror(suite: str = SUITE, apt: Path = APT_SOURCES) -> str:
+    """The Debian mirror this machine's own apt uses for ``suite`` (main), from its sources.
+
+    Reads deb822 ``*.sources`` and one-line ``*.list`` files; $KILN_E2E_MIRROR wins. No host
+    name is written here: the mirror is whatever the machine is configured with.
+    """
+    if os.environ.get("KILN_E2E_MIRROR"):
+        return os.environ["KILN_E2E_MIRROR"]
+    files = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list")),
+             *sorted((apt / "sources.list.d").glob("*.sources"))]
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if path.suffix == ".sources":
+            for stanza in text.split("\n\n"):
+                fields: dict[str, list[str]] = {}
+                for line in stanza.splitlines():
+                    key, colon, value = line.partition(":")
+                    if colon and not line.startswith(("#", " ")):
+                        fields[key.strip().lower()] = value.split()
+                if ("deb" in fields.get("types", []) and suite in fields.get("suites", [])
+                        and "main" in fields.get("components", []) and fields.get("uris")):
+                    return fields["uris"][0]
+        else:
+            for line in text.splitlines():
+                words = [w for w in line.split("#", 1)[0].split() if not w.startswith("[")]
+                if len(words) >= 4 and words[0] == "deb" and words[2] == suite \
+                        and "main" in words[3:]:
+                    return words[1]
+    raise RuntimeError(f"no apt source for Debian {suite} main in {apt}: set KILN_E2E_MIRROR "
+                       "to a Debian mirror URL")
+
 PACKAGES = ("linux-image-amd64,systemd-sysv,systemd,udev,dbus,cloud-init,containerd,curl,zstd,"
             "openssh-server,ca-certificates,ifupdown,isc-dhcp-client,iproute2,netbase")
 
@@ -70,12 +107,13 @@ def build(cache: Path | None = None) -> BaseImage:
     rootfs = cache / "rootfs"
     if not (rootfs / ".kiln-debootstrap-done").exists():
         shutil.rmtree(rootfs, ignore_errors=True)
+        mirror = apt_mirror()
         # debootstrap reports failure when a few packages cannot be configured without /proc
         # (python3-cryptography, and cloud-init after it); they are configured below.
         subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}",
-                        "bookworm", str(rootfs), MIRROR], stdout=subprocess.DEVNULL, check=False)
+                        SUITE, str(rootfs), mirror], stdout=subprocess.DEVNULL, check=False)
         if not (rootfs / "usr/bin/dpkg").exists():
-            raise RuntimeError(f"debootstrap of bookworm from {MIRROR} failed")
+            raise RuntimeError(f"debootstrap of {SUITE} from {mirror} failed")
         (rootfs / ".kiln-debootstrap-done").touch()
     mounts = []
     try:
