@@ -4,13 +4,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 KILN := $(PY) bake.py
-STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: venv bake lint render verify push verify-registry diff try golden demo test unit integration check bench bench-bake bench-node bench-render clean
+.PHONY: packages-bake packages-test venv bake lint render verify push verify-registry diff try golden demo test unit integration check bench bench-bake bench-node bench-render clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# System packages (.ci/packages): installed when missing as root with apt, else one line
+# saying what to run.
+packages-bake packages-test:
+	@sh .ci/install-packages $(subst packages-,,$@)
+
+$(STAMP): pyproject.toml setup.py
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || sh .ci/install-packages bake
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,dev]'
@@ -19,9 +25,11 @@ $(STAMP): pyproject.toml
 lint: venv
 	$(KILN) lint --env $(ENV)
 
-# dev needs no setup: without a Docker engine, a private one runs under .run/ for the bake.
+# dev needs no setup: without a Docker engine, a private one runs under .run/ for the bake
+# (dockerd and containerd are installed first when missing and no DOCKER_HOST is set).
 bake: venv
 ifeq ($(ENV),dev)
+	@if [ -z "$${DOCKER_HOST:-}" ]; then sh .ci/install-packages bake; fi
 	$(PY) -m kiln.localengine run .run -- $(KILN) bake --env $(ENV)
 else
 	$(KILN) bake --env $(ENV)
@@ -56,7 +64,7 @@ render: venv
 check: venv
 	$(PY) -m ruff check kiln tests bench bake.py
 	$(PY) -m mypy --strict kiln
-	@if ls templates/*.sh >/dev/null 2>&1; then shellcheck -s sh templates/*.sh; fi
+	shellcheck -s sh templates/*.sh .ci/install-packages
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
@@ -64,8 +72,8 @@ unit: venv
 integration: venv
 	$(PY) -m pytest -q tests/integration
 
-# The README's test command: static checks, then every test tier.
-test: check
+# The README's test command: system packages, static checks, then every test tier.
+test: packages-test check
 	$(PY) -m pytest -q tests
 
 # Benchmarks print ratios against a baseline measured in the same run (root: private engines).
