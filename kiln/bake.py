@@ -16,9 +16,9 @@ from pathlib import Path
 
 from kiln import lock as lockfile
 from kiln.config import ArchiveSource, BuildSource, Config, Environment, Image, PullSource
-from kiln.engine import Engine
 from kiln.errors import KilnError
 from kiln.lock import Lock, LockedBundle, LockedImage
+from kiln.ports import Engine
 from kiln.progress import Reporter, human
 from kiln.publish import Published, publish
 from kiln.stores import Store, lock_key
@@ -39,10 +39,6 @@ class BakeResult:
     lock: Lock
     uploaded: tuple[str, ...]  # names (images and bundle:<role>) whose object was uploaded
     reused: tuple[str, ...]  # names taken unchanged from the previous lock
-
-
-def dist_folder(config: Config) -> Path:
-    return config.root / "dist"
 
 
 class Baker:

@@ -5,20 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from kiln.errors import KilnError
-
-K8S_NAMESPACE = "k8s.io"
-PIN_LABEL = "io.cri-containerd.pinned"
-MANAGED_LABEL = "io.cri-containerd.image"
-
-
-@dataclass(frozen=True)
-class ContainerdImage:
-    ref: str
-    manifest_digest: str
-    labels: dict[str, str]
+from kiln.ports import K8S_NAMESPACE, ContainerdImage
 
 
 class Ctr:

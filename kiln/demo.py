@@ -19,9 +19,9 @@ from pathlib import Path
 
 from kiln import config as config_mod
 from kiln import localengine
-from kiln.bake import dist_folder
 from kiln.config import DirStore
 from kiln.httpserve import serve
+from kiln.project import dist_folder
 
 
 def serve_at(folder: Path, url: str) -> http.server.ThreadingHTTPServer:

@@ -12,9 +12,8 @@ import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import docker
 import docker.errors
@@ -22,36 +21,9 @@ import requests.exceptions
 
 from kiln import refs
 from kiln.config import ArchiveSource, BuildSource, PullSource
-from kiln.errors import KilnError
+from kiln.ports import EngineError, ImageInfo
 
 EXPORT_CHUNK = 1 << 20
-
-
-class EngineError(KilnError):
-    """The engine is unreachable, or refused a build, pull, load or export."""
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    image_id: str
-    size: int  # uncompressed bytes of all layers (the export is about this big)
-    platform: str
-    repo_tags: tuple[str, ...]
-    repo_digests: tuple[str, ...]
-
-
-class Engine(Protocol):
-    def build(self, source: BuildSource, ref: str, platform: str) -> str: ...
-
-    def pull(self, source: PullSource, platform: str) -> str: ...
-
-    def load(self, source: ArchiveSource, ref: str) -> str: ...
-
-    def tag(self, image_id: str, ref: str) -> None: ...
-
-    def inspect(self, ref: str) -> ImageInfo | None: ...
-
-    def export(self, refs: list[str]) -> Iterator[bytes]: ...
 
 
 def _one_line(text: str) -> str:

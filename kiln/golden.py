@@ -17,9 +17,9 @@ from pathlib import Path
 
 from kiln import config as config_mod
 from kiln import lock as lockfile
-from kiln.bake import dist_folder
 from kiln.config import DirStore
 from kiln.httpserve import serve
+from kiln.project import dist_folder
 from kiln.render import PlainLocator, render
 from kiln.vm import GUEST_HOST, guest_url
 

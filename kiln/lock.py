@@ -7,6 +7,7 @@ unchanged bake rewrites it byte for byte.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,11 @@ def write(path: Path, lock: Lock) -> None:
         write_atomic(path, to_json(lock).encode())
     except OSError as exc:
         raise KilnError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def images_for_roles(lock: Lock, roles: Iterable[str] | None) -> list[LockedImage]:
+    """The lock's images a node with ``roles`` gets (None: all of them)."""
+    if roles is None:
+        return list(lock.images)
+    wanted = set(roles)
+    return [i for i in lock.images if not i.roles or wanted & set(i.roles)]

@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +25,7 @@ from kiln.config import Environment, S3Store
 from kiln.errors import EXIT_INVALID, KilnError
 from kiln.files import write_atomic
 from kiln.inventory import Node
-from kiln.lock import Lock, LockedImage
+from kiln.lock import Lock, LockedImage, images_for_roles
 
 
 def _templates() -> Path:
@@ -198,9 +197,9 @@ def locator_for(env: Environment, environ: dict[str, str] | None = None,
         return PlainLocator(store.url)
     if store.url_mode == "presigned":
         if client is None:
-            from kiln.stores.s3 import S3ObjectStore
+            from kiln.stores import s3_client  # the S3 edge, loaded only for presigning
 
-            client = S3ObjectStore(store).client
+            client = s3_client(store)
         return PresignedLocator(client, store.bucket, store.ttl_seconds)
     key, secret = environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")
     if not key or not secret:
@@ -220,14 +219,6 @@ class Rendered:
     warnings: list[str] = field(default_factory=list)
     secret: bool = False
     private: bool = False  # the node files holding URLs were written 0600
-
-
-def images_for_roles(lock: Lock, roles: Iterable[str] | None) -> list[LockedImage]:
-    """The lock's images a node with ``roles`` gets (None: all of them)."""
-    if roles is None:
-        return list(lock.images)
-    wanted = set(roles)
-    return [i for i in lock.images if not i.roles or wanted & set(i.roles)]
 
 
 class Renderer:

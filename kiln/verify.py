@@ -9,25 +9,15 @@ sees what the CRI plugin has taken in).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Protocol
 
-from kiln.containerd import K8S_NAMESPACE, MANAGED_LABEL, PIN_LABEL, ContainerdImage
-from kiln.lock import Lock
-from kiln.render import images_for_roles
+from kiln.lock import Lock, images_for_roles
+from kiln.ports import K8S_NAMESPACE, MANAGED_LABEL, PIN_LABEL, Containerd, ContainerdImage
 
 PRESENT = "present"
 MISSING = "missing"
 WRONG_ID = "wrong-image-id"
 NOT_PINNED = "not-pinned"
 NOT_VISIBLE = "not-visible-to-cri"
-
-
-class Containerd(Protocol):
-    def namespaces(self) -> list[str]: ...
-
-    def images(self, namespace: str) -> dict[str, ContainerdImage]: ...
-
-    def image_id(self, namespace: str, manifest_digest: str, platform: str) -> str: ...
 
 
 @dataclass(frozen=True)

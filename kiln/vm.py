@@ -24,8 +24,8 @@ from typing import Any
 from kiln.config import CloudInitSnippets, DirStore, Environment
 from kiln.errors import KilnError
 from kiln.httpserve import serve
-from kiln.lock import Lock
-from kiln.render import PlainLocator, Renderer, images_for_roles
+from kiln.lock import Lock, images_for_roles
+from kiln.render import PlainLocator, Renderer
 
 GUEST_HOST = "10.0.2.2"  # the host's loopback, seen from a qemu user-mode guest
 BEGIN, END = "KILN-TRY-BEGIN", "KILN-TRY-END"

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from kiln import config as config_mod
 from kiln import lint as lint_mod
-from kiln.bake import Baker, dist_folder
+from kiln.bake import Baker
 from kiln.commands.render import check_golden_credentials, render_env
 from kiln.engine import DockerEngine
 from kiln.errors import EXIT_FAILED, EXIT_OK
 from kiln.lock import to_json
 from kiln.progress import reporter_for
+from kiln.project import Project
 from kiln.stores import open_store
 
 
 def bake(config_path: str, env_name: str | None, *, dist: str | None = None, jobs: int = 2,
          quiet: bool = False, as_json: bool = False,
          allow_credentials_in_golden_image: bool = False) -> int:
-    config = config_mod.load(Path(config_path), config_path)
-    env = config.environment(env_name)
+    project = Project.load(config_path, env_name, dist)
+    config, env = project.config, project.env
     check_golden_credentials(env, allow_credentials_in_golden_image)  # before any work
     findings = lint_mod.run(config, env)
     if findings and not (quiet and not lint_mod.has_errors(findings)):
@@ -31,14 +30,13 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
         return EXIT_FAILED
     reporter = reporter_for(quiet)
     store = open_store(env.store)
-    baker = Baker(config, env, DockerEngine(), store, reporter,
-                  Path(dist) if dist else dist_folder(config), jobs=jobs)
+    baker = Baker(config, env, DockerEngine(), store, reporter, project.dist, jobs=jobs)
     try:
         result = baker.run()
     finally:
         reporter.close()
         store.close()
-    render_env(config, env, Path(dist) if dist else dist_folder(config), quiet=quiet,
+    render_env(config, env, project.dist, quiet=quiet,
                after_bake=True,
                allow_credentials_in_golden_image=allow_credentials_in_golden_image)
     if as_json:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
-from kiln import config as config_mod
 from kiln import lock as lockfile
-from kiln.bake import dist_folder
 from kiln.diff import image_changes, referenced_keys, unreferenced
 from kiln.errors import EXIT_OK, UsageError
 from kiln.progress import human
+from kiln.project import Project
 from kiln.stores import open_store
 
 
@@ -20,12 +18,10 @@ def diff_cmd(config_path: str, env_name: str | None, *, prune: bool = False, yes
              as_json: bool = False, dist: str | None = None) -> int:
     if yes and not prune:
         raise UsageError("--yes goes with --prune")
-    config = config_mod.load(Path(config_path), config_path)
-    env = config.environment(env_name)
-    folder = Path(dist) if dist else dist_folder(config)
-    path = lockfile.lock_path(folder, env.name)
+    project = Project.load(config_path, env_name, dist)
+    config, env, path = project.config, project.env, project.lock_path
     try:
-        lock = lockfile.read(path)
+        lock = project.read_lock()
     except lockfile.OldLock as exc:  # every image is stored again; its objects stay named
         print(f"kiln: {exc}", file=sys.stderr)
         lock = None

@@ -5,12 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kiln import config as config_mod
-from kiln import lock as lockfile
-from kiln.bake import dist_folder
 from kiln.config import Config, Environment
-from kiln.errors import EXIT_OK, KilnError
+from kiln.errors import EXIT_OK
 from kiln.inventory import load_inventory
+from kiln.project import Project
 from kiln.render import (
     GoldenCredentialsError,
     golden_credentials_refusal,
@@ -35,10 +33,7 @@ def render_env(config: Config, env: Environment, dist: Path, inventory: str | No
     if missing and after_bake:  # a bake into a store nodes cannot read yet is still a bake
         sys.stderr.write(f"kiln: warning: node files not rendered: {missing}\n")
         return EXIT_OK
-    lock = lockfile.read(lockfile.lock_path(dist, env.name))
-    if lock is None:
-        raise KilnError(f"no lock for {env.name} at {lockfile.lock_path(dist, env.name)}: "
-                        f"run `python bake.py bake --env {env.name}` first")
+    lock = Project(config, env, dist).lock()
     nodes = load_inventory(Path(inventory), inventory) if inventory else None
     result = render(env, lock, dist, locator_for(env), nodes=nodes,
                     packer_dir=config.root / "packer",
@@ -53,7 +48,6 @@ def render_env(config: Config, env: Environment, dist: Path, inventory: str | No
 
 def render_cmd(config_path: str, env_name: str | None, *, inventory: str | None = None,
                dist: str | None = None, allow_credentials_in_golden_image: bool = False) -> int:
-    config = config_mod.load(Path(config_path), config_path)
-    env = config.environment(env_name)
-    return render_env(config, env, Path(dist) if dist else dist_folder(config), inventory,
+    project = Project.load(config_path, env_name, dist)
+    return render_env(project.config, project.env, project.dist, inventory,
                       allow_credentials_in_golden_image=allow_credentials_in_golden_image)

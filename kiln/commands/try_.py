@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kiln.commands.common import load_with_lock
 from kiln.errors import EXIT_FAILED, EXIT_OK
-from kiln.render import images_for_roles
+from kiln.lock import images_for_roles
 from kiln.vm import Trial
 
 

@@ -8,7 +8,7 @@ object is visible only when complete, and ``abort`` leaves the store as it was.
 from __future__ import annotations
 
 import threading
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from kiln import config
 from kiln.errors import KilnError
@@ -90,3 +90,10 @@ def open_store(settings: config.Store) -> Store:
     from kiln.stores.s3 import S3ObjectStore
 
     return S3ObjectStore(settings)
+
+
+def s3_client(settings: config.S3Store) -> Any:
+    """A boto3 S3 client for ``settings`` (render presigns with it; no bucket is touched)."""
+    from kiln.stores.s3 import S3ObjectStore
+
+    return S3ObjectStore(settings).client

@@ -1,0 +1,67 @@
+"""Ports: the small interfaces the core asks of each edge, and the values that cross them.
+
+The adapters live at the edges (kiln/engine.py: the Docker SDK; kiln/containerd.py: `ctr`;
+kiln/stores/: the object stores, whose port is kiln/stores/__init__.py) and are imported only
+by the commands that need them. Tests hand fakes to the core through these Protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from kiln.config import ArchiveSource, BuildSource, PullSource
+from kiln.errors import KilnError
+
+K8S_NAMESPACE = "k8s.io"  # the containerd namespace kubelet (through the CRI) sees
+PIN_LABEL = "io.cri-containerd.pinned"
+MANAGED_LABEL = "io.cri-containerd.image"
+
+
+# -- the image engine (build, pull, load, export) --------------------------------------------
+
+
+class EngineError(KilnError):
+    """The engine is unreachable, or refused a build, pull, load or export."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    image_id: str
+    size: int  # uncompressed bytes of all layers (the export is about this big)
+    platform: str
+    repo_tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]
+
+
+class Engine(Protocol):
+    def build(self, source: BuildSource, ref: str, platform: str) -> str: ...
+
+    def pull(self, source: PullSource, platform: str) -> str: ...
+
+    def load(self, source: ArchiveSource, ref: str) -> str: ...
+
+    def tag(self, image_id: str, ref: str) -> None: ...
+
+    def inspect(self, ref: str) -> ImageInfo | None: ...
+
+    def export(self, refs: list[str]) -> Iterator[bytes]: ...
+
+
+# -- a node's containerd ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContainerdImage:
+    ref: str
+    manifest_digest: str
+    labels: dict[str, str]
+
+
+class Containerd(Protocol):
+    def namespaces(self) -> list[str]: ...
+
+    def images(self, namespace: str) -> dict[str, ContainerdImage]: ...
+
+    def image_id(self, namespace: str, manifest_digest: str, platform: str) -> str: ...
