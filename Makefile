@@ -48,7 +48,7 @@ try: venv
 # A golden image with the images inside: make golden ENV=dev BASE_IMAGE=... KERNEL=...
 # INITRD=... SSH_KEY=... [GOLDEN_DIR=dist/golden]
 golden: venv
-	$(PY) -m kiln.golden --env $(ENV) --var base_image=$(BASE_IMAGE) --var kernel=$(KERNEL) \
+	$(KILN) golden --env $(ENV) --var base_image=$(BASE_IMAGE) --var kernel=$(KERNEL) \
 	  --var initrd=$(INITRD) --var ssh_key=$(SSH_KEY) --var output_dir=$(or $(GOLDEN_DIR),dist/golden)
 
 # Day 2 (see README): make verify ENV=prod CONTAINERD_ADDRESS=/run/containerd/containerd.sock

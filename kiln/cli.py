@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     trial.add_argument("--no-store", action="store_true",
                        help="serve no store: a golden image must already hold the images")
     trial.add_argument("--json", action="store_true")
+
+    golden = commands.add_parser("golden", parents=[with_dist],
+                                 help="build a golden VM image with packer, the store served")
+    golden.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                        help="a packer variable (base_image, kernel, initrd, ssh_key, "
+                             "output_dir); repeatable")
     return parser
 
 
@@ -167,6 +173,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kiln.commands.day2 import verify_registry_cmd
 
         return verify_registry_cmd(args.config, args.env, dist=args.dist, as_json=args.json)
+    if args.command == "golden":
+        from kiln.commands.golden import golden_cmd
+
+        return golden_cmd(args.config, args.env, args.var, dist=args.dist)
     if args.command == "diff":
         from kiln.commands.diff import diff_cmd
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from kiln.cli import main
-from kiln.golden import build
 from tests.e2e.baseimage import BaseImage
 
 
@@ -16,9 +15,10 @@ def test_golden_image_holds_every_image_offline(dev_project: Path, base_image: B
                                                 tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "golden"
-    code = build(str(dev_project / "images.yaml"), "dev", [
-        f"base_image={base_image.disk}", f"kernel={base_image.kernel}",
-        f"initrd={base_image.initrd}", f"ssh_key={base_image.ssh_key}", f"output_dir={out}"])
+    code = main(["golden", "--env", "dev", "--config", str(dev_project / "images.yaml"),
+                 "--var", f"base_image={base_image.disk}", "--var", f"kernel={base_image.kernel}",
+                 "--var", f"initrd={base_image.initrd}", "--var", f"ssh_key={base_image.ssh_key}",
+                 "--var", f"output_dir={out}"])
     assert code == 0
     golden = out / "golden.raw"
     assert golden.is_file()

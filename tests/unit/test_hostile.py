@@ -548,3 +548,15 @@ def test_an_unreadable_registry_ca_leaves_no_temp_folder(tmp_path: Path,
     with pytest.raises(RegistryError, match="cannot read the registry CA"):
         Registry("registry.example.com", tmp_path / "gone.pem", environ={})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_golden_is_a_command_with_the_exit_contract(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from kiln.cli import main
+
+    write_tree(tmp_path, {"images.yaml": BASE})
+    config = str(tmp_path / "images.yaml")
+    assert main(["golden", "--env", "nope", "--config", config]) == 2
+    assert capsys.readouterr().err.startswith("kiln: error: no environment 'nope'")
+    assert main(["golden", "--env", "dev", "--config", config]) == 2
+    assert "names no packer sources" in capsys.readouterr().err

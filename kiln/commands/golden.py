@@ -1,4 +1,5 @@
-"""`make golden ENV=...`: run the generated Packer build with the store reachable from the VM.
+"""`kiln golden` (`make golden ENV=...`): run the generated Packer build with the store
+reachable from the VM.
 
 Serves a dir store over HTTP, renders the node files with the base URL a qemu user-mode guest
 reaches (10.0.2.2) into a scratch copy of dist/<env>/packer, and runs `packer build` with the
@@ -7,33 +8,33 @@ variables given (base_image, kernel, initrd, ssh_key, output_dir).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from kiln import config as config_mod
-from kiln import lock as lockfile
 from kiln.config import DirStore
+from kiln.errors import EXIT_OK, KilnError, UsageError
 from kiln.httpserve import serve
-from kiln.project import dist_folder
+from kiln.project import Project
 from kiln.render import PlainLocator, render
 from kiln.vm import GUEST_HOST, guest_url
 
 
-def build(config_path: str, env_name: str, variables: list[str]) -> int:
-    config = config_mod.load(Path(config_path), config_path)
-    env = config.environment(env_name)
+def golden_cmd(config_path: str, env_name: str | None, variables: list[str], *,
+               dist: str | None = None) -> int:
+    project = Project.load(config_path, env_name, dist)
+    env = project.env
     if not env.packer_sources:
-        print(f"golden: environment {env.name} names no packer sources", file=sys.stderr)
-        return 2
-    lock = lockfile.read(lockfile.lock_path(dist_folder(config), env.name))
-    if lock is None:
-        print(f"golden: no lock for {env.name}: bake first", file=sys.stderr)
-        return 1
+        raise UsageError(f"environment {env.name} names no packer sources "
+                         "(images.yaml: packer: {sources: [...]})")
+    for variable in variables:
+        if "=" not in variable:
+            raise UsageError(f"--var {variable!r}: expected NAME=VALUE")
+    if shutil.which("packer") is None:
+        raise KilnError("packer is not installed (apt-get install packer)")
+    lock = project.lock()
     server = None
     work = Path(tempfile.mkdtemp(prefix="kiln-golden-"))
     try:
@@ -42,7 +43,7 @@ def build(config_path: str, env_name: str, variables: list[str]) -> int:
             base = f"http://{GUEST_HOST}:{server.server_address[1]}/"
         else:
             base = guest_url(env.store.url or "")
-        render(env, lock, work, PlainLocator(base), packer_dir=config.root / "packer")
+        render(env, lock, work, PlainLocator(base), packer_dir=project.config.root / "packer")
         argv = ["packer", "build", "-force"]
         for variable in variables:
             argv += ["-var", variable]
@@ -50,21 +51,11 @@ def build(config_path: str, env_name: str, variables: list[str]) -> int:
         # packer's qemu builder keeps port locks in ./packer_cache unless told: not in the repo
         environ = {"PACKER_CACHE_DIR": str(work / "packer_cache"), **os.environ,
                    "CHECKPOINT_DISABLE": "1"}
-        return subprocess.call(argv, env=environ)
+        code = subprocess.call(argv, env=environ)
+        if code != 0:
+            raise KilnError(f"packer build failed (exit {code}): its output is above")
+        return EXIT_OK
     finally:
         if server is not None:
             server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kiln.golden")
-    parser.add_argument("--env", required=True)
-    parser.add_argument("--config", default="images.yaml")
-    parser.add_argument("--var", action="append", default=[], help="NAME=VALUE for packer")
-    args = parser.parse_args(argv)
-    return build(args.config, args.env, args.var)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
