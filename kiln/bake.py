@@ -39,11 +39,13 @@ class BakeResult:
     lock: Lock
     uploaded: tuple[str, ...]  # names (images and bundle:<role>) whose object was uploaded
     reused: tuple[str, ...]  # names taken unchanged from the previous lock
+    repaired: tuple[str, ...] = ()  # store keys whose bytes were not the lock's: stored again
 
 
 class Baker:
     def __init__(self, config: Config, env: Environment, engine: Engine, store: Store,
-                 reporter: Reporter, dist: Path, jobs: int = 2) -> None:
+                 reporter: Reporter, dist: Path, jobs: int = 2,
+                 verify_store: bool = False) -> None:
         self.config = config
         self.env = env
         self.engine = engine
@@ -64,6 +66,8 @@ class Baker:
             self.previous = None
         self.uploaded: list[str] = []
         self.reused: list[str] = []
+        self.repaired: list[str] = []
+        self.verify_store = verify_store  # S3: read back objects without a server checksum
 
     # -- one image ----------------------------------------------------------------------------
 
@@ -116,11 +120,21 @@ class Baker:
         if (old is None or old.ref != image.ref or old.image_id != image_id
                 or old.platform != image.platform or old.compression != comp.algorithm
                 or old.compression_level != comp.level
-                or self.store.stat(old.key) != old.size):
+                or not self.intact(old.key, old.sha256, old.size)):
             return None
         source = image.source
         return replace(old, roles=image.roles, source=source.kind,
                        upstream=source.ref if isinstance(source, PullSource) else None)
+
+    def intact(self, key: str, sha256: str, size: int) -> bool:
+        """Does the store still hold the locked object? A dir store's file is hashed again;
+        S3 answers from its own checksum where it kept one (or, with verify_store, by reading
+        the object back), else by size. An object with other bytes is noted as repaired: the
+        bake stores it again."""
+        verdict = self.store.verify(key, sha256, size, deep=self.verify_store)
+        if verdict is False and self.store.stat(key) is not None:
+            self.repaired.append(key)
+        return verdict is not False
 
     def publish(self, images: dict[str, str], label: str, size_hint: int) -> Published:
         """Export ``images`` (ref -> image ID) as one object; the archive must name exactly them."""
@@ -150,7 +164,7 @@ class Baker:
         label = f"bundle:{role}"
         if (old is not None and old.refs == refs and old.image_ids == ids
                 and old.compression == comp.algorithm and old.compression_level == comp.level
-                and self.store.stat(old.key) == old.size):
+                and self.intact(old.key, old.sha256, old.size)):
             self.reporter.finish(label, f"unchanged ({human(old.size)})")
             self.reused.append(label)
             return old
@@ -174,7 +188,7 @@ class Baker:
         lockfile.write(self.lock_path, new)
         self.store.put_bytes(lock_key(self.store.prefix, self.env.name),
                              lockfile.to_json(new).encode())
-        return BakeResult(new, tuple(self.uploaded), tuple(self.reused))
+        return BakeResult(new, tuple(self.uploaded), tuple(self.reused), tuple(self.repaired))
 
     def _task(self, image: Image) -> Callable[[], LockedImage]:
         return lambda: self.bake_image(image)

@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                            "%(default)s)")
     bake.add_argument("--quiet", action="store_true", help="print errors only")
     bake.add_argument("--json", action="store_true", help="print the lock on stdout")
+    bake.add_argument("--verify-store", action="store_true",
+                      help="S3: read back and hash each object the bake reuses, where the "
+                           "server kept no SHA-256 checksum (a dir store is always hashed)")
     golden_help = ("url_mode sigv4 with Packer sources: accept that the golden image carries "
                    "S3 credentials (refused otherwise)")
     bake.add_argument("--allow-credentials-in-golden-image", action="store_true",
@@ -91,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--prune", action="store_true",
                       help="delete the unreferenced objects (only with --yes)")
     diff.add_argument("--yes", action="store_true")
+    diff.add_argument("--grace", default="24h",
+                      help="prune only objects and unfinished uploads older than this "
+                           "(default %(default)s: a bake in flight has not written its lock)")
     diff.add_argument("--json", action="store_true")
 
     trial = commands.add_parser("try", parents=[with_dist],
@@ -151,7 +157,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kiln.commands.bake import bake
 
         return bake(args.config, args.env, dist=args.dist, jobs=args.jobs, quiet=args.quiet,
-                    as_json=args.json,
+                    as_json=args.json, verify_store=args.verify_store,
                     allow_credentials_in_golden_image=args.allow_credentials_in_golden_image)
     if args.command == "render":
         from kiln.commands.render import render_cmd
@@ -180,7 +186,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "diff":
         from kiln.commands.diff import diff_cmd
 
-        return diff_cmd(args.config, args.env, prune=args.prune, yes=args.yes,
+        return diff_cmd(args.config, args.env, prune=args.prune, yes=args.yes, grace=args.grace,
                         as_json=args.json, dist=args.dist)
     if args.command == "try":
         from kiln.commands.try_ import try_cmd

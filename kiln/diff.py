@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from kiln import lock as lockfile
 from kiln.config import Environment, Image, PullSource
 from kiln.lock import Lock
-from kiln.stores import BLOB_PREFIX, Store
+from kiln.stores import BLOB_PREFIX, Entry, Store
 
 
 @dataclass(frozen=True)
@@ -47,18 +47,41 @@ def image_changes(images: tuple[Image, ...], env: Environment, lock: Lock | None
     return out
 
 
-def referenced_keys(store: Store, extra: set[str]) -> set[str]:
-    """Every object a lock names: the locks kept in the store (of any kiln version), and the
-    keys given (the local lock's)."""
-    keys = set(extra)
+def lock_objects(store: Store, local: dict[str, str]) -> dict[str, list[str]]:
+    """Every object a lock names -> who names it: the locks kept in the store (of any kiln
+    version), and ``local`` (the local lock's keys and names)."""
+    named: dict[str, list[str]] = {k: [v] for k, v in local.items()}
     for key in store.list(f"{store.prefix}locks/"):
         if key.endswith(".lock.json"):
-            keys |= lockfile.object_keys(store.get_bytes(key).decode(), key)
-    return keys
+            for obj, what in lockfile.object_names(store.get_bytes(key).decode(), key).items():
+                named.setdefault(obj, []).append(f"{what} in {key}")
+    return named
 
 
-def unreferenced(store: Store, extra: set[str]) -> dict[str, int]:
-    """Blobs in the store that no lock names (the candidates for --prune)."""
-    named = referenced_keys(store, extra)
-    return {k: v for k, v in store.list(f"{store.prefix}{BLOB_PREFIX}").items()
-            if k not in named}
+def referenced_keys(store: Store, extra: set[str]) -> set[str]:
+    """Every object a lock names (see lock_objects); ``extra``: the local lock's keys."""
+    return set(lock_objects(store, {k: "" for k in extra}))
+
+
+@dataclass(frozen=True)
+class StoreReport:
+    unreferenced: dict[str, Entry]  # blobs no lock names
+    missing: dict[str, list[str]]  # keys a lock names that the store does not hold -> who
+    partial: dict[str, Entry]  # unfinished uploads
+
+
+def survey(store: Store, local: dict[str, str]) -> StoreReport:
+    """What the store holds against what the locks name."""
+    named = lock_objects(store, local)
+    blobs = store.entries(f"{store.prefix}{BLOB_PREFIX}")
+    return StoreReport(
+        unreferenced={k: e for k, e in blobs.items() if k not in named},
+        missing={k: who for k, who in sorted(named.items()) if k not in blobs},
+        partial=store.partials(),
+    )
+
+
+def prunable(entries: dict[str, Entry], grace: float, now: float) -> list[str]:
+    """The keys older than ``grace`` seconds: younger ones may belong to a bake in flight
+    whose lock is not written yet."""
+    return sorted(k for k, e in entries.items() if now - e.modified >= grace)

@@ -113,9 +113,17 @@ def from_json(text: str, where: str = "lock") -> Lock:
 
 def object_keys(text: str, where: str = "lock") -> set[str]:
     """The store keys a lock of any version names: what a prune must keep."""
+    return set(object_names(text, where))
+
+
+def object_names(text: str, where: str = "lock") -> dict[str, str]:
+    """Each store key a lock of any version names, with what names it ("image dex")."""
     try:
         data = json.loads(text)
-        return {str(e["key"]) for e in [*data.get("images", []), *data.get("bundles", [])]}
+        out = {str(e["key"]): f"image {e.get('name', '?')}" for e in data.get("images", [])}
+        out.update((str(b["key"]), f"bundle {b.get('role', '?')}")
+                   for b in data.get("bundles", []))
+        return out
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KilnError(f"{where}: not a kiln lock file ({type(exc).__name__}: {exc})") from None
 

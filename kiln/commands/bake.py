@@ -18,7 +18,7 @@ from kiln.stores import open_store
 
 def bake(config_path: str, env_name: str | None, *, dist: str | None = None, jobs: int = 2,
          quiet: bool = False, as_json: bool = False,
-         allow_credentials_in_golden_image: bool = False) -> int:
+         allow_credentials_in_golden_image: bool = False, verify_store: bool = False) -> int:
     project = Project.load(config_path, env_name, dist)
     config, env = project.config, project.env
     check_golden_credentials(env, allow_credentials_in_golden_image)  # before any work
@@ -30,18 +30,23 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
         return EXIT_FAILED
     reporter = reporter_for(quiet)
     store = open_store(env.store)
-    baker = Baker(config, env, DockerEngine(), store, reporter, project.dist, jobs=jobs)
+    baker = Baker(config, env, DockerEngine(), store, reporter, project.dist, jobs=jobs,
+                  verify_store=verify_store)
     try:
         result = baker.run()
     finally:
         reporter.close()
         store.close()
+    for key in result.repaired:
+        sys.stderr.write(f"kiln: warning: store object {key} did not hold the bytes the lock "
+                         "names (sha256 differs): stored again\n")
     render_env(config, env, project.dist, quiet=quiet,
                after_bake=True,
                allow_credentials_in_golden_image=allow_credentials_in_golden_image)
     if as_json:
         sys.stdout.write(to_json(result.lock))
     elif not quiet:
-        summary = {"uploaded": len(result.uploaded), "unchanged": len(result.reused)}
+        summary = {"uploaded": len(result.uploaded), "unchanged": len(result.reused),
+                   "repaired": len(result.repaired)}
         sys.stderr.write(f"kiln: baked {env.name}: {json.dumps(summary)} -> {baker.lock_path}\n")
     return EXIT_OK

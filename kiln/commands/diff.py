@@ -1,23 +1,38 @@
-"""`kiln diff`: what a bake would change; objects no lock references (`--prune --yes`)."""
+"""`kiln diff`: what a bake would change; what the store holds that no lock names, what a
+lock names that the store lost, and unfinished uploads (`--prune --yes` removes the old ones).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict
 
 from kiln import lock as lockfile
-from kiln.diff import image_changes, referenced_keys, unreferenced
-from kiln.errors import EXIT_OK, UsageError
+from kiln.config import parse_duration
+from kiln.diff import Change, StoreReport, image_changes, prunable, referenced_keys, survey
+from kiln.errors import EXIT_FAILED, EXIT_OK, UsageError
 from kiln.progress import human
 from kiln.project import Project
-from kiln.stores import open_store
+from kiln.stores import Store, open_store
+
+DEFAULT_GRACE = "24h"
+
+
+def grace_seconds(text: str) -> int:
+    seconds = 0 if text.strip() == "0" else parse_duration(text)
+    if seconds is None:
+        raise UsageError(f"--grace {text!r}: expected a duration like 0, 90s, 30m, 24h or 7d")
+    return seconds
 
 
 def diff_cmd(config_path: str, env_name: str | None, *, prune: bool = False, yes: bool = False,
-             as_json: bool = False, dist: str | None = None) -> int:
+             as_json: bool = False, dist: str | None = None,
+             grace: str = DEFAULT_GRACE) -> int:
     if yes and not prune:
         raise UsageError("--yes goes with --prune")
+    grace_s = grace_seconds(grace)
     project = Project.load(config_path, env_name, dist)
     config, env, path = project.config, project.env, project.lock_path
     try:
@@ -25,34 +40,63 @@ def diff_cmd(config_path: str, env_name: str | None, *, prune: bool = False, yes
     except lockfile.OldLock as exc:  # every image is stored again; its objects stay named
         print(f"kiln: {exc}", file=sys.stderr)
         lock = None
-    extra = lockfile.object_keys(path.read_text(), str(path)) if path.exists() else set()
+    local = ({k: f"{what} in {path}" for k, what in
+              lockfile.object_names(path.read_text(), str(path)).items()}
+             if path.exists() else {})
     changes = image_changes(config.images_for(env), env, lock)
     store = open_store(env.store)
     try:
-        orphans = unreferenced(store, extra)
-        deleted: list[str] = []
-        if prune and yes:
-            named = referenced_keys(store, extra)  # again, right before deleting
-            for key in sorted(orphans):
-                if key not in named:
-                    store.delete(key)
-                    deleted.append(key)
+        report = survey(store, local)
+        deleted = _prune(store, report, set(local), grace_s) if prune and yes else []
     finally:
         store.close()
+    old = set(prunable(report.unreferenced, grace_s, time.time()))
     if as_json:
-        print(json.dumps({"changes": [asdict(c) for c in changes],
-                          "unreferenced": orphans, "deleted": deleted}, indent=2))
-        return EXIT_OK
+        print(json.dumps({
+            "changes": [asdict(c) for c in changes],
+            "unreferenced": {k: e.size for k, e in report.unreferenced.items()},
+            "young": sorted(set(report.unreferenced) - old),
+            "missing": report.missing, "partial": sorted(report.partial),
+            "deleted": deleted}, indent=2))
+    else:
+        _print(env.name, lock is None, changes, report, old, deleted, grace, prune and not yes)
+    return EXIT_FAILED if report.missing else EXIT_OK
+
+
+def _prune(store: Store, report: StoreReport, local: set[str], grace: int) -> list[str]:
+    """Delete the unreferenced objects and unfinished uploads older than ``grace``."""
+    now = time.time()
+    named = referenced_keys(store, local)  # again, right before deleting
+    deleted: list[str] = []
+    for key in prunable(report.unreferenced, grace, now):
+        if key not in named:
+            store.delete(key)
+            deleted.append(key)
+    for upload in prunable(report.partial, grace, now):
+        store.drop_partial(upload)
+        deleted.append(upload)
+    return deleted
+
+
+def _print(env: str, no_lock: bool, changes: list[Change], report: StoreReport, old: set[str],
+           deleted: list[str], grace: str, listing_only: bool) -> None:
     for change in changes:
         print(f"{change.kind:<13} {change.name}: {change.detail}")
     if not changes:
-        print(f"no image changes: a bake of {env.name} would rewrite the same lock"
-              + (" (no lock yet)" if lock is None else ""))
-    total = sum(orphans.values())
+        print(f"no image changes: a bake of {env} would rewrite the same lock"
+              + (" (no lock yet)" if no_lock else ""))
+    orphans = report.unreferenced
     if orphans:
+        total = sum(e.size for e in orphans.values())
         print(f"{len(orphans)} objects ({human(total)}) in the store no lock names")
         for key in sorted(orphans):
-            print(f"  {'deleted' if key in deleted else 'unreferenced'} {key}")
-        if prune and not yes:
-            print("kiln: --prune lists only: add --yes to delete them", file=sys.stderr)
-    return EXIT_OK
+            state = ("deleted" if key in deleted else "unreferenced" if key in old
+                     else f"unreferenced, younger than {grace}: kept (a bake may be storing it)")
+            print(f"  {state} {key}")
+    for upload in sorted(report.partial):
+        print(f"  {'deleted' if upload in deleted else 'unfinished upload'} {upload}")
+    if listing_only and (orphans or report.partial):
+        print("kiln: --prune lists only: add --yes to delete them", file=sys.stderr)
+    for key, who in report.missing.items():
+        print(f"kiln: error: {key} is missing from the store; named by {', '.join(who)}: "
+              "nodes cannot fetch it (bake again to store it)", file=sys.stderr)

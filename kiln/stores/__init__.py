@@ -7,7 +7,9 @@ object is visible only when complete, and ``abort`` leaves the store as it was.
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
 from kiln import config
@@ -26,6 +28,22 @@ def blob_key(prefix: str, sha256_hex: str) -> str:
 
 def lock_key(prefix: str, env: str) -> str:
     return f"{prefix}locks/{env}/images.lock.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An object (or an unfinished upload) as the store lists it."""
+
+    size: int
+    modified: float  # seconds since the epoch: last written (uploads: when started)
+
+
+def sha256_of(stream: BinaryIO, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of everything ``stream`` yields."""
+    digest = hashlib.sha256()
+    while block := stream.read(chunk):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 class ObjectWriter(Protocol):
@@ -65,6 +83,28 @@ class Store(Protocol):
 
     def list(self, prefix: str) -> dict[str, int]:
         """Every key under ``prefix`` with its size."""
+        ...
+
+    def entries(self, prefix: str) -> dict[str, Entry]:
+        """Every key under ``prefix`` with its size and when it was last written."""
+        ...
+
+    def partials(self) -> dict[str, Entry]:
+        """Uploads that never finished (a killed bake): an id for each, and when it began."""
+        ...
+
+    def drop_partial(self, upload: str) -> None:
+        """Remove one unfinished upload named by partials()."""
+        ...
+
+    def verify(self, key: str, sha256: str, size: int, deep: bool = False) -> bool | None:
+        """Does ``key`` hold exactly these bytes? True / False when the store can tell
+        (a local file is hashed; S3 answers from its own SHA-256 checksum when it kept one,
+        or with ``deep`` by reading the object), None when only the size matched."""
+        ...
+
+    def touch(self, key: str) -> None:
+        """Mark ``key`` as just written, so that a prune running now keeps it (grace)."""
         ...
 
     def delete(self, key: str) -> None: ...

@@ -12,7 +12,9 @@ from typing import BinaryIO
 
 from kiln import config
 from kiln.files import write_atomic
-from kiln.stores import StoreError
+from kiln.stores import Entry, StoreError, sha256_of
+
+PARTIAL = ".partial-"  # a writer's temp file; left behind only by a killed bake
 
 
 def _os_error(action: str, path: Path, exc: OSError) -> StoreError:
@@ -28,7 +30,7 @@ class DirectoryWriter:
         self.root = root
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=".partial-", dir=folder)
+            fd, name = tempfile.mkstemp(prefix=PARTIAL, dir=folder)
         except OSError as exc:
             raise _os_error("writing to", folder, exc) from None
         self.tmp = Path(name)
@@ -48,8 +50,9 @@ class DirectoryWriter:
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
-            if final.exists() and final.stat().st_size == self.size:
+            if final.exists() and final.stat().st_size == self.size and _holds(final, key):
                 self.tmp.unlink()
+                os.utime(final)  # reused now: a prune's grace period starts again
                 return False
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.tmp, final)
@@ -67,6 +70,13 @@ class DirectoryWriter:
         with contextlib.suppress(OSError):
             self.file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def _holds(path: Path, key: str) -> bool:
+    """True when the file's sha256 is the one its content-addressed key names."""
+    want = key.rsplit("/", 1)[-1]
+    with path.open("rb") as stream:
+        return sha256_of(stream) == want
 
 
 class DirectoryStore:
@@ -113,6 +123,49 @@ class DirectoryStore:
             return {}
         return {str(p.relative_to(self.root)): p.stat().st_size for p in base.rglob("*")
                 if p.is_file() and not p.name.startswith(".")}
+
+    def entries(self, prefix: str) -> dict[str, Entry]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return {}
+        out = {}
+        for path in base.rglob("*"):
+            if path.name.startswith("."):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # a prune or bake beside us
+                info = path.stat()
+                if path.is_file():
+                    out[str(path.relative_to(self.root))] = Entry(info.st_size, info.st_mtime)
+        return out
+
+    def partials(self) -> dict[str, Entry]:
+        out = {}
+        for path in (self.root / "blobs").rglob(f"{PARTIAL}*"):
+            with contextlib.suppress(FileNotFoundError):
+                info = path.stat()
+                out[str(path.relative_to(self.root))] = Entry(info.st_size, info.st_mtime)
+        return out
+
+    def drop_partial(self, upload: str) -> None:
+        if not Path(upload).name.startswith(PARTIAL):
+            raise StoreError(f"{upload} is not an unfinished upload")
+        self.delete(upload)
+
+    def verify(self, key: str, sha256: str, size: int, deep: bool = False) -> bool | None:
+        path = self.root / key
+        try:
+            if path.stat().st_size != size:
+                return False
+            with path.open("rb") as stream:
+                return sha256_of(stream) == sha256
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _os_error("reading", path, exc) from None
+
+    def touch(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.root / key)
 
     def delete(self, key: str) -> None:
         try:

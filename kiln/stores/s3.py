@@ -1,14 +1,15 @@
 """S3-compatible stores (MinIO, Ceph RGW, AWS) through boto3.
 
-Credentials come only from boto3's standard chain. A stream too large for one request is
-uploaded as a multipart upload to a staging key, parts in parallel; once its sha256 is known
-it is copied server-side to its content-addressed key and the staging object is deleted, so the
-final key only ever holds a complete object. Abort (an error, Ctrl-C) aborts the multipart
-upload: nothing is left behind.
+Credentials come only from boto3's standard chain. The compressed stream is spooled (memory,
+then a temp file) until its sha256, and so its content-addressed key, is known; then it goes up
+in one PUT, or as a multipart upload with parts in parallel straight to that key (S3 shows a
+multipart object only once complete, so the key never holds part of one). Abort (an error,
+Ctrl-C) aborts the multipart upload: nothing is left behind.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import math
@@ -25,7 +26,7 @@ import botocore.exceptions
 from kiln import config
 from kiln.errors import Cancelled, KilnError
 from kiln.files import spool, spool_dir
-from kiln.stores import StoreError
+from kiln.stores import Entry, StoreError, sha256_of
 
 MIN_PART = 8 << 20
 MAX_PARTS = 10_000
@@ -104,7 +105,9 @@ class S3Writer:
         self.key = key
         try:
             self.spool.flush()
-            if self.store.stat(key) == self.size:
+            if (self.store.stat(key) == self.size
+                    and self.store.verify(key, key.rsplit("/", 1)[-1], self.size) is not False):
+                self.store.touch(key)  # reused now: a prune's grace period starts again
                 return False
             if self.cancel.is_set():
                 raise Cancelled("interrupted")
@@ -279,6 +282,74 @@ class S3ObjectStore:
         except Exception as exc:
             raise translate(exc, f"s3://{self.bucket}/{prefix}") from None
         return found
+
+    def entries(self, prefix: str) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    found[str(item["Key"])] = Entry(int(item["Size"]),
+                                                    item["LastModified"].timestamp())
+        except Exception as exc:
+            raise translate(exc, f"s3://{self.bucket}/{prefix}") from None
+        return found
+
+    def partials(self) -> dict[str, Entry]:
+        """Unfinished multipart uploads under the prefix, as ``KEY?uploadId=ID``."""
+        found: dict[str, Entry] = {}
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=self.bucket, Prefix=self.prefix):
+                for item in page.get("Uploads", []):
+                    upload = f"{item['Key']}?uploadId={item['UploadId']}"
+                    found[upload] = Entry(0, item["Initiated"].timestamp())
+        except Exception as exc:
+            raise translate(exc, f"s3://{self.bucket}/{self.prefix} uploads") from None
+        return found
+
+    def drop_partial(self, upload: str) -> None:
+        key, marker, upload_id = upload.partition("?uploadId=")
+        if not marker:
+            raise StoreError(f"{upload} is not an unfinished upload")
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:
+            raise translate(exc, f"s3://{self.bucket}/{key}") from None
+
+    def verify(self, key: str, sha256: str, size: int, deep: bool = False) -> bool | None:
+        """The server's own SHA-256 checksum when it kept a whole-object one (an upload made
+        with one; a multipart upload's is a checksum of part checksums, "...-N", not
+        comparable); else, with ``deep``, the object read and hashed; else None."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise translate(exc, f"s3://{self.bucket}/{key}") from None
+        except Exception as exc:
+            raise translate(exc, f"s3://{self.bucket}/{key}") from None
+        if int(head["ContentLength"]) != size:
+            return False
+        checksum = str(head.get("ChecksumSHA256") or "")
+        if checksum and "-" not in checksum:
+            return checksum == base64.b64encode(bytes.fromhex(sha256)).decode()
+        if not deep:
+            return None
+        with self.open_read(key) as stream:
+            return sha256_of(stream) == sha256
+
+    def touch(self, key: str) -> None:
+        """Copy the object onto itself: its LastModified becomes now (one server-side copy;
+        objects over 5 GiB, which one copy cannot take, are left as they are)."""
+        size = self.stat(key)
+        if size is None or size > 5 << 30:
+            return
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=key, MetadataDirective="REPLACE",
+                                    CopySource={"Bucket": self.bucket, "Key": key})
+        except Exception as exc:
+            raise translate(exc, f"s3://{self.bucket}/{key}") from None
 
     def delete(self, key: str) -> None:
         try:

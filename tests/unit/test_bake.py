@@ -391,3 +391,21 @@ def test_a_lock_from_an_older_kiln_is_named_and_everything_is_stored_again(
     _, result = run(project, engine)
     assert len(engine.exports) == 4  # three images and the bundle
     assert lockfile.read(path) == result.lock
+
+
+def test_a_same_size_corruption_of_a_stored_object_is_repaired(project: Path) -> None:
+    """The object's bytes are overwritten, same size: the next bake hashes what it would
+    reuse, sees it, stores the object again and says so. (Fails on main: reuse checked the
+    size only, so every node failed its sha256 at every boot.)"""
+    _, first = run(project, FakeEngine())
+    image = first.lock.images[0]
+    path = project / "store" / image.key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _, second = run(project, FakeEngine())
+    assert second.repaired == (image.key,)
+    assert second.lock == first.lock
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == image.sha256
+    _, third = run(project, FakeEngine())
+    assert third.repaired == () and third.uploaded == ()
