@@ -98,7 +98,7 @@ def test_a_reused_object_restarts_its_grace(project: Path,  # noqa: F811
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """A bake that finds its object already stored (unreferenced, old) makes it young again,
     so a prune between that moment and the lock being written keeps it."""
-    baker, result = run(project, FakeEngine())
+    _, result = run(project, FakeEngine())
     key = result.lock.images[0].key
     (project / "dist/dev/images.lock.json").unlink()
     for lock in (project / "store/locks").rglob("*.json"):
