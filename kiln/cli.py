@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from kiln import __version__
-from kiln.errors import EXIT_INTERNAL, EXIT_INVALID, ConfigError, KilnError
+from kiln.errors import EXIT_INTERNAL, EXIT_INVALID, ConfigError, KilnError, Terminated
 
 CRASH_LOG_ENV = "KILN_CRASH_LOG"
 
@@ -121,8 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -133,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             sys.stderr.write(f"kiln: error: {line}\n")
         return exc.exit_code
+    except Terminated:
+        sys.stderr.write("kiln: terminated; what was in flight was rolled back\n")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         sys.stderr.write("kiln: interrupted\n")
         return 130
@@ -146,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = "could not write the traceback"
         sys.stderr.write(f"kiln: internal error: {type(exc).__name__}: {exc} ({where})\n")
         return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

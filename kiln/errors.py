@@ -47,3 +47,8 @@ class UsageError(KilnError):
     """Bad command-line arguments (a missing or unknown --env, say): exit 2."""
 
     exit_code = EXIT_INVALID
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, `timeout`, `kill`): unwinds like Ctrl-C, so every finally
+    block and rollback runs (temp folders, the registry auth file, half-written objects)."""

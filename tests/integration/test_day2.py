@@ -158,3 +158,41 @@ def test_a_fresh_node_pulls_the_same_image_id_from_the_registry(
         pulled = node.images()[image["ref"]]
         # day 2 yields the very image day 1 side-loaded: same config digest
         assert node.image_id(pulled.manifest_digest) == image["image_id"]
+
+
+def test_sigterm_during_push_leaves_no_credentials_behind(project: Path,
+                                                          tmp_path_factory: pytest.TempPathFactory
+                                                          ) -> None:
+    """A push killed with SIGTERM while skopeo copies: exit 143, one line, and the 0600
+    registry auth file (and every temp folder) gone. (Fails on main: SIGTERM ended Python
+    without running the finally that removes the auth file.)"""
+    import signal
+    import sys
+
+    scratch = tmp_path_factory.mktemp("push-tmp")
+    fake = tmp_path_factory.mktemp("fake-bin")
+    started = fake / "copy-started"
+    real = shutil.which("skopeo")
+    (fake / "skopeo").write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in copy) : > "{started}"; exec sleep 60 ;; esac\n'
+        f'exec "{real}" "$@"\n')
+    (fake / "skopeo").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "TMPDIR": str(scratch),
+           "KILN_REGISTRY_USERNAME": USER, "KILN_REGISTRY_PASSWORD": PASSWORD}
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, str(root / "bake.py"), "push", "--env", "it",
+                             "--config", str(project / "images.yaml")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "skopeo copy never started"
+        time.sleep(0.1)
+    [auth] = list(scratch.glob("kiln-registry-*/auth.json"))  # the credentials, mid-push
+    assert auth.stat().st_mode & 0o777 == 0o600
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "kiln: terminated" in err
+    assert list(scratch.iterdir()) == []
