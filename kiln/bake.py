@@ -133,6 +133,9 @@ class Baker:
         bake stores it again."""
         verdict = self.store.verify(key, sha256, size, deep=self.verify_store)
         if verdict is False and self.store.stat(key) is not None:
+            # useless to every node (each refuses it by sha256): take it away, so that the
+            # publish that follows stores the right bytes instead of finding "an equal size"
+            self.store.delete(key)
             self.repaired.append(key)
         return verdict is not False
 
