@@ -7,12 +7,13 @@ import hashlib
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 import zstandard
 
 from kiln.config import Compression
-from kiln.ociarchive import ArchiveError, convert, describe
+from kiln.ociarchive import ArchiveError, convert, describe, to_docker_archive
 from tests.helpers import docker_save, image_config, layer_tar
 
 BASE = layer_tar({"etc/os-release": b"ID=kiln\n" * 100})
@@ -126,3 +127,22 @@ def test_long_member_names_as_go_and_gnu_write_them(fmt: int) -> None:
         tar.addfile(link)
     _, images = run(out.getvalue())
     assert images == {"r.example/a:1": image_id([APP])}
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "gzip"])
+def test_a_stored_archive_becomes_a_loadable_docker_archive_with_the_same_ids(
+        tmp_path: Path, algorithm: str) -> None:
+    source = docker_save([("r.example/f/app:v1", [BASE, APP]),
+                          ("r.example/f/tool:v2", [BASE, TOOL])])
+    archive, images = run(source, Compression(algorithm, 3))
+    (tmp_path / "oci.tar").write_bytes(archive)
+    out = io.BytesIO()
+    to_docker_archive(str(tmp_path / "oci.tar"), out)
+    again, images_again = run(out.getvalue(), Compression(algorithm, 3))
+    assert (again, images_again) == (archive, images)  # the very same stored bytes
+    files = members(out.getvalue())
+    assert sorted(name for name in files if name.endswith("/layer.tar")) == sorted(
+        hashlib.sha256(layer).hexdigest() + "/layer.tar" for layer in (BASE, APP, TOOL))
+    (tmp_path / "bad.tar").write_bytes(layer_tar({"index.json": b"{}"}))
+    with pytest.raises(ArchiveError, match="not an OCI archive kiln wrote"):
+        to_docker_archive(str(tmp_path / "bad.tar"), io.BytesIO())
