@@ -2,8 +2,10 @@
 
 An image whose ref, image ID, platform and compression match the previous lock, and whose
 object is still in the store, is not exported again: a no-change rebake costs the engine's
-build cache and one stat per image. The lock is written only when every image published, so
-it never names an object that does not exist.
+build cache and one stat per image. A `build:` image whose inputs (kiln/buildinputs.py) are
+the lock's is not even built: the engine's image IDs are not reproducible, the lock is the
+truth. The lock is written only when every image published, so it never names an object
+that does not exist.
 """
 
 from __future__ import annotations
