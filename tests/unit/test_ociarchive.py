@@ -270,6 +270,11 @@ VALID = docker_save([("r.example/f/app:v1", [BASE[:2048] + bytes(1024)])])
 PAXED = with_pax(b"22 path=manifest.json\n")
 
 
+def test_the_fuzz_seeds_convert() -> None:
+    assert run(VALID)[1] == {"r.example/f/app:v1": image_id([BASE[:2048] + bytes(1024)])}
+    assert run(PAXED)[1] == {}
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=3000))
 def test_any_bytes_end_in_an_archive_error(data: bytes) -> None:
