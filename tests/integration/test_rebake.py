@@ -177,3 +177,31 @@ def test_a_bundle_is_exported_again_from_images_kept_in_the_store(
     assert again["images"] == lock["images"]
     assert again["bundles"][0]["image_ids"] == bundle["image_ids"]
     assert (tmp_path / "store" / again["bundles"][0]["key"]).is_file()
+
+
+def test_a_rebuilt_base_image_rebuilds_what_uses_it(
+        tmp_path: Path, dockerd: localengine.Daemon, docker_client: docker.DockerClient,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DOCKER_HOST", dockerd.address)
+    base = f"vendor.example.com/base-{tmp_path.name.lower()}:1"
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base/file").write_text("base one\n")
+    (tmp_path / "base/Dockerfile").write_text("FROM scratch\nCOPY file /file\n")
+    docker_client.images.build(path=str(tmp_path / "base"), tag=base)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app/app").write_text("app\n")
+    (tmp_path / "app/Dockerfile").write_text(f"FROM {base}\nCOPY app /app\n")
+    config = tmp_path / "images.yaml"
+    config.write_text(
+        f"version: 1\nimages:\n  - {{name: app, ref: {REG}/foundation/app:v1, build: app}}\n"
+        f"environments:\n  it:\n    registry: {REG}\n    store: {{type: dir, path: store}}\n")
+    bake(config, 1, capsys)
+    first = entries(config)["app"]
+    assert bake(config, 1, capsys) == {"uploaded": 0, "unchanged": 1}
+    # the base under that tag is another image now: an input changed
+    (tmp_path / "base/file").write_text("base two\n")
+    docker_client.images.build(path=str(tmp_path / "base"), tag=base)
+    assert bake(config, 1, capsys) == {"uploaded": 1, "unchanged": 0}
+    second = entries(config)["app"]
+    assert second["image_id"] != first["image_id"]
+    assert second["inputs"] != first["inputs"]
