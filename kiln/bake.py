@@ -2,22 +2,29 @@
 
 An image whose ref, image ID, platform and compression match the previous lock, and whose
 object is still in the store, is not exported again: a no-change rebake costs the engine's
-build cache and one stat per image. The lock is written only when every image published, so
-it never names an object that does not exist.
+build cache and one stat per image. A `build:` image whose inputs (kiln/buildinputs.py) are
+the lock's is not even built: the engine's image IDs are not reproducible, the lock is the
+truth. The lock is written only when every image published, so it never names an object
+that does not exist.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from kiln import buildinputs
 from kiln import lock as lockfile
 from kiln.config import ArchiveSource, BuildSource, Config, Environment, Image, PullSource
 from kiln.errors import KilnError
+from kiln.files import spool_dir
 from kiln.lock import Lock, LockedBundle, LockedImage
+from kiln.ociarchive import to_docker_archive
 from kiln.ports import Engine
 from kiln.progress import Reporter, human
 from kiln.publish import Published, publish
@@ -88,8 +95,21 @@ class Baker:
         return image_id
 
     def bake_image(self, image: Image) -> LockedImage:
+        inputs = self.build_inputs(image)
         with self.cpu_slots:
-            image_id = self.resolve(image)
+            image_id = self.locked_build(image, inputs)
+            if image_id is None:
+                image_id = self.resolve(image)
+                inputs = inputs or self.build_inputs(image)  # its base images are here now
+            elif not self.engine_has(image_id, image):
+                kept = self.reusable(image, image_id)
+                if kept is None:  # neither the engine nor the store has it: build again
+                    image_id = self.resolve(image)
+                else:
+                    self.reporter.finish(image.name, f"unchanged {image.ref} (inputs "
+                                                     f"unchanged; {human(kept.size)})")
+                    self.reused.append(image.name)
+                    return replace(kept, inputs=inputs)
             info = self.engine.inspect(image.ref)
         if info is None or info.image_id != image_id:
             raise KilnError(f"the engine does not show {image.ref} as {image_id} after tagging")
@@ -100,7 +120,7 @@ class Baker:
         if entry is not None:
             self.reporter.finish(image.name, f"unchanged {image.ref} ({human(entry.size)})")
             self.reused.append(image.name)
-            return entry
+            return replace(entry, inputs=inputs)
         published = self.publish({image.ref: image_id}, image.name, info.size)
         source = image.source
         return LockedImage(
@@ -110,8 +130,53 @@ class Baker:
             compression=self.env.compression.algorithm,
             compression_level=self.env.compression.level, key=published.key,
             roles=image.roles, source=source.kind,
-            upstream=source.ref if isinstance(source, PullSource) else None,
+            upstream=source.ref if isinstance(source, PullSource) else None, inputs=inputs,
         )
+
+    # -- unchanged builds (kiln/buildinputs.py) -----------------------------------------------
+
+    def build_inputs(self, image: Image) -> str | None:
+        if not isinstance(image.source, BuildSource):
+            return None
+        return buildinputs.digest(image.source, image.platform, self._engine_image_id)
+
+    def _engine_image_id(self, ref: str) -> str | None:
+        info = self.engine.inspect(ref)
+        return None if info is None else info.image_id
+
+    def locked_build(self, image: Image, inputs: str | None) -> str | None:
+        """The locked image ID when this build's inputs are the lock's: nothing to build."""
+        old = self.previous.image(image.name) if self.previous else None
+        if inputs is None or old is None or old.inputs != inputs:
+            return None
+        return old.image_id
+
+    def engine_has(self, image_id: str, image: Image) -> bool:
+        """Tag the locked image with its ref when the engine still has it (it is exported
+        from there if the store lost it)."""
+        info = self.engine.inspect(image_id)
+        if info is None or info.image_id != image_id or info.platform != image.platform:
+            return False
+        self.engine.tag(image_id, image.ref)
+        return True
+
+    def restore(self, entry: LockedImage) -> None:
+        """Load an image kept from the store (unchanged inputs, a fresh engine) back into the
+        engine, from its stored object: a bundle is exported from the engine."""
+        info = self.engine.inspect(entry.image_id)
+        if info is not None and info.image_id == entry.image_id:
+            self.engine.tag(entry.image_id, entry.ref)
+            return
+        with tempfile.TemporaryDirectory(prefix="kiln-restore-", dir=spool_dir()) as folder:
+            stored, loadable = Path(folder) / "oci.tar", Path(folder) / "docker.tar"
+            with self.store.open_read(entry.key) as stream, stored.open("wb") as out:
+                shutil.copyfileobj(stream, out, 1 << 20)
+            with loadable.open("wb") as out:
+                to_docker_archive(str(stored), out)  # Docker 20.10 loads no zstd OCI layers
+            stored.unlink()
+            image_id = self.engine.load(ArchiveSource(loadable), entry.ref)
+        if image_id != entry.image_id:
+            raise KilnError(f"{entry.key} holds {image_id}, the lock says {entry.image_id}")
 
     def reusable(self, image: Image, image_id: str) -> LockedImage | None:
         """The previous lock's entry when nothing about the stored object would change."""
@@ -171,6 +236,8 @@ class Baker:
             self.reporter.finish(label, f"unchanged ({human(old.size)})")
             self.reused.append(label)
             return old
+        for entry in members:
+            self.restore(entry)
         hint = sum(e.uncompressed_size for e in members)
         published = self.publish(dict(zip(refs, ids, strict=True)), label, hint)
         return LockedBundle(role=role, refs=refs, image_ids=ids, sha256=published.sha256,

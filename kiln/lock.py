@@ -38,6 +38,7 @@ class LockedImage:
     roles: tuple[str, ...]  # empty: every role
     source: str  # build | pull | archive
     upstream: str | None = None  # pull: the upstream ref (with digest); archive: its sha256
+    inputs: str | None = None  # build: digest of its inputs (kiln/buildinputs.py); else absent
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,11 @@ def to_json(lock: Lock) -> str:
 
 
 def _plain(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in entry.items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in entry.items()
+            if not (k in OPTIONAL and v is None)}
+
+
+OPTIONAL = {"inputs"}  # written only when set: a lock without them reads as before
 
 
 def from_json(text: str, where: str = "lock") -> Lock:

@@ -13,23 +13,31 @@ archive itself is not compressed again: its layers already are.
 
 Both `docker save` layouts are read: the legacy one (`<id>/layer.tar`, duplicates as
 symlinks) and the OCI-shaped one of Docker 25+ (`blobs/sha256/<hex>`). A layer that arrives
-already gzip- or zstd-compressed is kept as it is. Every uncompressed layer's sha256 is
-checked against the config's `rootfs.diff_ids` before the manifest is written, so a store
-never holds an archive that containerd would refuse to unpack.
+already gzip- or zstd-compressed is kept as it is, and decompressed on the way through (a
+chunk at a time) to hash it. Every layer's uncompressed sha256 is checked against the
+config's `rootfs.diff_ids` before the manifest is written, so a store never holds an archive
+that containerd would refuse to unpack.
+
+The tar reader is total: any byte string ends, after a number of steps bounded by its
+length, in a conversion or an ArchiveError (strict PAX records, every size checked, extended
+headers bounded in size and number, metadata bounded in all).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import itertools
 import json
 import posixpath
+import re
 import tarfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -58,7 +66,7 @@ class Blob:
     digest: str  # sha256:<hex> of the stored (compressed) bytes
     size: int
     media_type: str
-    diff_id: str | None  # sha256 of the uncompressed layer; None when it came compressed
+    diff_id: str  # sha256 of the uncompressed layer (decompressed when it came compressed)
 
 
 @dataclass(frozen=True)
@@ -148,8 +156,14 @@ class _Reader:
             self.buf = memoryview(b"")
 
     def members(self) -> Iterator[tuple[tarfile.TarInfo, int]]:
-        """(header, data size) per member; the caller consumes exactly the data, then pad()."""
+        """(header, data size) per member; the caller consumes exactly the data, then pad().
+
+        Total: every header field is checked, an extended header (PAX, GNU long name) is
+        bounded in size and in number before its member, and each loop consumes at least one
+        block, so any byte string ends in a member, the end marker or an ArchiveError.
+        """
         extended: dict[str, str] = {}
+        chained = 0
         while not self.at_end():
             block = self.read(512)
             if not block.strip(b"\0"):
@@ -158,23 +172,29 @@ class _Reader:
                 info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
             except tarfile.HeaderError as exc:
                 raise ArchiveError(f"the engine's archive is not a readable tar: {exc}") from None
-            size = info.size
+            size = _member_size(info.size, "header")
             if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME,
                              tarfile.GNUTYPE_LONGLINK):
+                chained += 1
+                if size > EXTENDED_LIMIT or chained > EXTENDED_CHAIN:
+                    raise ArchiveError("the engine's archive has an oversized extended header "
+                                       f"({size} bytes, {chained} in a row)")
                 data = self.read(size)
                 self.pad(size)
-                if info.type == tarfile.XHDTYPE:
+                if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
                     extended.update(_pax_records(data))
                 elif info.type == tarfile.GNUTYPE_LONGNAME:
-                    extended["path"] = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-                elif info.type == tarfile.GNUTYPE_LONGLINK:
-                    extended["linkpath"] = data.rstrip(b"\0").decode("utf-8",
-                                                                     "surrogateescape")
+                    extended["path"] = _long_name(data)
+                else:
+                    extended["linkpath"] = _long_name(data)
                 continue
+            chained = 0
+            if info.type == tarfile.GNUTYPE_SPARSE:
+                raise ArchiveError(f"{info.name}: a sparse member; `docker save` writes none")
             info.name = extended.get("path", info.name)
             info.linkname = extended.get("linkpath", info.linkname)
             if "size" in extended:
-                size = int(extended["size"])
+                size = _member_size(extended["size"], "PAX size")
             extended = {}
             if not info.isreg() and info.type in tarfile.SUPPORTED_TYPES:
                 size = 0  # links, folders, devices carry no data (as tarfile reads them)
@@ -184,16 +204,59 @@ class _Reader:
         self.skip(-size % 512)
 
 
+EXTENDED_LIMIT = 1 << 20  # a PAX header or GNU long name: a path is never near this long
+EXTENDED_CHAIN = 8  # extended headers in a row before one member (Go writes at most two)
+MEMBER_LIMIT = 1 << 46  # 64 TiB: no layer is bigger
+_DECIMAL = re.compile(rb"[0-9]{1,20}")
+
+
+def _member_size(value: int | str, where: str) -> int:
+    if isinstance(value, str):
+        if not _DECIMAL.fullmatch(value.encode("utf-8", "surrogateescape")):
+            raise ArchiveError(f"the engine's archive has a {where} that is not a decimal "
+                               f"number: {value[:40]!r}")
+        value = int(value)
+    if not 0 <= value <= MEMBER_LIMIT:
+        raise ArchiveError(f"the engine's archive has a {where} of {value} bytes")
+    return value
+
+
+def _long_name(data: bytes) -> str:
+    name = data.split(b"\0", 1)[0]
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArchiveError("the engine's archive has a long name that is not UTF-8") from None
+
+
 def _pax_records(data: bytes) -> dict[str, str]:
-    """``LENGTH KEY=VALUE\\n`` records of a PAX extended header."""
+    """``LENGTH KEY=VALUE\\n`` records of a PAX extended header, strictly: LENGTH is decimal
+    and counts the whole record (itself, the space, the newline) within the data; each
+    record has a key, an ``=`` and a newline; keys and values are UTF-8."""
     records: dict[str, str] = {}
     pos = 0
     while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
-        records[key.decode()] = value.decode("utf-8", "surrogateescape")
-        pos += length
+        if data[pos] == 0:
+            if data[pos:].strip(b"\0"):
+                raise ArchiveError("the engine's archive has data after NULs in a PAX header")
+            break  # NUL padding after the last record
+        space = data.find(b" ", pos, pos + 21)
+        field = data[pos:space] if space > pos else b""
+        if not _DECIMAL.fullmatch(field):
+            raise ArchiveError("the engine's archive has a PAX record without a decimal length")
+        length = int(field)
+        end = pos + length
+        if length <= len(field) + 1 or end > len(data) or data[end - 1:end] != b"\n":
+            raise ArchiveError(f"the engine's archive has a PAX record of bad length {length}")
+        key, eq, value = data[space + 1:end - 1].partition(b"=")
+        if not eq or not key:
+            raise ArchiveError("the engine's archive has a PAX record without KEY=VALUE")
+        try:
+            records[key.decode("utf-8")] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ArchiveError("the engine's archive has a PAX record that is not UTF-8"
+                               ) from None
+        pos = end
     return records
 
 
@@ -246,20 +309,32 @@ def _is_layer(name: str, head: bytes) -> bool:
 
 def _layer(pieces: Iterable[memoryview | bytes], kept: str, compression: Compression,
            out: _Writer) -> Blob:
-    """Compress one layer into a spool, then write it as a blob; return its descriptor."""
+    """Compress one layer into a spool, then write it as a blob; return its descriptor.
+
+    A layer that comes compressed (``kept``) is stored as it is, and decompressed on the way
+    through (bounded: a chunk at a time) to hash its diff ID, which the config must name
+    like any other layer's.
+    """
     stored_hash, raw_hash = hashlib.sha256(), hashlib.sha256()
     size = 0
     with spool("kiln-layer-") as buffer:
-        comp = None if kept else compressor(compression)
-        for piece in pieces:
-            chunk: memoryview | bytes = piece
-            if comp is not None:
+        if kept:
+            def keep(chunk: memoryview | bytes) -> None:
+                nonlocal size
+                stored_hash.update(chunk)
+                buffer.write(chunk)
+                size += len(chunk)
+
+            for raw in _inflate(pieces, kept, keep):
+                raw_hash.update(raw)
+        else:
+            comp = compressor(compression)
+            for piece in pieces:
                 raw_hash.update(piece)
-                chunk = comp.compress(piece)
-            stored_hash.update(chunk)
-            buffer.write(chunk)
-            size += len(chunk)
-        if comp is not None:
+                packed = comp.compress(piece)
+                stored_hash.update(packed)
+                buffer.write(packed)
+                size += len(packed)
             tail = comp.flush()
             stored_hash.update(tail)
             buffer.write(tail)
@@ -268,7 +343,53 @@ def _layer(pieces: Iterable[memoryview | bytes], kept: str, compression: Compres
         buffer.seek(0)
         out.add_file(blob_name(digest), size, buffer)
     media = LAYER_TYPES[kept or compression.algorithm]
-    return Blob(digest, size, media, None if kept else "sha256:" + raw_hash.hexdigest())
+    return Blob(digest, size, media, "sha256:" + raw_hash.hexdigest())
+
+
+class _Tee:
+    """A file-like view of ``pieces`` for a decompressor; each piece read is also kept."""
+
+    def __init__(self, pieces: Iterable[memoryview | bytes],
+                 keep: Callable[[memoryview | bytes], None]) -> None:
+        self.pieces = iter(pieces)
+        self.keep = keep
+        self.left = memoryview(b"")
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.left:
+            piece = next(self.pieces, None)
+            if piece is None:
+                return b""
+            self.keep(piece)
+            self.left = memoryview(piece)
+        n = len(self.left) if size is None or size < 0 else size
+        chunk, self.left = self.left[:n], self.left[n:]
+        return bytes(chunk)
+
+    def readinto(self, target: bytearray | memoryview) -> int:
+        chunk = self.read(len(target))
+        target[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def _inflate(pieces: Iterable[memoryview | bytes], kind: str,
+             keep: Callable[[memoryview | bytes], None]) -> Iterator[bytes]:
+    """The uncompressed bytes of a gzip or zstd layer, CHUNK at a time; every compressed
+    byte passes through ``keep``."""
+    tee = cast(IO[bytes], _Tee(pieces, keep))
+    reader: _Readable
+    try:
+        if kind == "zstd":
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                tee, read_size=CHUNK, read_across_frames=True)
+        else:
+            reader = gzip.GzipFile(fileobj=tee, mode="rb")
+        while chunk := reader.read(CHUNK):
+            yield chunk
+        while tee.read(CHUNK):  # nothing may follow the compressed data unread
+            raise ArchiveError(f"a {kind} layer has data after its end")
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+        raise ArchiveError(f"a {kind} layer does not decompress: {exc}") from None
 
 
 def _json(value: Any) -> bytes:
@@ -292,6 +413,7 @@ def convert(chunks: Iterable[bytes], compression: Compression, sink: Callable[[b
     layers: dict[str, Blob] = {}  # member path -> blob
     links: dict[str, str] = {}  # member path -> the path it points at
     metadata: dict[str, bytes] = {}
+    kept = 0  # bytes of metadata held in memory
     for member, size in reader.members():
         name = posixpath.normpath(member.name)
         if member.issym() or member.islnk():
@@ -306,10 +428,12 @@ def convert(chunks: Iterable[bytes], compression: Compression, sink: Callable[[b
         if _is_layer(name, head):
             layers[name] = _layer(itertools.chain([head], rest),
                                   magic_compression(head), compression, out)
-        elif size > METADATA_LIMIT:
-            raise ArchiveError(f"{name}: {size} bytes, neither a layer nor metadata")
+        elif size > METADATA_LIMIT - kept:
+            raise ArchiveError(f"{name}: {size} bytes, neither a layer nor metadata (the "
+                               f"archive's JSON files may hold {METADATA_LIMIT} bytes in all)")
         else:
             metadata[name] = head + b"".join(rest)
+            kept += size
         reader.pad(size)
     reader.drain()
     return Converted(reader.total, _finish(metadata, layers, links, out))
@@ -328,7 +452,7 @@ def _finish(metadata: dict[str, bytes], layers: dict[str, Blob], links: dict[str
         raise ArchiveError("the engine's archive has no manifest.json")
     try:
         return _index(metadata, layers, resolve, out)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ArchiveError(f"the engine's manifest.json is not as `docker save` writes it "
                            f"({type(exc).__name__}: {exc})") from None
 
@@ -356,7 +480,7 @@ def _index(metadata: dict[str, bytes], layers: dict[str, Blob], resolve: Callabl
             raise ArchiveError(f"image {config_digest}: {len(blobs)} layers, but its config "
                                f"lists {len(diff_ids)}")
         for number, (blob, diff_id) in enumerate(zip(blobs, diff_ids, strict=True), 1):
-            if blob.diff_id is not None and blob.diff_id != diff_id:
+            if blob.diff_id != diff_id:
                 raise ArchiveError(f"image {config_digest}: layer {number} is {blob.diff_id}, "
                                    f"its config says {diff_id}")
         out.add_bytes(blob_name(config_digest), config_bytes)
@@ -423,3 +547,82 @@ def describe(stream: BinaryIO) -> list[ArchivedImage]:
                 raise ArchiveError(f"{desc['annotations'][NAME_ANNOTATION]}: layer "
                                    f"{layer['digest']} is not in the archive")
     return found
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def to_docker_archive(path: str, out: BinaryIO) -> None:
+    """Write the `docker save` form of a stored OCI archive (layers decompressed): what an
+    engine that cannot load zstd OCI layers (Docker 20.10) loads, with the same image IDs.
+
+    The archive is read from a file (random access); each layer is decompressed through a
+    spool, so memory stays bounded whatever its size.
+    """
+    try:
+        with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w",
+                                                      format=tarfile.PAX_FORMAT) as dst:
+            def blob(digest: str) -> IO[bytes]:
+                stream = src.extractfile(blob_name(str(digest)))
+                if stream is None:
+                    raise ArchiveError(f"{digest} is not a file in {path}")
+                return stream
+
+            def put(name: str, size: int, data: IO[bytes]) -> None:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = size, 0o644
+                dst.addfile(info, data)
+
+            index = json.loads(blob_stream_read(src.extractfile("index.json")))
+            entries, written = [], set()
+            for desc in index["manifests"]:
+                manifest = json.loads(blob(desc["digest"]).read(METADATA_LIMIT))
+                config = blob(manifest["config"]["digest"]).read(METADATA_LIMIT)
+                config_name = manifest["config"]["digest"].removeprefix("sha256:") + ".json"
+                diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+                layers = []
+                for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True):
+                    name = diff_id.removeprefix("sha256:") + "/layer.tar"
+                    layers.append(name)
+                    if name in written:
+                        continue
+                    written.add(name)
+                    with spool("kiln-unpack-") as raw:
+                        for piece in _decompressed(blob(layer["digest"])):
+                            raw.write(piece)
+                        size = raw.tell()
+                        raw.seek(0)
+                        put(name, size, raw)
+                if config_name not in written:
+                    written.add(config_name)
+                    put(config_name, len(config), io.BytesIO(config))
+                entries.append({"Config": config_name, "Layers": layers,
+                                "RepoTags": [desc["annotations"][NAME_ANNOTATION]]})
+            manifest_json = _json(entries)
+            put("manifest.json", len(manifest_json), io.BytesIO(manifest_json))
+    except (OSError, tarfile.TarError, zlib.error, zstandard.ZstdError, ValueError, KeyError,
+            TypeError, AttributeError) as exc:
+        raise ArchiveError(f"{path} is not an OCI archive kiln wrote "
+                           f"({type(exc).__name__}: {exc})") from None
+
+
+def blob_stream_read(stream: IO[bytes] | None) -> bytes:
+    if stream is None:
+        raise ArchiveError("index.json is not a file")
+    return stream.read(METADATA_LIMIT)
+
+
+def _decompressed(stream: IO[bytes]) -> Iterator[bytes]:
+    """A layer blob's uncompressed bytes, chunk by chunk (a seekable member stream)."""
+    kind = magic_compression(stream.read(4))
+    stream.seek(0)
+    reader: _Readable
+    if kind == "zstd":
+        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+    elif kind == "gzip":
+        reader = gzip.GzipFile(fileobj=stream, mode="rb")
+    else:
+        reader = stream
+    while chunk := reader.read(CHUNK):
+        yield chunk

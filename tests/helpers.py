@@ -29,12 +29,28 @@ def layer_tar(files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
+def uncompressed(layer: bytes) -> bytes:
+    """A layer's tar: gzip and zstd layers decompressed (a diff ID is of these bytes)."""
+    import gzip
+
+    import zstandard
+
+    try:
+        if layer.startswith(b"\x1f\x8b"):
+            return gzip.decompress(layer)
+        if layer.startswith(b"\x28\xb5\x2f\xfd"):
+            return zstandard.ZstdDecompressor().decompressobj().decompress(layer)
+    except (OSError, EOFError, zstandard.ZstdError):
+        pass  # a broken layer, on purpose: its config names its bytes
+    return layer
+
+
 def image_config(layers: list[bytes], arch: str = "amd64") -> bytes:
     """A Docker image config for ``layers``; its sha256 is the image ID."""
     import hashlib
     import json
 
-    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    diff_ids = ["sha256:" + hashlib.sha256(uncompressed(layer)).hexdigest() for layer in layers]
     return json.dumps({"architecture": arch, "os": "linux", "config": {},
                        "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,13 +52,24 @@ class FakeEngine:
         return self._make(source.ref, source.ref.encode() * 100)
 
     def load(self, source: ArchiveSource, ref: str) -> str:
-        return self._make(source.path.name, source.path.read_bytes())
+        data = source.path.read_bytes()
+        if data[257:262] != b"ustar":
+            return self._make(source.path.name, data)
+        # a `docker save` archive (bake writes one from a stored object): its one image
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore
+        (entry,) = json.loads(files["manifest.json"])
+        image_id = "sha256:" + hashlib.sha256(files[entry["Config"]]).hexdigest()
+        (layer,) = entry["Layers"]
+        self.content[image_id] = files[layer]
+        self.tags[ref] = image_id
+        return image_id
 
     def tag(self, image_id: str, ref: str) -> None:
         self.tags[ref] = image_id
 
     def inspect(self, ref: str) -> ImageInfo | None:
-        image_id = self.tags.get(ref)
+        image_id = self.tags.get(ref) or (ref if ref in self.content else None)  # ref or ID
         if image_id is None:
             return None
         return ImageInfo(image_id, len(self.content[image_id]), "linux/amd64", (ref,), ())
@@ -131,6 +144,57 @@ def test_unchanged_rebake_exports_nothing_and_rewrites_the_same_lock(project: Pa
     assert engine.exports == []
     assert result.uploaded == ()
     assert (project / "dist/dev/images.lock.json").read_bytes() == before
+
+
+class CountingEngine(FakeEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.builds: list[str] = []
+
+    def build(self, source: BuildSource, ref: str, platform: str) -> str:
+        self.builds.append(ref)
+        return super().build(source, ref, platform)
+
+
+def test_unchanged_build_inputs_build_nothing_even_on_a_fresh_engine(project: Path) -> None:
+    for folder in ("ctx-a", "ctx-b"):
+        (project / folder / "Dockerfile").write_text("FROM scratch\nCOPY payload /\n")
+    _, first = run(project, FakeEngine())
+    assert all(i.inputs and i.inputs.startswith("sha256:")
+               for i in first.lock.images if i.source == "build")
+    assert next(i for i in first.lock.images if i.name == "c").inputs is None
+    before = (project / "dist/dev/images.lock.json").read_bytes()
+    assert b'"inputs": null' not in before  # only build entries carry it
+    fresh = CountingEngine()  # a new machine: nothing in the engine, the objects in the store
+    run(project, fresh)
+    assert fresh.builds == [] and fresh.exports == []
+    assert (project / "dist/dev/images.lock.json").read_bytes() == before
+    # a changed input builds that image again
+    (project / "ctx-a/payload").write_text("changed")
+    fresh.exports.clear()
+    run(project, fresh)
+    assert fresh.builds == ["registry.example.com/f/a:v1"]
+    # the bundle holds b too: b is loaded back from its stored object for the new bundle
+    assert sorted(map(tuple, fresh.exports)) == [
+        ("registry.example.com/f/a:v1",),
+        ("registry.example.com/f/a:v1", "registry.example.com/f/b:v1",
+         "registry.example.com/f/c:v1")]
+
+
+def test_a_lock_without_inputs_still_reads_and_gains_them(project: Path) -> None:
+    for folder in ("ctx-a", "ctx-b"):
+        (project / folder / "Dockerfile").write_text("FROM scratch\nCOPY payload /\n")
+    engine = FakeEngine()
+    run(project, engine)
+    path = project / "dist/dev/images.lock.json"
+    old = "\n".join(line for line in path.read_text().splitlines() if '"inputs"' not in line)
+    path.write_text(old + "\n")
+    lock = lockfile.read(path)
+    assert lock is not None and {i.inputs for i in lock.images} == {None}
+    engine.exports.clear()
+    _, result = run(project, engine)
+    assert engine.exports == []  # same image IDs: nothing stored again, inputs recorded
+    assert all(i.inputs for i in result.lock.images if i.source == "build")
 
 
 def test_a_changed_image_or_setting_is_exported_again(project: Path) -> None:
