@@ -20,10 +20,10 @@ from pathlib import Path
 
 from kiln import buildinputs
 from kiln import lock as lockfile
-from kiln.config import ArchiveSource, BuildSource, Config, Environment, Image, PullSource
 from kiln.errors import KilnError
 from kiln.files import spool_dir
 from kiln.lock import Lock, LockedBundle, LockedImage
+from kiln.model import ArchiveSource, BuildSource, Config, Environment, Image, PullSource
 from kiln.ociarchive import to_docker_archive
 from kiln.ports import Engine
 from kiln.progress import Reporter, human

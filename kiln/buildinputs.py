@@ -37,7 +37,7 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kiln.config import BuildSource
+from kiln.model import BuildSource
 
 VERSION = "kiln-build-inputs-1"
 CHUNK = 1 << 20

@@ -10,6 +10,7 @@ import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kiln import __version__
 from kiln.errors import EXIT_INTERNAL, EXIT_INVALID, ConfigError, KilnError, Terminated
@@ -48,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     with_dist.add_argument("--dist", help="where the locks and rendered files are "
                                           "(default: dist/ beside images.yaml)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _day1(commands, common, with_dist)
+    _day2(commands, with_dist)
+    return parser
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _day1(commands: Any, common: argparse.ArgumentParser,
+          with_dist: argparse.ArgumentParser) -> None:
+    """lint, bake, render: from images.yaml to what nodes run."""
 
     lint = commands.add_parser("lint", parents=[common],
                                help="config, naming rules and chart alignment")
@@ -76,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--allow-credentials-in-golden-image", action="store_true",
                         help=golden_help)
 
+
+def _day2(commands: Any, with_dist: argparse.ArgumentParser) -> None:
+    """verify, push, verify-registry, diff, try, golden: checking and carrying the lock on."""
     verify = commands.add_parser("verify", parents=[with_dist],
                                  help="check a containerd against the lock")
     verify.add_argument("--containerd-address", required=True,
@@ -120,11 +136,6 @@ def _parser() -> argparse.ArgumentParser:
     golden.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                         help="a packer variable (base_image, kernel, initrd, ssh_key, "
                              "output_dir); repeatable")
-    return parser
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from kiln import config as config_mod
 from kiln import localengine
-from kiln.config import DirStore
 from kiln.httpserve import serve
+from kiln.model import DirStore
 from kiln.project import dist_folder
 
 

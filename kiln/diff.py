@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln import lock as lockfile
-from kiln.config import Environment, Image, PullSource
 from kiln.lock import Lock
+from kiln.model import Environment, Image, PullSource
 from kiln.stores import BLOB_PREFIX, Entry, Store
 
 

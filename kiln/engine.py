@@ -20,7 +20,7 @@ import docker.errors
 import requests.exceptions
 
 from kiln import refs
-from kiln.config import ArchiveSource, BuildSource, PullSource
+from kiln.model import ArchiveSource, BuildSource, PullSource
 from kiln.ports import EngineError, ImageInfo
 
 EXPORT_CHUNK = 1 << 20

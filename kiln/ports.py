@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from kiln.config import ArchiveSource, BuildSource, PullSource
 from kiln.errors import KilnError
+from kiln.model import ArchiveSource, BuildSource, PullSource
 
 K8S_NAMESPACE = "k8s.io"  # the containerd namespace kubelet (through the CRI) sees
 PIN_LABEL = "io.cri-containerd.pinned"

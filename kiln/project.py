@@ -11,9 +11,9 @@ from pathlib import Path
 
 from kiln import config as config_mod
 from kiln import lock as lockfile
-from kiln.config import Config, Environment
 from kiln.errors import KilnError
 from kiln.lock import Lock
+from kiln.model import Config, Environment
 
 
 class NoLock(KilnError):

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kiln import ociarchive
-from kiln.config import Compression
 from kiln.errors import KilnError
+from kiln.model import Compression
 from kiln.stores import Store, blob_key
 
 

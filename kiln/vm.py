@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln.config import CloudInitSnippets, DirStore, Environment
 from kiln.errors import KilnError
 from kiln.httpserve import serve
 from kiln.lock import Lock, images_for_roles
+from kiln.model import CloudInitSnippets, DirStore, Environment
 from kiln.render import PlainLocator, Renderer
 
 GUEST_HOST = "10.0.2.2"  # the host's loopback, seen from a qemu user-mode guest

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kiln.config import Config, Environment
 from kiln.lock import Lock
+from kiln.model import Config, Environment
 from kiln.project import Project
 
 

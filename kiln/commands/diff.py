@@ -10,9 +10,9 @@ import time
 from dataclasses import asdict
 
 from kiln import lock as lockfile
-from kiln.config import parse_duration
 from kiln.diff import Change, StoreReport, image_changes, prunable, referenced_keys, survey
 from kiln.errors import EXIT_FAILED, EXIT_OK, UsageError
+from kiln.model import parse_duration
 from kiln.progress import human
 from kiln.project import Project
 from kiln.stores import Store, open_store

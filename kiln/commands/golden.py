@@ -14,9 +14,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from kiln.config import DirStore
 from kiln.errors import EXIT_OK, KilnError, UsageError
 from kiln.httpserve import serve
+from kiln.model import DirStore
 from kiln.project import Project
 from kiln.render import PlainLocator, render
 from kiln.vm import GUEST_HOST, guest_url

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kiln.config import Config, Environment
 from kiln.errors import EXIT_OK
 from kiln.inventory import load_inventory
+from kiln.model import Config, Environment
 from kiln.project import Project
 from kiln.render import (
     GoldenCredentialsError,

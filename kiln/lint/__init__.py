@@ -10,11 +10,11 @@ import json
 from dataclasses import asdict, dataclass
 
 from kiln import refs
-from kiln.config import Config, Environment
 from kiln.lint.charts import scan
 from kiln.lint.context import Hit, LintContext
 from kiln.lint.rules import RULES
 from kiln.lock import Lock
+from kiln.model import Config, Environment
 
 __all__ = ["Finding", "Hit", "LintContext", "format_json", "format_text", "has_errors", "run"]
 

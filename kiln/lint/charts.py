@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from kiln import refs
-from kiln.config import Image, Location, PathAt
 from kiln.errors import ConfigError, Problem
+from kiln.model import Image, Location, PathAt
 from kiln.yamlio import compose_file, position, walk
 
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kiln.config import Config, Environment, Image, Location
 from kiln.lint.charts import ChartRef
+from kiln.model import Config, Environment, Image, Location
 
 
 @dataclass(frozen=True)

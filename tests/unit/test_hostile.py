@@ -112,7 +112,8 @@ def test_duplicate_keys_in_the_inventory_are_refused(tmp_path: Path) -> None:
         "nodes:\n  - {hostname: cp-1}\nnodes: []\n")
     with pytest.raises(ConfigError) as excinfo:
         load_inventory(tmp_path / "nodes.yaml")
-    assert problems(excinfo) == [f"{tmp_path / 'nodes.yaml'}:3:1: duplicate key 'nodes'"]
+    assert problems(excinfo) == [
+        f"{tmp_path / 'nodes.yaml'}:3:1: inventory: duplicate key 'nodes'"]
 
 
 def test_duplicate_keys_inside_a_node_are_refused(tmp_path: Path) -> None:

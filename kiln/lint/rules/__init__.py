@@ -1,26 +1,31 @@
-"""The lint rules, one module each; ``RULES`` is the order they run in."""
+"""The lint rules, one module each; ``RULES`` is the order they run in.
+
+The ids live in kiln/model.py (RULE_IDS), so that the config reader can validate `lint:
+levels:` without importing the rules; a test keeps the two lists equal.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from types import ModuleType
 from typing import TYPE_CHECKING, Protocol, cast
+
+from kiln.lint.rules import (
+    chart_mismatch,
+    chart_undeclared,
+    duplicate_name,
+    duplicate_ref,
+    mutable_tag,
+    not_fully_qualified,
+    pull_policy_always,
+    registry_mismatch,
+    unpinned_upstream,
+)
+from kiln.model import RULE_IDS
 
 if TYPE_CHECKING:
     from kiln.lint.context import Hit, LintContext
 
-# Ids only, so that the config loader can validate `lint: levels:` without importing rules.
-RULE_IDS = (
-    "not-fully-qualified",
-    "mutable-tag",
-    "registry-mismatch",
-    "duplicate-ref",
-    "duplicate-name",
-    "unpinned-upstream",
-    "chart-undeclared",
-    "chart-mismatch",
-    "pull-policy-always",
-)
+__all__ = ["RULES", "RULE_IDS", "Rule"]
 
 
 class Rule(Protocol):
@@ -30,14 +35,7 @@ class Rule(Protocol):
     def check(self, ctx: LintContext) -> Iterator[Hit]: ...
 
 
-def _load() -> tuple[Rule, ...]:
-    import importlib
-
-    modules: list[ModuleType] = [
-        importlib.import_module(f"kiln.lint.rules.{rule_id.replace('-', '_')}")
-        for rule_id in RULE_IDS
-    ]
-    return tuple(cast(Rule, m) for m in modules)
-
-
-RULES = _load()
+RULES: tuple[Rule, ...] = tuple(cast(Rule, module) for module in (
+    not_fully_qualified, mutable_tag, registry_mismatch, duplicate_ref, duplicate_name,
+    unpinned_upstream, chart_undeclared, chart_mismatch, pull_policy_always,
+))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kiln import refs
-from kiln.config import Image
 from kiln.lint.context import Hit, LintContext
+from kiln.model import Image
 
 ID = "duplicate-ref"
 LEVEL = "error"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kiln import refs
-from kiln.config import PullSource
 from kiln.lint.context import Hit, LintContext
+from kiln.model import PullSource
 
 ID = "unpinned-upstream"
 LEVEL = "warning"

@@ -1,0 +1,186 @@
+"""A positioned reader for YAML node trees: the primitives images.yaml and the inventory
+share. Every problem is recorded with the line and column of the node that caused it; the
+reader goes on, so one run reports all of them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kiln import grammar
+from kiln.errors import Problem
+from kiln.model import Location, did_you_mean
+from kiln.yamlio import construct, mapping_items, position, scalar_value
+
+
+class NotScalarType:
+    pass
+
+
+NotScalar = NotScalarType()
+
+
+class NodeReader:
+    """Reads typed values out of YAML nodes and records a positioned problem for each wrong one."""
+
+    def __init__(self, path: str, root: Path) -> None:
+        self.path = path
+        self.root = root
+        self.problems: list[Problem] = []
+
+    def error(self, node: yaml.Node, message: str) -> None:
+        line, column = position(node)
+        self.problems.append(Problem(self.path, line, column, message))
+
+    def at(self, node: yaml.Node) -> Location:
+        line, column = position(node)
+        return Location(self.path, line, column)
+
+    def mapping(
+        self, node: yaml.Node, what: str, allowed: tuple[str, ...], required: tuple[str, ...] = (),
+        *, unknown: str | None = None,
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+        """The fields of a mapping node, checked against ``allowed`` and ``required``.
+
+        ``unknown``: what to add to an unknown key's message (default: a "did you mean")."""
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, f"{what} must be a mapping")
+            return None
+        try:
+            items = mapping_items(node)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or node.start_mark
+            self.problems.append(
+                Problem(self.path, mark.line + 1, mark.column + 1, f"{what}: {exc.problem}")
+            )
+            return None
+        own = {id(key) for key, _ in node.value}
+        fields: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key, value in items:
+            name = self.scalar(key)
+            if not isinstance(name, str):
+                self.error(key, f"{what}: keys must be strings")
+                continue
+            # A key written here overrides one merged in with `<<`; two written here clash.
+            if name in fields and id(fields[name][0]) in own:
+                self.error(key, f"{what}: duplicate key {name!r}")
+                continue
+            if allowed and name not in allowed:
+                hint = did_you_mean(name, list(allowed)) if unknown is None else unknown
+                self.error(key, f"{what}: unknown key {name!r}{hint}")
+                continue
+            fields[name] = (key, value)
+        for name in required:
+            if name not in fields:
+                self.error(node, f"{what}: missing required key {name!r}")
+        return fields
+
+    def scalar(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            return NotScalar
+        try:
+            return scalar_value(node)
+        except yaml.MarkedYAMLError as exc:
+            self.error(node, f"{exc.problem}")
+            return NotScalar
+
+    def string(self, node: yaml.Node, what: str, *, empty: bool = False) -> str | None:
+        value = self.scalar(node)
+        if value is NotScalar and isinstance(node, yaml.ScalarNode):
+            return None  # its tag could not hold it: said already, at the same place
+        if not isinstance(value, str):
+            self.error(node, f"{what} must be a string")
+            return None
+        if not empty and not value.strip():
+            self.error(node, f"{what} must not be empty")
+            return None
+        return value
+
+    def integer(self, node: yaml.Node, what: str, low: int, high: int) -> int | None:
+        value = self.scalar(node)
+        if value is NotScalar and isinstance(node, yaml.ScalarNode):
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(node, f"{what} must be an integer")
+            return None
+        if not low <= value <= high:
+            self.error(node, f"{what} must be between {low} and {high}, not {value}")
+            return None
+        return value
+
+    def choice(self, node: yaml.Node, what: str, choices: tuple[str, ...]) -> str | None:
+        value = self.string(node, what)
+        if value is not None and value not in choices:
+            self.error(node, f"{what} must be one of {', '.join(choices)}, not {value!r}")
+            return None
+        return value
+
+    def strings(self, node: yaml.Node, what: str) -> list[tuple[yaml.Node, str]]:
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{what} must be a list of strings")
+            return []
+        out = []
+        for item in node.value:
+            value = self.string(item, f"each of {what}")
+            if value is not None:
+                out.append((item, value))
+        return out
+
+    def relpath(self, node: yaml.Node, what: str) -> Path | None:
+        value = self.string(node, what)
+        return None if value is None else self.root / value
+
+    def input_file(self, node: yaml.Node, what: str) -> Path | None:
+        """A path to a file kiln reads (a CA bundle): it must exist and be readable now."""
+        path = self.relpath(node, what)
+        if path is not None:
+            try:
+                with path.open("rb"):
+                    pass
+            except OSError as exc:
+                self.error(node, f"{what}: cannot read {path}: {exc.strerror or exc}")
+                return None
+        return path
+
+    def checked(self, node: yaml.Node, what: str, pattern: re.Pattern[str], shape: str,
+                *, empty: bool = False) -> str | None:
+        """A string that ``pattern`` matches whole (it may reach a node)."""
+        value = self.string(node, what, empty=empty)
+        if value is not None and not grammar.matches(pattern, value):
+            self.error(node, f"{what} {value!r} must match {shape}")
+            return None
+        return value
+
+    def matching(self, node: yaml.Node, what: str, pattern: re.Pattern[str], shape: str
+                 ) -> list[str]:
+        """A list of strings, each matching ``pattern`` whole."""
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{what}s must be a list of strings")
+            return []
+        values = (self.checked(item, what, pattern, shape) for item in node.value)
+        return [v for v in values if v is not None]
+
+    def roles(self, node: yaml.Node, what: str = "role") -> tuple[str, ...]:
+        return tuple(self.matching(node, what, grammar.ROLE, grammar.ROLE.pattern))
+
+    def text_ok(self, node: yaml.Node, what: str, texts: list[str]) -> bool:
+        """False (and a problem) when a text holds control characters other than tab/newline."""
+        for text in texts:
+            bad = grammar.control_characters(text)
+            if bad:
+                self.error(node, f"{what} holds the control character {bad[0]!r}")
+                return False
+        return True
+
+    def plain(self, node: yaml.Node) -> Any:
+        try:
+            return construct(node)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or node.start_mark
+            self.problems.append(Problem(self.path, mark.line + 1, mark.column + 1,
+                                         str(exc.problem)))
+            return None
