@@ -79,7 +79,8 @@ def test_no_import_circle_in_the_package() -> None:
 
     def visit(node: str, stack: list[str], done: set[str]) -> None:
         if node in stack:
-            raise AssertionError("import circle: " + " -> ".join(stack[stack.index(node):] + [node]))
+            circle = [*stack[stack.index(node):], node]
+            raise AssertionError("import circle: " + " -> ".join(circle))
         if node in done:
             return
         for dep in sorted(graph[node]):
