@@ -46,7 +46,8 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
     if as_json:
         sys.stdout.write(to_json(result.lock))
     elif not quiet:
-        summary = {"uploaded": len(result.uploaded), "unchanged": len(result.reused),
-                   "repaired": len(result.repaired)}
+        summary = {"uploaded": len(result.uploaded), "unchanged": len(result.reused)}
+        if result.repaired:
+            summary["repaired"] = len(result.repaired)
         sys.stderr.write(f"kiln: baked {env.name}: {json.dumps(summary)} -> {baker.lock_path}\n")
     return EXIT_OK
