@@ -177,7 +177,6 @@ class Environment:
     compression: Compression
     packer_sources: tuple[str, ...]
     charts: tuple[PathAt, ...]
-    bundles: tuple[str, ...]
     lint: LintSettings
     at: Location
     registry_at: Location
@@ -229,6 +228,11 @@ def load(path: Path | str, display: str | None = None) -> Config:
     if reader.problems or config is None:
         raise ConfigError(sorted(set(reader.problems), key=lambda p: (p.line, p.column)))
     return config
+
+
+_REMOVED_KEYS = {  # keys older kilns read: say why, not "did you mean"
+    "bundles": " (bundles were removed: each image is stored as its own object; delete the key)",
+}
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -294,7 +298,7 @@ class _Reader:
                 self.error(key, f"{what}: duplicate key {name!r}")
                 continue
             if allowed and name not in allowed:
-                hint = _did_you_mean(name, list(allowed))
+                hint = _REMOVED_KEYS.get(name) or _did_you_mean(name, list(allowed))
                 self.error(key, f"{what}: unknown key {name!r}{hint}")
                 continue
             fields[name] = (key, value)
@@ -546,8 +550,8 @@ class _Reader:
         what = f"environment {name!r}"
         fields = self.mapping(
             node, what,
-            ("registry", "store", "node", "packer", "charts", "compression", "bundles", "lint",
-             "cloud_init", "registry_ca"),
+            ("registry", "store", "node", "packer", "charts", "compression", "lint", "cloud_init",
+             "registry_ca"),
             ("registry", "store"),
         )
         if fields is None:
@@ -574,9 +578,6 @@ class _Reader:
         if "charts" in fields:
             charts = tuple(PathAt(self.root / v, self.at(n))
                            for n, v in self.strings(fields["charts"][1], "charts"))
-        bundles: tuple[str, ...] = ()
-        if "bundles" in fields:
-            bundles = self.roles(fields["bundles"][1], "bundles")
         lint = self.lint_settings(fields["lint"][1]) if "lint" in fields else LintSettings()
         snippets = (self.cloud_init(fields["cloud_init"][1]) if "cloud_init" in fields
                     else CloudInitSnippets())
@@ -584,7 +585,7 @@ class _Reader:
             return None
         return Environment(
             name=name, registry=registry, store=store, node=node_settings,
-            compression=compression, packer_sources=packer, charts=charts, bundles=bundles,
+            compression=compression, packer_sources=packer, charts=charts,
             lint=lint, at=self.at(key), registry_at=self.at(fields["registry"][1]),
             cloud_init=snippets,
             registry_ca=(self.input_file(fields["registry_ca"][1], "registry_ca")

@@ -151,23 +151,19 @@ class DockerEngine:
             repo_digests=tuple(attrs.get("RepoDigests") or ()),
         )
 
-    def export(self, names: list[str]) -> Iterator[bytes]:
-        """`docker save NAME...` as a stream: a named archive, one RepoTags entry per name.
-
-        The SDK saves one image at a time; the engine's /images/get takes several, which is
-        what lets a bundle store shared layers once.
-        """
+    def export(self, ref: str) -> Iterator[bytes]:
+        """`docker save REF` as a stream: a named archive, its RepoTags entry the ref."""
         api = self.client.api
         try:
-            response = api._get(api._url("/images/get"), params={"names": names}, stream=True)
+            response = api._get(api._url("/images/get"), params={"names": [ref]}, stream=True)
             api._raise_for_status(response)
         except docker.errors.APIError as exc:
-            raise EngineError(f"export of {', '.join(names)} failed: "
+            raise EngineError(f"export of {ref} failed: "
                               f"{_one_line(exc.explanation or str(exc))}") from None
         try:
             yield from response.iter_content(EXPORT_CHUNK, decode_unicode=False)
         except requests.exceptions.RequestException as exc:
-            raise EngineError(f"export of {', '.join(names)} broke off: {exc}") from None
+            raise EngineError(f"export of {ref} broke off: {exc}") from None
         finally:
             response.close()
 
