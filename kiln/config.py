@@ -100,9 +100,6 @@ class Image:
     ref_at: Location
     source_at: Location
 
-    def has_role(self, role: str | None) -> bool:
-        return role is None or not self.roles or role in self.roles
-
 
 @dataclass(frozen=True)
 class DirStore:

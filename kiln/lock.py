@@ -134,8 +134,14 @@ def write(path: Path, lock: Lock) -> None:
         raise KilnError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def node_roles(role: str | None) -> tuple[str, ...] | None:
+    """The roles of a node named by one ``--role`` option (None without one: every image)."""
+    return (role,) if role else None
+
+
 def images_for_roles(lock: Lock, roles: Iterable[str] | None) -> list[LockedImage]:
-    """The lock's images a node with ``roles`` gets (None: all of them)."""
+    """The lock's images a node with ``roles`` gets (None: all of them): the one role rule
+    (an image without roles goes to every node)."""
     if roles is None:
         return list(lock.images)
     wanted = set(roles)

@@ -24,7 +24,7 @@ from typing import Any
 from kiln.config import CloudInitSnippets, DirStore, Environment
 from kiln.errors import KilnError
 from kiln.httpserve import serve
-from kiln.lock import Lock, images_for_roles
+from kiln.lock import Lock, images_for_roles, node_roles
 from kiln.render import PlainLocator, Renderer
 
 GUEST_HOST = "10.0.2.2"  # the host's loopback, seen from a qemu user-mode guest
@@ -117,8 +117,8 @@ class Trial:
         # wait for a success that may never come); the units keep the environment's policy
         renderer = Renderer(env, self.lock, PlainLocator(base_url),
                             runcmd_waits_for_success=False)
-        images = images_for_roles(self.lock, (self.role,) if self.role else None)
-        data, _ = renderer.user_data_bytes(images, (self.role,) if self.role else None)
+        images = images_for_roles(self.lock, node_roles(self.role))
+        data, _ = renderer.user_data_bytes(images, node_roles(self.role))
         return data
 
     def qemu_argv(self, work: Path, overlay: Path, seed: Path) -> list[str]:
@@ -213,7 +213,7 @@ class Trial:
                 return {}
 
         status, check = parse("status: "), parse("check: ")
-        wanted = images_for_roles(self.lock, (self.role,) if self.role else None)
+        wanted = images_for_roles(self.lock, node_roles(self.role))
         seen = {i.get("ref"): i for i in check.get("images", [])}
         ok = bool(check.get("ok")) and all(
             seen.get(i.ref, {}).get("image_id") == i.image_id
