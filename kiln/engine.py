@@ -85,7 +85,7 @@ class DockerEngine:
             raise EngineError(f"pull of {source.ref} failed: "
                               f"{_one_line(exc.explanation or str(exc))}") from None
         if upstream.digest:
-            digests = {d.split("@", 1)[-1] for d in image.attrs.get("RepoDigests", [])}
+            digests = {str(refs.parse(d).digest) for d in image.attrs.get("RepoDigests", [])}
             if upstream.digest not in digests:
                 raise EngineError(f"pull of {source.ref}: the engine got {sorted(digests)}, "
                                   f"not the pinned {upstream.digest}")
@@ -127,9 +127,10 @@ class DockerEngine:
         return info.image_id
 
     def tag(self, image_id: str, ref: str) -> None:
-        repository, _, tag = ref.rpartition(":")
+        name = refs.parse(ref)  # name:tag (images.yaml refs carry no digest)
         try:
-            self.client.api.tag(image_id, repository, tag, force=True)
+            self.client.api.tag(image_id, name.repository, name.tag or refs.DEFAULT_TAG,
+                                force=True)
         except docker.errors.APIError as exc:
             raise EngineError(f"tag {ref} failed: {_one_line(exc.explanation or str(exc))}"
                               ) from None

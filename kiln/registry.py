@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kiln import refs
 from kiln.errors import KilnError
 from kiln.manifests import is_index, platform_manifest
 
@@ -85,8 +86,7 @@ class Registry:
             digest = platform_manifest(manifest, platform)
             if digest is None:
                 return None
-            repository = ref.rsplit(":", 1)[0] if "@" not in ref else ref.split("@")[0]
-            return self.image_id(f"{repository}@{digest}", platform)
+            return self.image_id(f"{refs.parse(ref).repository}@{digest}", platform)
         return str(manifest["config"]["digest"])
 
     def push(self, archive: Path, ref: str) -> None:
