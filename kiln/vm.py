@@ -102,6 +102,7 @@ def store_for_guest(store: Store) -> Iterator[str | None]:
             yield f"http://{GUEST_HOST}:{server.server_address[1]}/"
         finally:
             server.shutdown()
+            server.server_close()
     else:
         yield guest_url(store.url) if store.url else None
 
