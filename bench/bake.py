@@ -14,7 +14,6 @@ Prints each measurement and the ratios against the awscli pipeline measured in t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -154,10 +153,7 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str
     config.write_text(
         f"version: 1\nimages:\n{images}environments:\n"
         f"  bench:\n    registry: {REG}\n"
-        f"    store: {{type: s3, endpoint: '{endpoint}', bucket: bench, prefix: kiln/}}\n"
-        f"  bundle:\n    registry: {REG}\n"
-        f"    store: {{type: s3, endpoint: '{endpoint}', bucket: bench, prefix: bundle/}}\n"
-        "    bundles: [app]\n")
+        f"    store: {{type: s3, endpoint: '{endpoint}', bucket: bench, prefix: kiln/}}\n")
     s3 = boto3.client("s3", endpoint_url=endpoint)
     s3.create_bucket(Bucket="bench")
     refs = [f"{REG}/foundation/{n}:v1" for n in pins]
@@ -200,10 +196,6 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str
     for ref in refs:
         client.api.inspect_image(ref)
     inspect = time.perf_counter() - start
-    timed([*kiln, "--env", "bundle"], env)
-    lock = json.loads((work / "dist/bundle/images.lock.json").read_text())
-    per_image = sum(i["size"] for i in lock["images"])
-    bundle = lock["bundles"][0]["size"]
 
     big_rss = big_time = 0.0
     if args.big:
@@ -232,9 +224,6 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str
     print(f"{'kiln no-change rebake':<44}{rebake:>12.2f} s")
     print(f"{'  of which engine inspects (floor)':<44}{inspect:>12.2f} s")
     print(f"{'kiln bake peak RSS':<44}{rss / 1024:>11.1f} MB")
-    print(f"{'bundle of the 3 images (shared base)':<44}{bundle / MB:>11.1f} MB")
-    print(f"{'sum of the 3 per-image objects':<44}{per_image / MB:>11.1f} MB")
-    print(f"{'  ratio bundle / per-image sum':<44}{bundle / per_image:>14.2f}")
     if args.big:
         print(f"{f'bake of one {big_size / MB:.0f} MB image: peak RSS':<44}{big_rss:>11.1f} MB")
         print(f"{'  its bake time':<44}{big_time:>12.2f} s")

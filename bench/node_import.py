@@ -128,7 +128,7 @@ def build(work: Path, images: int, size_mb: int, config: Path) -> None:
         for i in range(images):
             tar = work / "tars" / f"app{i}.tar"
             with tar.open("wb") as out:
-                for chunk in engine_api.export([f"{REG}/foundation/app{i}:v1"]):
+                for chunk in engine_api.export(f"{REG}/foundation/app{i}:v1"):
                     out.write(chunk)
             subprocess.run(["zstd", "-q", f"-{level}", "-f", str(tar), "-o",
                             str(work / "store/naive" / f"app{i}.tar.zst")], check=True)

@@ -10,8 +10,6 @@ that does not exist.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -21,10 +19,8 @@ from pathlib import Path
 from kiln import buildinputs
 from kiln import lock as lockfile
 from kiln.errors import KilnError
-from kiln.files import spool_dir
-from kiln.lock import Lock, LockedBundle, LockedImage
+from kiln.lock import Lock, LockedImage
 from kiln.model import ArchiveSource, BuildSource, Config, Environment, Image, PullSource
-from kiln.ociarchive import to_docker_archive
 from kiln.ports import Engine
 from kiln.progress import Reporter, human
 from kiln.publish import Published, publish
@@ -44,7 +40,7 @@ class BakeError(KilnError):
 @dataclass(frozen=True)
 class BakeResult:
     lock: Lock
-    uploaded: tuple[str, ...]  # names (images and bundle:<role>) whose object was uploaded
+    uploaded: tuple[str, ...]  # names of the images whose object was uploaded
     reused: tuple[str, ...]  # names taken unchanged from the previous lock
     repaired: tuple[str, ...] = ()  # store keys whose bytes were not the lock's: stored again
 
@@ -121,7 +117,7 @@ class Baker:
             self.reporter.finish(image.name, f"unchanged {image.ref} ({human(entry.size)})")
             self.reused.append(image.name)
             return replace(entry, inputs=inputs)
-        published = self.publish({image.ref: image_id}, image.name, info.size)
+        published = self.publish(image.ref, image_id, image.name, info.size)
         source = image.source
         return LockedImage(
             name=image.name, ref=image.ref, image_id=image_id, platform=image.platform,
@@ -160,24 +156,6 @@ class Baker:
         self.engine.tag(image_id, image.ref)
         return True
 
-    def restore(self, entry: LockedImage) -> None:
-        """Load an image kept from the store (unchanged inputs, a fresh engine) back into the
-        engine, from its stored object: a bundle is exported from the engine."""
-        info = self.engine.inspect(entry.image_id)
-        if info is not None and info.image_id == entry.image_id:
-            self.engine.tag(entry.image_id, entry.ref)
-            return
-        with tempfile.TemporaryDirectory(prefix="kiln-restore-", dir=spool_dir()) as folder:
-            stored, loadable = Path(folder) / "oci.tar", Path(folder) / "docker.tar"
-            with self.store.open_read(entry.key) as stream, stored.open("wb") as out:
-                shutil.copyfileobj(stream, out, 1 << 20)
-            with loadable.open("wb") as out:
-                to_docker_archive(str(stored), out)  # Docker 20.10 loads no zstd OCI layers
-            stored.unlink()
-            image_id = self.engine.load(ArchiveSource(loadable), entry.ref)
-        if image_id != entry.image_id:
-            raise KilnError(f"{entry.key} holds {image_id}, the lock says {entry.image_id}")
-
     def reusable(self, image: Image, image_id: str) -> LockedImage | None:
         """The previous lock's entry when nothing about the stored object would change."""
         old = self.previous.image(image.name) if self.previous else None
@@ -204,46 +182,19 @@ class Baker:
             self.repaired.append(key)
         return verdict is not False
 
-    def publish(self, images: dict[str, str], label: str, size_hint: int) -> Published:
-        """Export ``images`` (ref -> image ID) as one object; the archive must name exactly them."""
+    def publish(self, ref: str, image_id: str, label: str, size_hint: int) -> Published:
+        """Export ``ref`` as one object; the archive must name exactly it, as ``image_id``."""
         def progress(done: int) -> None:
             self.reporter.progress(label, done, size_hint)
 
         self.reporter.step(label, "saving")
-        published = publish(self.engine.export(list(images)), self.store, self.env.compression,
-                            size_hint, progress, self.cancel, self.cpu_slots, expect=images)
+        published = publish(self.engine.export(ref), self.store, self.env.compression, size_hint,
+                            progress, self.cancel, self.cpu_slots, expect={ref: image_id})
         verb = "stored" if published.uploaded else "already stored"
         self.reporter.finish(label, f"{verb} {human(published.uncompressed_size)} -> "
                                     f"{human(published.size)} {published.key}")
         (self.uploaded if published.uploaded else self.reused).append(label)
         return published
-
-    # -- bundles ------------------------------------------------------------------------------
-
-    def bake_bundle(self, role: str, entries: list[LockedImage]) -> LockedBundle:
-        members = sorted((e for e in entries if not e.roles or role in e.roles),
-                         key=lambda e: e.ref)
-        if not members:
-            raise KilnError(f"bundle {role!r}: no image has that role")
-        refs = tuple(e.ref for e in members)
-        ids = tuple(e.image_id for e in members)
-        comp = self.env.compression
-        old = self.previous.bundle(role) if self.previous else None
-        label = f"bundle:{role}"
-        if (old is not None and old.refs == refs and old.image_ids == ids
-                and old.compression == comp.algorithm and old.compression_level == comp.level
-                and self.intact(old.key, old.sha256, old.size)):
-            self.reporter.finish(label, f"unchanged ({human(old.size)})")
-            self.reused.append(label)
-            return old
-        for entry in members:
-            self.restore(entry)
-        hint = sum(e.uncompressed_size for e in members)
-        published = self.publish(dict(zip(refs, ids, strict=True)), label, hint)
-        return LockedBundle(role=role, refs=refs, image_ids=ids, sha256=published.sha256,
-                            size=published.size, uncompressed_size=published.uncompressed_size,
-                            compression=comp.algorithm, compression_level=comp.level,
-                            key=published.key)
 
     # -- the whole bake -----------------------------------------------------------------------
 
@@ -251,10 +202,8 @@ class Baker:
         self.store.check()
         images = self.config.images_for(self.env)
         entries = self._parallel([(image.name, self._task(image)) for image in images])
-        bundles = [self.bake_bundle(role, entries) for role in sorted(set(self.env.bundles))]
         new = Lock(environment=self.env.name, registry=self.env.registry,
-                   images=tuple(sorted(entries, key=lambda e: e.name)),
-                   bundles=tuple(bundles), store=self.store.facts())
+                   images=tuple(sorted(entries, key=lambda e: e.name)), store=self.store.facts())
         lockfile.write(self.lock_path, new)
         self.store.put_bytes(lock_key(self.store.prefix, self.env.name),
                              lockfile.to_json(new).encode())

@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Iterable
 
 from kiln.errors import KilnError
+from kiln.manifests import is_index, platform_manifest
 from kiln.ports import K8S_NAMESPACE, ContainerdImage
 
 
@@ -48,14 +49,11 @@ class Ctr:
     def image_id(self, manifest_digest: str, platform: str = "linux/amd64") -> str:
         """The config digest (the image ID Docker reports) behind a manifest or index."""
         doc = json.loads(self.run("content", "get", manifest_digest))
-        if "manifests" in doc:  # an index: take the platform's manifest
-            os_name, _, arch = platform.partition("/")
-            arch = arch.split("/")[0]
-            for entry in doc["manifests"]:
-                plat = entry.get("platform", {})
-                if plat.get("os") == os_name and plat.get("architecture") == arch:
-                    return self.image_id(entry["digest"], platform)
-            raise KilnError(f"{manifest_digest}: no manifest for {platform}")
+        if is_index(doc):  # take the platform's manifest
+            digest = platform_manifest(doc, platform)
+            if digest is None:
+                raise KilnError(f"{manifest_digest}: no manifest for {platform}")
+            return self.image_id(digest, platform)
         return str(doc["config"]["digest"])
 
     def in_namespace(self, namespace: str) -> Ctr:

@@ -85,7 +85,7 @@ class DockerEngine:
             raise EngineError(f"pull of {source.ref} failed: "
                               f"{_one_line(exc.explanation or str(exc))}") from None
         if upstream.digest:
-            digests = {d.split("@", 1)[-1] for d in image.attrs.get("RepoDigests", [])}
+            digests = {str(refs.parse(d).digest) for d in image.attrs.get("RepoDigests", [])}
             if upstream.digest not in digests:
                 raise EngineError(f"pull of {source.ref}: the engine got {sorted(digests)}, "
                                   f"not the pinned {upstream.digest}")
@@ -127,9 +127,10 @@ class DockerEngine:
         return info.image_id
 
     def tag(self, image_id: str, ref: str) -> None:
-        repository, _, tag = ref.rpartition(":")
+        name = refs.parse(ref)  # name:tag (images.yaml refs carry no digest)
         try:
-            self.client.api.tag(image_id, repository, tag, force=True)
+            self.client.api.tag(image_id, name.repository, name.tag or refs.DEFAULT_TAG,
+                                force=True)
         except docker.errors.APIError as exc:
             raise EngineError(f"tag {ref} failed: {_one_line(exc.explanation or str(exc))}"
                               ) from None
@@ -151,23 +152,19 @@ class DockerEngine:
             repo_digests=tuple(attrs.get("RepoDigests") or ()),
         )
 
-    def export(self, names: list[str]) -> Iterator[bytes]:
-        """`docker save NAME...` as a stream: a named archive, one RepoTags entry per name.
-
-        The SDK saves one image at a time; the engine's /images/get takes several, which is
-        what lets a bundle store shared layers once.
-        """
+    def export(self, ref: str) -> Iterator[bytes]:
+        """`docker save REF` as a stream: a named archive, its RepoTags entry the ref."""
         api = self.client.api
         try:
-            response = api._get(api._url("/images/get"), params={"names": names}, stream=True)
+            response = api._get(api._url("/images/get"), params={"names": [ref]}, stream=True)
             api._raise_for_status(response)
         except docker.errors.APIError as exc:
-            raise EngineError(f"export of {', '.join(names)} failed: "
+            raise EngineError(f"export of {ref} failed: "
                               f"{_one_line(exc.explanation or str(exc))}") from None
         try:
             yield from response.iter_content(EXPORT_CHUNK, decode_unicode=False)
         except requests.exceptions.RequestException as exc:
-            raise EngineError(f"export of {', '.join(names)} broke off: {exc}") from None
+            raise EngineError(f"export of {ref} broke off: {exc}") from None
         finally:
             response.close()
 

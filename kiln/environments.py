@@ -71,8 +71,8 @@ class EnvironmentReader(NodeReader):
         what = f"environment {name!r}"
         fields = self.mapping(
             node, what,
-            ("registry", "store", "node", "packer", "charts", "compression", "bundles", "lint",
-             "cloud_init", "registry_ca"),
+            ("registry", "store", "node", "packer", "charts", "compression", "lint", "cloud_init",
+             "registry_ca"),
             ("registry", "store"),
         )
         if fields is None:
@@ -99,9 +99,6 @@ class EnvironmentReader(NodeReader):
         if "charts" in fields:
             charts = tuple(PathAt(self.root / v, self.at(n))
                            for n, v in self.strings(fields["charts"][1], "charts"))
-        bundles: tuple[str, ...] = ()
-        if "bundles" in fields:
-            bundles = self.roles(fields["bundles"][1], "bundles")
         lint = self.lint_settings(fields["lint"][1]) if "lint" in fields else LintSettings()
         snippets = (self.cloud_init(fields["cloud_init"][1]) if "cloud_init" in fields
                     else CloudInitSnippets())
@@ -109,7 +106,7 @@ class EnvironmentReader(NodeReader):
             return None
         return Environment(
             name=name, registry=registry, store=store, node=node_settings,
-            compression=compression, packer_sources=packer, charts=charts, bundles=bundles,
+            compression=compression, packer_sources=packer, charts=charts,
             lint=lint, at=self.at(key), registry_at=self.at(fields["registry"][1]),
             cloud_init=snippets,
             registry_ca=(self.input_file(fields["registry_ca"][1], "registry_ca")

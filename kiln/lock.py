@@ -15,7 +15,9 @@ from typing import Any
 from kiln.errors import KilnError
 from kiln.files import write_atomic
 
-# 2: objects are OCI archives with compressed layers (1: compressed `docker save` archives)
+# 2: objects are OCI archives with compressed layers (1: compressed `docker save` archives).
+# Still 2 without "bundles" (kiln wrote `"bundles": []` or a list until they were removed): a
+# lock with or without the key reads in either kiln, so nothing forces a re-store.
 LOCK_VERSION = 2
 
 
@@ -42,32 +44,15 @@ class LockedImage:
 
 
 @dataclass(frozen=True)
-class LockedBundle:
-    role: str
-    refs: tuple[str, ...]
-    image_ids: tuple[str, ...]
-    sha256: str
-    size: int
-    uncompressed_size: int
-    compression: str
-    compression_level: int
-    key: str
-
-
-@dataclass(frozen=True)
 class Lock:
     environment: str
     registry: str
     images: tuple[LockedImage, ...] = ()
-    bundles: tuple[LockedBundle, ...] = ()
     version: int = LOCK_VERSION
     store: dict[str, str] = field(default_factory=dict)  # non-secret store facts for render
 
     def image(self, name: str) -> LockedImage | None:
         return next((i for i in self.images if i.name == name), None)
-
-    def bundle(self, role: str) -> LockedBundle | None:
-        return next((b for b in self.bundles if b.role == role), None)
 
 
 def lock_path(dist: Path, env: str) -> Path:
@@ -81,7 +66,6 @@ def to_json(lock: Lock) -> str:
         "registry": lock.registry,
         "store": dict(sorted(lock.store.items())),
         "images": [_plain(asdict(i)) for i in sorted(lock.images, key=lambda i: i.name)],
-        "bundles": [_plain(asdict(b)) for b in sorted(lock.bundles, key=lambda b: b.role)],
     }
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
@@ -106,12 +90,10 @@ def from_json(text: str, where: str = "lock") -> Lock:
         images = tuple(
             LockedImage(**{**i, "roles": tuple(i["roles"])}) for i in data["images"]
         )
-        bundles = tuple(
-            LockedBundle(**{**b, "refs": tuple(b["refs"]), "image_ids": tuple(b["image_ids"])})
-            for b in data.get("bundles", [])
-        )
+        # a "bundles" list (older kilns) is not read: no node used one; object_names still
+        # names their keys
         return Lock(environment=data["environment"], registry=data["registry"],
-                    images=images, bundles=bundles, store=dict(data.get("store", {})))
+                    images=images, store=dict(data.get("store", {})))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KilnError(f"{where}: not a kiln lock file ({type(exc).__name__}: {exc})") from None
 
@@ -122,7 +104,8 @@ def object_keys(text: str, where: str = "lock") -> set[str]:
 
 
 def object_names(text: str, where: str = "lock") -> dict[str, str]:
-    """Each store key a lock of any version names, with what names it ("image dex")."""
+    """Each store key a lock of any version names, with what names it ("image dex"). The
+    bundles older locks list are named too: a prune keeps them while any lock names them."""
     try:
         data = json.loads(text)
         out = {str(e["key"]): f"image {e.get('name', '?')}" for e in data.get("images", [])}
@@ -151,8 +134,14 @@ def write(path: Path, lock: Lock) -> None:
         raise KilnError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def node_roles(role: str | None) -> tuple[str, ...] | None:
+    """The roles of a node named by one ``--role`` option (None without one: every image)."""
+    return (role,) if role else None
+
+
 def images_for_roles(lock: Lock, roles: Iterable[str] | None) -> list[LockedImage]:
-    """The lock's images a node with ``roles`` gets (None: all of them)."""
+    """The lock's images a node with ``roles`` gets (None: all of them): the one role rule
+    (an image without roles goes to every node)."""
     if roles is None:
         return list(lock.images)
     wanted = set(roles)

@@ -91,9 +91,6 @@ class Image:
     ref_at: Location
     source_at: Location
 
-    def has_role(self, role: str | None) -> bool:
-        return role is None or not self.roles or role in self.roles
-
 
 @dataclass(frozen=True)
 class DirStore:
@@ -168,7 +165,6 @@ class Environment:
     compression: Compression
     packer_sources: tuple[str, ...]
     charts: tuple[PathAt, ...]
-    bundles: tuple[str, ...]
     lint: LintSettings
     at: Location
     registry_at: Location

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import itertools
 import json
 import posixpath
@@ -351,78 +350,3 @@ def describe(stream: BinaryIO) -> list[ArchivedImage]:
 
 class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
-
-
-def to_docker_archive(path: str, out: BinaryIO) -> None:
-    """Write the `docker save` form of a stored OCI archive (layers decompressed): what an
-    engine that cannot load zstd OCI layers (Docker 20.10) loads, with the same image IDs.
-
-    The archive is read from a file (random access); each layer is decompressed through a
-    spool, so memory stays bounded whatever its size.
-    """
-    try:
-        with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w",
-                                                      format=tarfile.PAX_FORMAT) as dst:
-            def blob(digest: str) -> IO[bytes]:
-                stream = src.extractfile(blob_name(str(digest)))
-                if stream is None:
-                    raise ArchiveError(f"{digest} is not a file in {path}")
-                return stream
-
-            def put(name: str, size: int, data: IO[bytes]) -> None:
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = size, 0o644
-                dst.addfile(info, data)
-
-            index = json.loads(blob_stream_read(src.extractfile("index.json")))
-            entries, written = [], set()
-            for desc in index["manifests"]:
-                manifest = json.loads(blob(desc["digest"]).read(METADATA_LIMIT))
-                config = blob(manifest["config"]["digest"]).read(METADATA_LIMIT)
-                config_name = manifest["config"]["digest"].removeprefix("sha256:") + ".json"
-                diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-                layers = []
-                for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True):
-                    name = diff_id.removeprefix("sha256:") + "/layer.tar"
-                    layers.append(name)
-                    if name in written:
-                        continue
-                    written.add(name)
-                    with spool("kiln-unpack-") as raw:
-                        for piece in _decompressed(blob(layer["digest"])):
-                            raw.write(piece)
-                        size = raw.tell()
-                        raw.seek(0)
-                        put(name, size, raw)
-                if config_name not in written:
-                    written.add(config_name)
-                    put(config_name, len(config), io.BytesIO(config))
-                entries.append({"Config": config_name, "Layers": layers,
-                                "RepoTags": [desc["annotations"][NAME_ANNOTATION]]})
-            manifest_json = _json(entries)
-            put("manifest.json", len(manifest_json), io.BytesIO(manifest_json))
-    except (OSError, tarfile.TarError, zlib.error, zstandard.ZstdError, ValueError, KeyError,
-            TypeError, AttributeError) as exc:
-        raise ArchiveError(f"{path} is not an OCI archive kiln wrote "
-                           f"({type(exc).__name__}: {exc})") from None
-
-
-def blob_stream_read(stream: IO[bytes] | None) -> bytes:
-    if stream is None:
-        raise ArchiveError("index.json is not a file")
-    return stream.read(METADATA_LIMIT)
-
-
-def _decompressed(stream: IO[bytes]) -> Iterator[bytes]:
-    """A layer blob's uncompressed bytes, chunk by chunk (a seekable member stream)."""
-    kind = magic_compression(stream.read(4))
-    stream.seek(0)
-    reader: _Readable
-    if kind == "zstd":
-        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
-    elif kind == "gzip":
-        reader = gzip.GzipFile(fileobj=stream, mode="rb")
-    else:
-        reader = stream
-    while chunk := reader.read(CHUNK):
-        yield chunk

@@ -18,11 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kiln import refs
 from kiln.errors import KilnError
+from kiln.manifests import is_index, platform_manifest
 
 USER_ENV, PASSWORD_ENV = "KILN_REGISTRY_USERNAME", "KILN_REGISTRY_PASSWORD"
-_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
-                "application/vnd.docker.distribution.manifest.list.v2+json")
 
 
 class RegistryError(KilnError):
@@ -82,14 +82,11 @@ class Registry:
         manifest = self._inspect(ref)
         if manifest is None:
             return None
-        if manifest.get("mediaType") in _INDEX_TYPES or "manifests" in manifest:
-            os_name, _, arch = platform.partition("/")
-            for entry in manifest.get("manifests", []):
-                plat = entry.get("platform", {})
-                if plat.get("os") == os_name and plat.get("architecture") == arch.split("/")[0]:
-                    repository = ref.rsplit(":", 1)[0] if "@" not in ref else ref.split("@")[0]
-                    return self.image_id(f"{repository}@{entry['digest']}", platform)
-            return None
+        if is_index(manifest):
+            digest = platform_manifest(manifest, platform)
+            if digest is None:
+                return None
+            return self.image_id(f"{refs.parse(ref).repository}@{digest}", platform)
         return str(manifest["config"]["digest"])
 
     def push(self, archive: Path, ref: str) -> None:

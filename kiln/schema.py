@@ -17,6 +17,11 @@ from kiln.model import Location, did_you_mean
 from kiln.yamlio import construct, mapping_items, position, scalar_value
 
 
+REMOVED_KEYS = {  # keys older kilns read: say why, not "did you mean"
+    "bundles": " (bundles were removed: each image is stored as its own object; delete the key)",
+}
+
+
 class NotScalarType:
     pass
 
@@ -70,7 +75,8 @@ class NodeReader:
                 self.error(key, f"{what}: duplicate key {name!r}")
                 continue
             if allowed and name not in allowed:
-                hint = did_you_mean(name, list(allowed)) if unknown is None else unknown
+                hint = (REMOVED_KEYS.get(name) or did_you_mean(name, list(allowed))
+                        if unknown is None else unknown)
                 self.error(key, f"{what}: unknown key {name!r}{hint}")
                 continue
             fields[name] = (key, value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from kiln.lock import Lock, images_for_roles
+from kiln.lock import Lock, images_for_roles, node_roles
 from kiln.ports import K8S_NAMESPACE, MANAGED_LABEL, PIN_LABEL, Containerd, ContainerdImage
 
 PRESENT = "present"
@@ -38,7 +38,7 @@ def verify_node(lock: Lock, client: Containerd, role: str | None = None) -> list
     k8s = client.images(K8S_NAMESPACE)
     others: dict[str, dict[str, ContainerdImage]] | None = None
     out = []
-    for image in images_for_roles(lock, (role,) if role else None):
+    for image in images_for_roles(lock, node_roles(role)):
         found = k8s.get(image.ref)
         if found is None:
             if others is None:

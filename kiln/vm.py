@@ -9,6 +9,7 @@ ordering between markers on the serial console, then power off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,15 +17,15 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from kiln.errors import KilnError
 from kiln.httpserve import serve
-from kiln.lock import Lock, images_for_roles
-from kiln.model import CloudInitSnippets, DirStore, Environment
+from kiln.lock import Lock, images_for_roles, node_roles
+from kiln.model import CloudInitSnippets, DirStore, Environment, Store
 from kiln.render import PlainLocator, Renderer
 
 GUEST_HOST = "10.0.2.2"  # the host's loopback, seen from a qemu user-mode guest
@@ -90,6 +91,22 @@ def guest_url(url: str) -> str:
     return re.sub(r"^(https?://)(127\.0\.0\.1|localhost)\b", rf"\g<1>{GUEST_HOST}", url)
 
 
+@contextlib.contextmanager
+def store_for_guest(store: Store) -> Iterator[str | None]:
+    """The base URL a qemu user-mode guest fetches the store's objects from (`try`, `golden`):
+    a dir store is served over HTTP until the block ends; another store's own ``url``, a
+    loopback host rewritten to the host as the guest sees it; None when it has no URL."""
+    if isinstance(store, DirStore):
+        server = serve(store.path)
+        try:
+            yield f"http://{GUEST_HOST}:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+            server.server_close()
+    else:
+        yield guest_url(store.url) if store.url else None
+
+
 @dataclass
 class Trial:
     env: Environment
@@ -117,8 +134,8 @@ class Trial:
         # wait for a success that may never come); the units keep the environment's policy
         renderer = Renderer(env, self.lock, PlainLocator(base_url),
                             runcmd_waits_for_success=False)
-        images = images_for_roles(self.lock, (self.role,) if self.role else None)
-        data, _ = renderer.user_data_bytes(images, (self.role,) if self.role else None)
+        images = images_for_roles(self.lock, node_roles(self.role))
+        data, _ = renderer.user_data_bytes(images, node_roles(self.role))
         return data
 
     def qemu_argv(self, work: Path, overlay: Path, seed: Path) -> list[str]:
@@ -147,16 +164,13 @@ class Trial:
             raise TryError("--initrd needs --kernel")
         fmt = image_format(self.base_image)
         work = Path(tempfile.mkdtemp(prefix="kiln-try-"))
-        server = None
+        served = contextlib.ExitStack()
         proc: subprocess.Popen[bytes] | None = None
         try:
-            if self.serve_store and isinstance(self.env.store, DirStore):
-                server = serve(self.env.store.path)
-                base_url = f"http://{GUEST_HOST}:{server.server_address[1]}/"
-            elif self.serve_store and self.env.store.url:
-                base_url = guest_url(self.env.store.url)
-            else:
-                base_url = f"http://{GUEST_HOST}:9/"  # nothing listens: no store reachable
+            url = None
+            if self.serve_store:
+                url = served.enter_context(store_for_guest(self.env.store))
+            base_url = url or f"http://{GUEST_HOST}:9/"  # nothing listens: no store reachable
             (work / "user-data").write_bytes(self.user_data(base_url))
             (work / "meta-data").write_text(f"instance-id: kiln-try-{os.getpid()}\n"
                                             "local-hostname: kiln-try\n")
@@ -179,8 +193,7 @@ class Trial:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            if server is not None:
-                server.shutdown()
+            served.close()
             shutil.rmtree(work, ignore_errors=True)
 
     def wait(self, console: Path, proc: subprocess.Popen[bytes], start: float) -> list[str]:
@@ -213,7 +226,7 @@ class Trial:
                 return {}
 
         status, check = parse("status: "), parse("check: ")
-        wanted = images_for_roles(self.lock, (self.role,) if self.role else None)
+        wanted = images_for_roles(self.lock, node_roles(self.role))
         seen = {i.get("ref"): i for i in check.get("images", [])}
         ok = bool(check.get("ok")) and all(
             seen.get(i.ref, {}).get("image_id") == i.image_id

@@ -15,11 +15,9 @@ import tempfile
 from pathlib import Path
 
 from kiln.errors import EXIT_OK, KilnError, UsageError
-from kiln.httpserve import serve
-from kiln.model import DirStore
 from kiln.project import Project
 from kiln.render import PlainLocator, render
-from kiln.vm import GUEST_HOST, guest_url
+from kiln.vm import store_for_guest
 
 
 def golden_cmd(config_path: str, env_name: str | None, variables: list[str], *,
@@ -35,27 +33,21 @@ def golden_cmd(config_path: str, env_name: str | None, variables: list[str], *,
     if shutil.which("packer") is None:
         raise KilnError("packer is not installed (apt-get install packer)")
     lock = project.lock()
-    server = None
     work = Path(tempfile.mkdtemp(prefix="kiln-golden-"))
     try:
-        if isinstance(env.store, DirStore):
-            server = serve(env.store.path)
-            base = f"http://{GUEST_HOST}:{server.server_address[1]}/"
-        else:
-            base = guest_url(env.store.url or "")
-        render(env, lock, work, PlainLocator(base), packer_dir=project.config.root / "packer")
-        argv = ["packer", "build", "-force"]
-        for variable in variables:
-            argv += ["-var", variable]
-        argv.append(str(work / env.name / "packer"))
-        # packer's qemu builder keeps port locks in ./packer_cache unless told: not in the repo
-        environ = {"PACKER_CACHE_DIR": str(work / "packer_cache"), **os.environ,
-                   "CHECKPOINT_DISABLE": "1"}
-        code = subprocess.call(argv, env=environ)
+        with store_for_guest(env.store) as url:  # served until packer is done
+            render(env, lock, work, PlainLocator(url or ""),
+                   packer_dir=project.config.root / "packer")
+            argv = ["packer", "build", "-force"]
+            for variable in variables:
+                argv += ["-var", variable]
+            argv.append(str(work / env.name / "packer"))
+            # packer's qemu builder keeps port locks in ./packer_cache unless told: not in the repo
+            environ = {"PACKER_CACHE_DIR": str(work / "packer_cache"), **os.environ,
+                       "CHECKPOINT_DISABLE": "1"}
+            code = subprocess.call(argv, env=environ)
         if code != 0:
             raise KilnError(f"packer build failed (exit {code}): its output is above")
         return EXIT_OK
     finally:
-        if server is not None:
-            server.shutdown()
         shutil.rmtree(work, ignore_errors=True)

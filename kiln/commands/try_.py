@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kiln.commands.common import load_with_lock
 from kiln.errors import EXIT_FAILED, EXIT_OK
-from kiln.lock import images_for_roles
+from kiln.lock import images_for_roles, node_roles
 from kiln.vm import Trial
 
 
@@ -27,7 +27,7 @@ def try_cmd(config_path: str, env_name: str | None, *, base_image: str, role: st
                           "report": result.lines}, indent=2))
     else:
         seen = {i.get("ref"): i for i in result.check.get("images", [])}
-        for image in images_for_roles(lock, (role,) if role else None):
+        for image in images_for_roles(lock, node_roles(role)):
             got = seen.get(image.ref, {})
             mark = "ok " if got.get("image_id") == image.image_id and got.get(
                 "state") == "present" else "BAD"

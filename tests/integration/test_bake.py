@@ -131,37 +131,6 @@ def test_every_source_kind_reaches_containerd_under_its_fq_ref(
         "Body"].read() == before
 
 
-def test_bundle_stores_a_shared_base_once(tmp_path: Path, engine_env: str,
-                                          docker_client: docker.DockerClient,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    base = "vendor.example.com/base:1"
-    docker_client.images.build(path=str(scratch_context(tmp_path / "base", "base", 4 << 20)),
-                               tag=base)
-    for name in ("one", "two"):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "app").write_text(name * 1000)
-        (folder / "Dockerfile").write_text(f"FROM {base}\nCOPY app /app\n")
-    config = write_config(tmp_path, f"""\
-  - {{name: one, ref: {REG}/foundation/one:v1, build: one, roles: [worker]}}
-  - {{name: two, ref: {REG}/foundation/two:v1, build: two, roles: [worker]}}
-""", "{type: dir, path: store}", "    bundles: [worker]\n")
-    assert bake(config) == 0, capsys.readouterr().err
-    lock = read_lock(config)
-    (bundle,) = lock["bundles"]
-    assert bundle["refs"] == [f"{REG}/foundation/one:v1", f"{REG}/foundation/two:v1"]
-    separate = sum(i["size"] for i in lock["images"])
-    # 4 MiB of random base: each image object carries it, the bundle carries it once.
-    assert separate > 8 << 20
-    largest = max(i["size"] for i in lock["images"])
-    assert bundle["size"] < largest + (64 << 10)
-    assert (tmp_path / "store" / bundle["key"]).stat().st_size == bundle["size"]
-    with (tmp_path / "store" / bundle["key"]).open("rb") as stream:
-        archived = describe(stream)
-    assert sorted(a.ref for a in archived) == bundle["refs"]
-    assert [a.image_id for a in archived] == bundle["image_ids"]
-
-
 # -- failures: one line naming the image and the cause, exit 1, nothing partial ---------------
 
 

@@ -158,27 +158,6 @@ def test_a_fresh_engine_keeps_the_lock_and_a_changed_input_rebuilds_that_image_o
     assert lock_bytes(config) == second
 
 
-def test_a_bundle_is_exported_again_from_images_kept_in_the_store(
-        tmp_path: Path, dockerd: localengine.Daemon, fresh_dockerd: localengine.Daemon,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("DOCKER_HOST", dockerd.address)
-    config = shared_context(tmp_path)
-    config.write_text(config.read_text().replace("}}\n", "}, roles: [worker]}\n")
-                      + "    bundles: [worker]\n")
-    bake(config, 2, capsys)
-    lock = json.loads(lock_bytes(config))
-    (bundle,) = lock["bundles"]
-    (tmp_path / "store" / bundle["key"]).unlink()
-    # A fresh engine: both images are kept from the store (inputs unchanged), and the lost
-    # bundle is exported from them, loaded back into the engine from their stored objects.
-    monkeypatch.setenv("DOCKER_HOST", fresh_dockerd.address)
-    assert bake(config, 2, capsys) == {"uploaded": 1, "unchanged": 2}
-    again = json.loads(lock_bytes(config))
-    assert again["images"] == lock["images"]
-    assert again["bundles"][0]["image_ids"] == bundle["image_ids"]
-    assert (tmp_path / "store" / again["bundles"][0]["key"]).is_file()
-
-
 def test_a_rebuilt_base_image_rebuilds_what_uses_it(
         tmp_path: Path, dockerd: localengine.Daemon, docker_client: docker.DockerClient,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

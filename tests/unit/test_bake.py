@@ -74,9 +74,9 @@ class FakeEngine:
             return None
         return ImageInfo(image_id, len(self.content[image_id]), "linux/amd64", (ref,), ())
 
-    def export(self, refs: list[str]) -> Iterator[bytes]:
-        self.exports.append(list(refs))
-        data = docker_save([(ref, [self.content[self.tags[ref]]]) for ref in refs])
+    def export(self, ref: str) -> Iterator[bytes]:
+        self.exports.append([ref])
+        data = docker_save([(ref, [self.content[self.tags[ref]]])])
         for start in range(0, len(data), 1000):
             yield data[start:start + 1000]
 
@@ -91,7 +91,6 @@ environments:
   dev:
     registry: registry.example.com
     store: {type: dir, path: store}
-    bundles: [worker]
 """
 
 
@@ -128,9 +127,6 @@ def test_bake_publishes_and_locks(project: Path) -> None:
                                                                    "linux/amd64")
     assert archived.layers[0][0] == "application/vnd.oci.image.layer.v1.tar+zstd"
     assert a.uncompressed_size > 5000
-    (bundle,) = lock.bundles
-    assert bundle.role == "worker"
-    assert bundle.refs == tuple(sorted(i.ref for i in lock.images))  # a and c have every role
     assert lockfile.read(project / "dist/dev/images.lock.json") == lock
     assert (project / "store/locks/dev/images.lock.json").read_text() == lockfile.to_json(lock)
 
@@ -174,11 +170,7 @@ def test_unchanged_build_inputs_build_nothing_even_on_a_fresh_engine(project: Pa
     fresh.exports.clear()
     run(project, fresh)
     assert fresh.builds == ["registry.example.com/f/a:v1"]
-    # the bundle holds b too: b is loaded back from its stored object for the new bundle
-    assert sorted(map(tuple, fresh.exports)) == [
-        ("registry.example.com/f/a:v1",),
-        ("registry.example.com/f/a:v1", "registry.example.com/f/b:v1",
-         "registry.example.com/f/c:v1")]
+    assert fresh.exports == [["registry.example.com/f/a:v1"]]
 
 
 def test_a_lock_without_inputs_still_reads_and_gains_them(project: Path) -> None:
@@ -203,18 +195,14 @@ def test_a_changed_image_or_setting_is_exported_again(project: Path) -> None:
     (project / "ctx-a/payload").write_text("changed")
     engine.exports.clear()
     run(project, engine)
-    assert sorted(map(tuple, engine.exports)) == [
-        ("registry.example.com/f/a:v1",),
-        ("registry.example.com/f/a:v1", "registry.example.com/f/b:v1",
-         "registry.example.com/f/c:v1")]
+    assert engine.exports == [["registry.example.com/f/a:v1"]]
     text = (project / "images.yaml").read_text().replace(
-        "bundles: [worker]", "compression: {algorithm: gzip, level: 9}")
+        "path: store}\n", "path: store}\n    compression: {algorithm: gzip, level: 9}\n")
     (project / "images.yaml").write_text(text)
     engine.exports.clear()
     _, result = run(project, engine)
     assert len(engine.exports) == 3
     assert {i.compression for i in result.lock.images} == {"gzip"}
-    assert result.lock.bundles == ()
 
 
 def test_a_deleted_object_is_published_again(project: Path) -> None:
@@ -453,7 +441,7 @@ def test_a_lock_from_an_older_kiln_is_named_and_everything_is_stored_again(
         lockfile.read(path)
     engine.exports.clear()
     _, result = run(project, engine)
-    assert len(engine.exports) == 4  # three images and the bundle
+    assert len(engine.exports) == 3
     assert lockfile.read(path) == result.lock
 
 

@@ -87,6 +87,12 @@ def test_unknown_keys_suggest(tmp_path: Path) -> None:
         tmp_path, text)
 
 
+def test_bundles_are_an_unknown_key_that_says_they_were_removed(tmp_path: Path) -> None:
+    text = GOOD.replace("    compression: gzip\n", "    compression: gzip\n    bundles: [worker]\n")
+    assert ("images.yaml:22:5: environment 'prod': unknown key 'bundles' (bundles were removed: "
+            "each image is stored as its own object; delete the key)") in problems(tmp_path, text)
+
+
 def test_every_problem_is_reported(tmp_path: Path) -> None:
     text = """
     version: 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln import lock as lockfile
 from kiln.cli import main
 from tests.unit.test_bake import FakeEngine, project, run  # noqa: F401  (fixture)
 
@@ -28,7 +29,7 @@ def test_changes_against_the_lock(project: Path,  # noqa: F811
     text = (project / "images.yaml").read_text()
     text = text.replace('"${registry}/f/a:v1"', '"${registry}/f/a:v2"')
     text = text.replace("  - {name: c,", "  - {name: d,")
-    text = text.replace("bundles: [worker]", "compression: {algorithm: gzip}")
+    text = text.replace("path: store}\n", "path: store}\n    compression: {algorithm: gzip}\n")
     (project / "images.yaml").write_text(text)
     changes = {(c["kind"], c["name"]) for c in diff(project, capsys)["changes"]}
     assert changes == {("retagged", "a"), ("added", "d"), ("removed", "c"),
@@ -74,6 +75,29 @@ def test_objects_an_older_kiln_lock_names_are_spared(project: Path,  # noqa: F81
     assert [c["kind"] for c in found["changes"]] == ["added"] * 3  # all stored again
 
 
+def test_a_lock_with_bundles_still_reads_and_its_bundle_object_is_spared(
+        project: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    """A v2 lock from a kiln that still baked bundles: read as before (the list ignored), and
+    the bundle's object kept by a prune while a lock names it."""
+    _, result = run(project, FakeEngine())
+    bundle_key = f"blobs/sha256/{'b' * 64}"
+    (project / "store" / bundle_key).write_bytes(b"a bundle")
+    os.utime(project / "store" / bundle_key, (time.time() - 2 * 86400,) * 2)
+    data = json.loads(lockfile.to_json(result.lock))
+    data["bundles"] = [{"role": "worker", "refs": [], "image_ids": [], "sha256": "b" * 64,
+                        "size": 8, "uncompressed_size": 8, "compression": "zstd",
+                        "compression_level": 3, "key": bundle_key}]
+    for path in (project / "dist/dev/images.lock.json",
+                 project / "store/locks/dev/images.lock.json"):
+        path.write_text(json.dumps(data))
+        assert lockfile.read(path) == result.lock
+    assert lockfile.object_names(json.dumps(data))[bundle_key] == "bundle worker"
+    found = diff(project, capsys, "--prune", "--yes", "--grace", "0")
+    assert found["changes"] == [] and found["deleted"] == []
+    assert (project / "store" / bundle_key).exists()
+
+
 def aged(path: Path, days: float = 2) -> None:
     os.utime(path, (time.time() - days * 86400,) * 2)
 
@@ -109,7 +133,8 @@ def test_a_reused_object_restarts_its_grace(project: Path,  # noqa: F811
 
 
 def test_an_object_a_lock_names_but_the_store_lost_is_exit_1(
-        project: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+        project: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
     _, result = run(project, FakeEngine())
     image = result.lock.images[1]
     (project / "store" / image.key).unlink()
@@ -122,7 +147,8 @@ def test_an_object_a_lock_names_but_the_store_lost_is_exit_1(
 
 
 def test_unfinished_uploads_are_listed_and_pruned_when_old(
-        project: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+        project: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
     run(project, FakeEngine())
     partial = project / "store/blobs/sha256/.partial-abc123"
     partial.write_bytes(b"half an object")

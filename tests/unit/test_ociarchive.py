@@ -10,7 +10,6 @@ import json
 import signal
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import zstandard
@@ -18,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiln.config import Compression
-from kiln.ociarchive import ArchiveError, convert, describe, to_docker_archive
+from kiln.ociarchive import ArchiveError, convert, describe
 from tests.helpers import docker_save, image_config, layer_tar
 
 BASE = layer_tar({"etc/os-release": b"ID=kiln\n" * 100})
@@ -44,7 +43,7 @@ def members(archive: bytes) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("oci_shaped", [False, True], ids=["legacy", "docker25"])
-def test_a_bundle_becomes_one_index_with_shared_layers_stored_once(oci_shaped: bool) -> None:
+def test_several_images_become_one_index_with_shared_layers_stored_once(oci_shaped: bool) -> None:
     source = docker_save([("r.example/f/app:v1", [BASE, APP]),
                           ("r.example/f/tool:v2", [BASE, TOOL])], oci_shaped)
     archive, images = run(source)
@@ -159,25 +158,6 @@ def test_long_member_names_as_go_and_gnu_write_them(fmt: int) -> None:
         tar.addfile(link)
     _, images = run(out.getvalue())
     assert images == {"r.example/a:1": image_id([APP])}
-
-
-@pytest.mark.parametrize("algorithm", ["zstd", "gzip"])
-def test_a_stored_archive_becomes_a_loadable_docker_archive_with_the_same_ids(
-        tmp_path: Path, algorithm: str) -> None:
-    source = docker_save([("r.example/f/app:v1", [BASE, APP]),
-                          ("r.example/f/tool:v2", [BASE, TOOL])])
-    archive, images = run(source, Compression(algorithm, 3))
-    (tmp_path / "oci.tar").write_bytes(archive)
-    out = io.BytesIO()
-    to_docker_archive(str(tmp_path / "oci.tar"), out)
-    again, images_again = run(out.getvalue(), Compression(algorithm, 3))
-    assert (again, images_again) == (archive, images)  # the very same stored bytes
-    files = members(out.getvalue())
-    assert sorted(name for name in files if name.endswith("/layer.tar")) == sorted(
-        hashlib.sha256(layer).hexdigest() + "/layer.tar" for layer in (BASE, APP, TOOL))
-    (tmp_path / "bad.tar").write_bytes(layer_tar({"index.json": b"{}"}))
-    with pytest.raises(ArchiveError, match="not an OCI archive kiln wrote"):
-        to_docker_archive(str(tmp_path / "bad.tar"), io.BytesIO())
 
 
 # -- the reader is total: any byte string ends, fast, in a conversion or an ArchiveError -------

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import stat
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from kiln import config as config_mod
 from kiln.lock import Lock, LockedImage
-from kiln.vm import BEGIN, END, Trial, TryError, guest_url
+from kiln.vm import BEGIN, END, Trial, TryError, guest_url, store_for_guest
 from tests.helpers import write_tree
 
 IMAGE = LockedImage("dex", "r.example.com/f/dex:v1", "sha256:" + "1" * 64, "linux/amd64",
@@ -132,3 +134,21 @@ def test_try_reports_after_the_first_import_run_and_keeps_the_hold_gate(trial: T
     assert data["runcmd"][-2][:2] == ["sh", "-c"]  # the report, then poweroff
     # (the drop-in reaches the shell through shlex quoting: its own quotes are escaped)
     assert "ExecStartPre=/bin/sh -c '\"'\"'systemctl is-active" in data["bootcmd"][0]
+
+
+def test_the_store_for_a_guest_is_served_or_its_url_rewritten(tmp_path: Path) -> None:
+    """One helper for `try` and `golden`: a dir store is served for the block only."""
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs/x").write_bytes(b"object")
+    with store_for_guest(config_mod.DirStore(tmp_path)) as url:
+        assert url is not None and url.startswith("http://10.0.2.2:")
+        local = url.replace("10.0.2.2", "127.0.0.1")
+        with urllib.request.urlopen(local + "blobs/x", timeout=5) as response:
+            assert response.read() == b"object"
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(local + "blobs/x", timeout=5)
+    s3 = config_mod.S3Store(bucket="b", url="http://localhost:9000/b/")
+    with store_for_guest(s3) as url:
+        assert url == "http://10.0.2.2:9000/b/"
+    with store_for_guest(config_mod.S3Store(bucket="b")) as url:
+        assert url is None
