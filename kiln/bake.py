@@ -24,7 +24,7 @@ from kiln.model import ArchiveSource, BuildSource, Config, Environment, Image, P
 from kiln.ports import Engine
 from kiln.progress import Reporter, human
 from kiln.publish import Published, publish
-from kiln.stores import Store, lock_key
+from kiln.stores import Store, blob_key, lock_key
 
 UPLOADS_BESIDE = 2  # images that may be uploading while `jobs` others compress
 
@@ -174,6 +174,8 @@ class Baker:
         S3 answers from its own checksum where it kept one (or, with verify_store, by reading
         the object back), else by size. An object with other bytes is noted as repaired: the
         bake stores it again."""
+        if key != blob_key(self.store.prefix, sha256):
+            return False  # not this store's content address for it: never touched, stored anew
         verdict = self.store.verify(key, sha256, size, deep=self.verify_store)
         if verdict is False and self.store.stat(key) is not None:
             # useless to every node (each refuses it by sha256): take it away, so that the

@@ -7,11 +7,13 @@ unchanged bake rewrites it byte for byte.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln import grammar
 from kiln.errors import KilnError
 from kiln.files import write_atomic
 
@@ -88,14 +90,41 @@ def from_json(text: str, where: str = "lock") -> Lock:
         if data.get("version") != LOCK_VERSION:
             raise KilnError(f"{where}: unsupported lock version {data.get('version')!r}")
         images = tuple(
-            LockedImage(**{**i, "roles": tuple(i["roles"])}) for i in data["images"]
+            _checked(LockedImage(**{**i, "roles": tuple(i["roles"])}), where)
+            for i in data["images"]
         )
         # a "bundles" list (older kilns) is not read: no node used one; object_names still
         # names their keys
         return Lock(environment=data["environment"], registry=data["registry"],
                     images=images, store=dict(data.get("store", {})))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise KilnError(f"{where}: not a kiln lock file ({type(exc).__name__}: {exc})") from None
+
+
+def _checked(image: LockedImage, where: str) -> LockedImage:
+    """A lock is a file anyone can edit: each value must have the shape kiln writes. The key
+    above all: it is exactly the content address of the sha256 (a bake may replace or delete
+    the object at that key; `../x` or another prefix's object must never be one)."""
+    rules: list[tuple[str, object, re.Pattern[str]]] = [
+        ("name", image.name, grammar.NAME), ("ref", image.ref, grammar.REFERENCE),
+        ("image_id", image.image_id, grammar.IMAGE_ID), ("sha256", image.sha256,
+                                                        grammar.SHA256_HEX),
+        ("platform", image.platform, grammar.PLATFORM),
+        ("compression", image.compression, grammar.COMPRESSION),
+        ("key", image.key, re.compile(grammar.PREFIX.pattern + "blobs/sha256/"
+                                      + re.escape(str(image.sha256)))),
+        *(("roles", role, grammar.ROLE) for role in image.roles),
+    ]
+    for field_name, value, pattern in rules:
+        if not grammar.matches(pattern, value):
+            raise KilnError(f"{where}: image {str(image.name)[:64]!r}: {field_name} "
+                            f"{str(value)[:100]!r} is not what kiln writes (edited by hand?)")
+    for field_name, number in (("size", image.size), ("uncompressed_size",
+                                                      image.uncompressed_size)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise KilnError(f"{where}: image {image.name!r}: {field_name} {number!r} is not a "
+                            "size")
+    return image
 
 
 def object_keys(text: str, where: str = "lock") -> set[str]:
@@ -112,7 +141,7 @@ def object_names(text: str, where: str = "lock") -> dict[str, str]:
         out.update((str(b["key"]), f"bundle {b.get('role', '?')}")
                    for b in data.get("bundles", []))
         return out
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise KilnError(f"{where}: not a kiln lock file ({type(exc).__name__}: {exc})") from None
 
 

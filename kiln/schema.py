@@ -16,7 +16,6 @@ from kiln.errors import Problem
 from kiln.model import Location, did_you_mean
 from kiln.yamlio import construct, mapping_items, position, scalar_value
 
-
 REMOVED_KEYS = {  # keys older kilns read: say why, not "did you mean"
     "bundles": " (bundles were removed: each image is stored as its own object; delete the key)",
 }

@@ -312,13 +312,19 @@ budget_spent=0
 # The status code and the Retry-After seconds of the last response in a --dump-header file
 # (several with redirects). An HTTP-date Retry-After is ignored: nodes keep no trusted clock
 # before they join, and the jittered back-off still applies.
+# >>> retry-after (tests run these functions on their own)
 last_status() { awk '/^HTTP\//{ c = $2 } END { print c }' "$1" 2>/dev/null || :; }
 retry_after() {
   ra=$(awk '/^HTTP\//{ v = "" }
     index(tolower($0), "retry-after:") == 1 { v = substr($0, 13); gsub(/[ \t\r]/, "", v) }
     END { print v }' "$1" 2>/dev/null || :)
-  case "$ra" in ''|*[!0-9]*) ;; *) printf '%s' "$ra" ;; esac
+  case "$ra" in ''|*[!0-9]*) return 0 ;; esac
+  ra=${ra#"${ra%%[!0]*}"}  # no leading zeros: $((08)) is an error in sh, $((010)) is 8
+  [ -n "$ra" ] || ra=0
+  [ "${#ra}" -le 9 ] || ra=999999999  # longer than any budget: give up this image for the run
+  printf '%s' "$ra"
 }
+# <<< retry-after
 
 # One download, in the background: retries with back-off, resuming the partial file. Its last
 # line on stderr is its verdict. URL and credentials reach curl on stdin (-K -), never in argv.

@@ -406,3 +406,23 @@ def test_node_settings_in_the_data_file_are_whole_numbers_only(node: Node, line:
         f"kiln-import: error: {data}: {key} must be a whole number of seconds above 0, "
         f"not '{value}'")
     assert node.server.requests == []
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("Retry-After: 08", "8"), ("retry-after:010", "10"), ("Retry-After: 000", "0"),
+    ("Retry-After: 7\r", "7"), ("Retry-After: 99999999999999", "999999999"),
+    ("Retry-After: -5", ""), ("Retry-After: 5s", ""),
+    ("Retry-After: Wed, 21 Oct 2026 07:28:00 GMT", ""), ("X-Other: 3", ""),
+])
+def test_retry_after_is_read_as_decimal_seconds(tmp_path: Path, header: str,
+                                                seconds: str) -> None:
+    """A zero-padded Retry-After is decimal (sh reads 010 as octal and 08 as an error); junk
+    and the HTTP-date form give nothing; a huge value is capped. (Fails before this change:
+    08 aborted the arithmetic, 010 waited 8 s.)"""
+    block = tmp_path / "retry-after.sh"
+    block.write_text(importer_block("retry-after"))
+    headers = tmp_path / "headers"
+    headers.write_text(f"HTTP/1.1 503 Slow Down\r\n{header}\r\n\r\n")
+    done = subprocess.run(["sh", "-c", '. "$1"; retry_after "$2"', "_", str(block),
+                           str(headers)], capture_output=True, text=True, check=True)
+    assert done.stdout == seconds

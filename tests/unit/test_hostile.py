@@ -561,3 +561,32 @@ def test_golden_is_a_command_with_the_exit_contract(tmp_path: Path,
     assert capsys.readouterr().err.startswith("kiln: error: no environment 'nope'")
     assert main(["golden", "--env", "dev", "--config", config]) == 2
     assert "names no packer sources" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("key", "../../VICTIM.txt"), ("key", "/etc/passwd"), ("key", f"other/blobs/sha256/{SHA}x"),
+    ("key", "blobs/sha256/" + "b" * 64), ("sha256", "A" * 64), ("image_id", "sha256:1"),
+    ("size", -1), ("roles", ["worker\nx"]), ("name", "Dex"),
+])
+def test_a_lock_value_kiln_would_not_write_is_refused_when_read(tmp_path: Path, field: str,
+                                                                value: object) -> None:
+    """A hand-edited key like `../../x` made a bake "repair" (delete) a file outside the
+    store (adversarial review); every value of a lock is checked when it is read."""
+    from kiln import lock as lockfile
+
+    path = tmp_path / "images.lock.json"
+    lockfile.write(path, LOCK)
+    data = json.loads(path.read_text())
+    data["images"][0][field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(KilnError, match="is not what kiln writes|is not a size"):
+        lockfile.read(path)
+
+
+def test_a_deeply_nested_lock_is_a_one_line_error(tmp_path: Path) -> None:
+    from kiln import lock as lockfile
+
+    path = tmp_path / "images.lock.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(KilnError, match="not a kiln lock file"):
+        lockfile.read(path)

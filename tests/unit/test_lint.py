@@ -207,7 +207,8 @@ def test_lint_with_a_lock_says_where_each_chart_image_comes_from(
     from kiln.lock import Lock, LockedImage
 
     image = LockedImage("registry", "registry.example.com/foundation/registry:v0.4.2",
-                        "sha256:1", "linux/amd64", "s", 1, 1, "zstd", 1, "k", (), "build")
+                        "sha256:" + "1" * 64, "linux/amd64", "2" * 64, 1, 1, "zstd", 1,
+                        "blobs/sha256/" + "2" * 64, (), "build")
     lockfile.write(tree / "l.json", Lock("dev", "registry.example.com", images=(image,)))
     main(["lint", "--env", "dev", "--lock", "l.json", "--format", "json"])
     sources = {(f["file"], f["line"]): (f["level"], f["message"])
