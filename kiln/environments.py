@@ -186,7 +186,7 @@ class EnvironmentReader(NodeReader):
 
     def url(self, node: yaml.Node, what: str) -> str | None:
         value = self.string(node, what)
-        if value is not None and not grammar.matches(grammar.URL, value):
+        if value is not None and not grammar.matches(grammar.BASE_URL, value):
             self.error(node, f"{what} must be an http:// or https:// URL of RFC 3986 "
                              f"characters, not {value!r}")
             return None

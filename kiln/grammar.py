@@ -27,6 +27,10 @@ COMPRESSION = re.compile(r"zstd|gzip", re.ASCII)
 # RFC 3986 characters only: no space, quote, backslash, control character or non-ASCII.
 URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/?#\-]*)?",
                  re.ASCII)
+# A base URL from images.yaml (store url, endpoint): object keys are appended to it, so no
+# query, fragment or shell-looking character: scheme, host, port, a plain path.
+BASE_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!+,=:@%/-]*)?",
+                      re.ASCII)
 OBJECT_KEY = re.compile(r"[A-Za-z0-9!_.*'()/-]{1,1024}", re.ASCII)  # S3's safe characters
 PREFIX = re.compile(r"(?:[A-Za-z0-9!_.*'()-]+/)*", re.ASCII)
 BUCKET = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?", re.ASCII)

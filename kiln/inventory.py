@@ -7,7 +7,7 @@ Read with the same positioned reader as images.yaml (kiln/schema.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -22,6 +22,8 @@ from kiln.yamlio import compose_file, position
 class Node:
     hostname: str
     roles: tuple[str, ...]  # empty: every image
+    line: int = field(default=0, compare=False)  # where the inventory names it
+    column: int = field(default=0, compare=False)
 
 
 class _InventoryReader(NodeReader):
@@ -59,7 +61,8 @@ class _InventoryReader(NodeReader):
             roles = tuple(sorted(set(self.roles(rnode))))
             if len(self.problems) > count:
                 return None
-        return Node(hostname, roles)
+        line, column = position(item)
+        return Node(hostname, roles, line, column)
 
     def hostname(self, hnode: yaml.Node, seen: dict[str, int]) -> str | None:
         hostname = self.string(hnode, "hostname")

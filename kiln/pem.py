@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import stat
 import textwrap
 from pathlib import Path
 
@@ -92,7 +93,13 @@ def certificates(text: str, source: str) -> list[str]:
 def read_bundle(path: Path) -> str:
     """The canonical PEM text of the CA bundle at ``path``."""
     try:
-        data = path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"the CA bundle {path} is not a regular file")
+        if info.st_size > MAX_BUNDLE_BYTES:
+            raise BundleError(f"{path}: {info.st_size} bytes is too large for a CA bundle")
+        with path.open("rb") as stream:
+            data = stream.read(MAX_BUNDLE_BYTES + 1)
     except OSError as exc:
         raise BundleError(f"cannot read the CA bundle {path}: {exc.strerror or exc}") from None
     try:

@@ -301,6 +301,9 @@ def render(env: Environment, lock: Lock, dist: Path, locator: Locator, *,
         raise GoldenCredentialsError(golden_credentials_refusal(env) or
                                      f"environment {env.name!r}: credentials would be baked "
                                      f"into the golden image: pass {GOLDEN_FLAG} to accept")
+    if not lock.images:
+        raise RenderError(f"the lock of {env.name} lists no images: a node could never pass "
+                          "its import (bake first)")
     out = Rendered(secret=locator.secret, private=locator.private)
     renderer = Renderer(env, lock, locator)
     base = dist / env.name

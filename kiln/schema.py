@@ -5,7 +5,9 @@ reader goes on, so one run reports all of them.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,10 @@ from kiln.yamlio import construct, mapping_items, position, scalar_value
 REMOVED_KEYS = {  # keys older kilns read: say why, not "did you mean"
     "bundles": " (bundles were removed: each image is stored as its own object; delete the key)",
 }
+
+
+MAP_TAG = "tag:yaml.org,2002:map"
+NAME_MAX, PATH_MAX = 255, 4000  # Linux's limits (4096 for a path, with room for what kiln adds)
 
 
 class NotScalarType:
@@ -53,6 +59,10 @@ class NodeReader:
         ``unknown``: what to add to an unknown key's message (default: a "did you mean")."""
         if not isinstance(node, yaml.MappingNode):
             self.error(node, f"{what} must be a mapping")
+            return None
+        if node.tag != MAP_TAG:
+            self.error(node, f"{what}: the tag {node.tag!r} is not allowed here (a plain "
+                             "mapping is)")
             return None
         try:
             items = mapping_items(node)
@@ -137,18 +147,30 @@ class NodeReader:
 
     def relpath(self, node: yaml.Node, what: str) -> Path | None:
         value = self.string(node, what)
-        return None if value is None else self.root / value
+        if value is None:
+            return None
+        path = self.root / value
+        if len(str(path).encode()) > PATH_MAX or any(
+                len(part.encode()) > NAME_MAX for part in path.parts):
+            self.error(node, f"{what}: the path is too long (a file name has at most "
+                             f"{NAME_MAX} bytes, a path {PATH_MAX})")
+            return None
+        return path
 
     def input_file(self, node: yaml.Node, what: str) -> Path | None:
-        """A path to a file kiln reads (a CA bundle): it must exist and be readable now."""
+        """A path to a file kiln reads (a CA bundle): a regular file, readable now (a FIFO or
+        a device would hang or never end the read)."""
         path = self.relpath(node, what)
-        if path is not None:
-            try:
-                with path.open("rb"):
-                    pass
-            except OSError as exc:
-                self.error(node, f"{what}: cannot read {path}: {exc.strerror or exc}")
-                return None
+        if path is None:
+            return None
+        try:
+            info = path.stat()
+        except OSError as exc:
+            self.error(node, f"{what}: cannot read {path}: {exc.strerror or exc}")
+            return None
+        if not stat.S_ISREG(info.st_mode) or not os.access(path, os.R_OK):
+            self.error(node, f"{what}: {path} is not a readable regular file")
+            return None
         return path
 
     def checked(self, node: yaml.Node, what: str, pattern: re.Pattern[str], shape: str,

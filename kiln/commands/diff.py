@@ -69,7 +69,10 @@ def _prune(store: Store, report: StoreReport, local: set[str], grace: int) -> li
     named = referenced_keys(store, local)  # again, right before deleting
     deleted: list[str] = []
     for key in prunable(report.unreferenced, grace, now):
-        if key not in named:
+        # its age again, right before deleting: a bake may have reused (touched) it since the
+        # listing, and will name it in the lock it has not written yet
+        written = store.modified(key)
+        if key not in named and written is not None and time.time() - written >= grace:
             store.delete(key)
             deleted.append(key)
     for upload in prunable(report.partial, grace, now):

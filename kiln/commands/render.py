@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kiln.errors import EXIT_OK
-from kiln.inventory import load_inventory
+from kiln.errors import EXIT_OK, ConfigError, Problem
+from kiln.inventory import Node, load_inventory
+from kiln.lock import Lock, images_for_roles
 from kiln.model import Config, Environment
 from kiln.project import Project
 from kiln.render import (
@@ -25,6 +26,21 @@ def check_golden_credentials(env: Environment, allow: bool) -> None:
         raise GoldenCredentialsError(refusal)
 
 
+def check_nodes_get_images(nodes: list[Node], lock: Lock, inventory: str) -> None:
+    """A node whose roles select no image could never pass the import, so kubelet (held
+    until it does) would never start: refused at the node's place in the inventory."""
+    known = sorted({role for image in lock.images for role in image.roles})
+    problems = [
+        Problem(inventory, node.line, node.column,
+                f"node {node.hostname}: roles {list(node.roles)} select no image of the lock "
+                f"(roles there: {', '.join(known) or 'none'}; an image without roles goes "
+                "to every node)")
+        for node in nodes if not images_for_roles(lock, node.roles or None)
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
 def render_env(config: Config, env: Environment, dist: Path, inventory: str | None = None,
                quiet: bool = False, after_bake: bool = False,
                allow_credentials_in_golden_image: bool = False) -> int:
@@ -35,6 +51,8 @@ def render_env(config: Config, env: Environment, dist: Path, inventory: str | No
         return EXIT_OK
     lock = Project(config, env, dist).lock()
     nodes = load_inventory(Path(inventory), inventory) if inventory else None
+    if nodes is not None and inventory is not None:
+        check_nodes_get_images(nodes, lock, inventory)
     result = render(env, lock, dist, locator_for(env), nodes=nodes,
                     packer_dir=config.root / "packer",
                     allow_credentials_in_golden_image=allow_credentials_in_golden_image)

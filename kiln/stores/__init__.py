@@ -103,6 +103,10 @@ class Store(Protocol):
         or with ``deep`` by reading the object), None when only the size matched."""
         ...
 
+    def modified(self, key: str) -> float | None:
+        """When ``key`` was last written (seconds since the epoch), None when it is absent."""
+        ...
+
     def touch(self, key: str) -> None:
         """Mark ``key`` as just written, so that a prune running now keeps it (grace)."""
         ...

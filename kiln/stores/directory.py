@@ -163,6 +163,14 @@ class DirectoryStore:
         except OSError as exc:
             raise _os_error("reading", path, exc) from None
 
+    def modified(self, key: str) -> float | None:
+        try:
+            return (self.root / key).stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _os_error("reading", self.root / key, exc) from None
+
     def touch(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.utime(self.root / key)

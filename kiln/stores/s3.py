@@ -339,6 +339,17 @@ class S3ObjectStore:
         with self.open_read(key) as stream:
             return sha256_of(stream) == sha256
 
+    def modified(self, key: str) -> float | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise translate(exc, f"s3://{self.bucket}/{key}") from None
+        except Exception as exc:
+            raise translate(exc, f"s3://{self.bucket}/{key}") from None
+        return float(head["LastModified"].timestamp())
+
     def touch(self, key: str) -> None:
         """Copy the object onto itself: its LastModified becomes now (one server-side copy;
         objects over 5 GiB, which one copy cannot take, are left as they are)."""

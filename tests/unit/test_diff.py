@@ -164,3 +164,25 @@ def test_unfinished_uploads_are_listed_and_pruned_when_old(
 def test_a_bad_grace_is_exit_2(project: Path) -> None:  # noqa: F811
     assert main(["diff", "--env", "dev", "--config", str(project / "images.yaml"),
                  "--grace", "soon"]) == 2
+
+
+def test_an_object_reused_after_the_listing_is_not_pruned(project: Path) -> None:  # noqa: F811
+    """Listing, then a bake reuses an old orphan (touches it), then the delete loop: the age
+    is checked again right before deleting (adversarial review: it was deleted, and the
+    bake's lock then named a missing object)."""
+    from kiln import config as config_mod
+    from kiln.commands.diff import _prune
+    from kiln.diff import survey
+    from kiln.stores.directory import DirectoryStore
+
+    run(project, FakeEngine())
+    orphan = project / "store/blobs/sha256" / ("d" * 64)
+    orphan.write_bytes(b"an old orphan")
+    aged(orphan, 3)
+    env = config_mod.load(project / "images.yaml").environment("dev")
+    assert isinstance(env.store, config_mod.DirStore)
+    store = DirectoryStore(env.store)
+    report = survey(store, {})
+    store.touch(f"blobs/sha256/{'d' * 64}")  # a bake found it and reuses it
+    assert _prune(store, report, set(), 86400) == []
+    assert orphan.exists()

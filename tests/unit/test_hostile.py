@@ -590,3 +590,70 @@ def test_a_deeply_nested_lock_is_a_one_line_error(tmp_path: Path) -> None:
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(KilnError, match="not a kiln lock file"):
         lockfile.read(path)
+
+
+def test_a_node_whose_roles_select_no_image_is_refused_at_its_place(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under hold-kubelet such a node could never start kubelet, and render said nothing
+    (adversarial review)."""
+    from kiln import lock as lockfile
+    from kiln.cli import main
+
+    write_tree(tmp_path, {"images.yaml": BASE, "nodes.yaml":
+                          "nodes:\n  - {hostname: w-1, roles: [worker]}\n"
+                          "  - {hostname: w-2, roles: [wroker]}\n"})
+    lockfile.write(lockfile.lock_path(tmp_path / "dist", "dev"), LOCK)
+    code = main(["render", "--env", "dev", "--config", str(tmp_path / "images.yaml"),
+                 "--inventory", str(tmp_path / "nodes.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{tmp_path / 'nodes.yaml'}:3:5: node w-2: roles ['wroker'] select no image" in err
+
+
+def test_an_empty_lock_renders_nothing(tmp_path: Path) -> None:
+    env = load_text(tmp_path, BASE).environment("dev")
+    with pytest.raises(KilnError, match="lists no images"):
+        render(env, replace(LOCK, images=()), tmp_path / "dist",
+               PlainLocator("http://127.0.0.1:8080/"))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/mirror#", "http://a/x?y=1",
+                                 "http://a/$(reboot)/", "http://a/it's/", "http://a/a;b",
+                                 "http://a/a&b", "http://a/*"])
+def test_a_base_url_takes_no_query_fragment_or_shell_characters(tmp_path: Path,
+                                                                 url: str) -> None:
+    """Keys are appended to the base URL: `#` or `?` sent every node to the wrong object
+    (adversarial review)."""
+    with pytest.raises(ConfigError) as excinfo:
+        load_text(tmp_path, BASE.replace('"http://127.0.0.1:8080/"', dq(url)))
+    assert [p.line for p in excinfo.value.problems] == [7]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_ca_bundle_that_is_not_a_regular_file_is_refused_at_load(tmp_path: Path,
+                                                                   kind: str) -> None:
+    """/dev/zero exhausted memory, a FIFO hung lint and render (adversarial review)."""
+    import os
+
+    target = {"fifo": str(tmp_path / "ca.pem"), "device": "/dev/zero",
+              "folder": str(tmp_path)}[kind]
+    if kind == "fifo":
+        os.mkfifo(target)
+    with pytest.raises(ConfigError) as excinfo:
+        load_text(tmp_path, BASE + f"    node: {{ca_bundle: {dq(target)}}}\n")
+    assert "not a readable regular file" in excinfo.value.problems[0].message
+
+
+def test_an_over_long_store_path_is_positioned(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_text(tmp_path, BASE.replace("path: store", "path: " + "s" * 300))
+    assert [p.line for p in excinfo.value.problems] == [7]
+    assert "too long" in excinfo.value.problems[0].message
+
+
+@pytest.mark.parametrize("tagged", ["!!python/object:os.system {}", "!!set {a, b}",
+                                    "!!omap [{parallel: 2}]"])
+def test_a_tagged_mapping_is_refused(tmp_path: Path, tagged: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_text(tmp_path, BASE + f"    node: {tagged}\n")
+    assert [p.line for p in excinfo.value.problems] == [8]
