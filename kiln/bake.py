@@ -10,6 +10,7 @@ that does not exist.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -70,6 +71,8 @@ class Baker:
         self.uploaded: list[str] = []
         self.reused: list[str] = []
         self.repaired: list[str] = []
+        self.created: list[str] = []  # keys this bake stored that were absent before
+        self.created_lock = threading.Lock()
         self.verify_store = verify_store  # S3: read back objects without a server checksum
 
     # -- one image ----------------------------------------------------------------------------
@@ -196,6 +199,9 @@ class Baker:
         self.reporter.finish(label, f"{verb} {human(published.uncompressed_size)} -> "
                                     f"{human(published.size)} {published.key}")
         (self.uploaded if published.uploaded else self.reused).append(label)
+        if published.uploaded:
+            with self.created_lock:
+                self.created.append(published.key)
         return published
 
     # -- the whole bake -----------------------------------------------------------------------
@@ -203,13 +209,32 @@ class Baker:
     def run(self) -> BakeResult:
         self.store.check()
         images = self.config.images_for(self.env)
-        entries = self._parallel([(image.name, self._task(image)) for image in images])
-        new = Lock(environment=self.env.name, registry=self.env.registry,
-                   images=tuple(sorted(entries, key=lambda e: e.name)), store=self.store.facts())
-        lockfile.write(self.lock_path, new)
+        try:
+            entries = self._parallel([(image.name, self._task(image)) for image in images])
+            new = Lock(environment=self.env.name, registry=self.env.registry,
+                       images=tuple(sorted(entries, key=lambda e: e.name)),
+                       store=self.store.facts())
+            lockfile.write(self.lock_path, new)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: before the lock, so nothing names them
+            self._drop_created()
+            raise
         self.store.put_bytes(lock_key(self.store.prefix, self.env.name),
                              lockfile.to_json(new).encode())
         return BakeResult(new, tuple(self.uploaded), tuple(self.reused), tuple(self.repaired))
+
+    def _drop_created(self) -> None:
+        """Take away the objects this bake created (their keys were absent before): an
+        interrupted bake leaves the store as it was, also when the interrupt landed just after
+        an upload completed. Best effort: what stays is complete, and `diff --prune` takes it."""
+        with self.created_lock:
+            keys, self.created = self.created, []
+        named: set[str] = set()
+        with contextlib.suppress(OSError, KilnError):  # interrupted just after the lock landed
+            named = lockfile.object_keys(self.lock_path.read_text(), str(self.lock_path))
+        for key in keys:
+            if key not in named:
+                with contextlib.suppress(Exception):
+                    self.store.delete(key)
 
     def _task(self, image: Image) -> Callable[[], LockedImage]:
         return lambda: self.bake_image(image)
