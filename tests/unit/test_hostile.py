@@ -579,7 +579,7 @@ def test_a_lock_value_kiln_would_not_write_is_refused_when_read(tmp_path: Path, 
     data = json.loads(path.read_text())
     data["images"][0][field] = value
     path.write_text(json.dumps(data))
-    with pytest.raises(KilnError, match="is not what kiln writes|is not a size"):
+    with pytest.raises(KilnError, match=r"is not what kiln writes|is not a size"):
         lockfile.read(path)
 
 
