@@ -120,6 +120,9 @@ class Trial:
     memory: int = 2048
     cpus: int = 2
     serve_store: bool = True  # False: boot with no store reachable (a golden image)
+    # True: the report waits until the import has succeeded (systemd retrying it), as a
+    # hold-kubelet node's join step does; False: it comes after the first run, whatever it did
+    wait_for_import: bool = False
     log: Callable[[str], None] = print
 
     def user_data(self, base_url: str) -> bytes:
@@ -133,7 +136,7 @@ class Trial:
         # the report runs after the first import run, whatever its result (hold-kubelet would
         # wait for a success that may never come); the units keep the environment's policy
         renderer = Renderer(env, self.lock, PlainLocator(base_url),
-                            runcmd_waits_for_success=False)
+                            runcmd_waits_for_success=self.wait_for_import)
         images = images_for_roles(self.lock, node_roles(self.role))
         data, _ = renderer.user_data_bytes(images, node_roles(self.role))
         return data

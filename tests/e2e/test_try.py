@@ -34,3 +34,57 @@ def test_try_imports_every_image_before_kubelet(dev_project: Path, base_image: B
     saw = [line for line in report if line.startswith("kubelet-saw: ")]
     assert saw and saw[0].endswith(f"images={len(lock['images'])}"), report
     assert any(line.startswith("ctr: registry.example.com/foundation/") for line in report)
+
+
+def test_a_store_down_at_boot_recovers_without_anyone_logging_in(
+        dev_project: Path, base_image: BaseImage) -> None:
+    """The store answers 503 for the first OUTAGE seconds of the boot: the first import run
+    spends its budget and fails, systemd restarts the unit (with the importer's back-off), a
+    later run imports everything, and kubelet (held meanwhile) starts with every image there.
+    Real systemd, cloud-init and containerd in the guest; the outage is real HTTP 503s."""
+    import threading
+    import time
+    from dataclasses import replace
+
+    from kiln import config as config_mod
+    from kiln import lock as lockfile
+    from kiln.model import S3Store
+    from kiln.vm import Trial
+    from tests.integration.nodes import FaultyServer
+
+    outage = 45.0
+    config = config_mod.load(dev_project / "images.yaml")
+    env = config.environment("dev")
+    assert isinstance(env.store, config_mod.DirStore)
+    lock = lockfile.read(lockfile.lock_path(dev_project / "dist", "dev"))
+    assert lock is not None
+    server = FaultyServer(env.store.path)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for image in lock.images:
+        server.faults[image.key] = ["503"] * 100_000
+
+    def lift() -> None:
+        while not server.requests:
+            time.sleep(0.2)
+        time.sleep(outage)
+        server.faults.clear()
+
+    threading.Thread(target=lift, daemon=True).start()
+    port = server.server_address[1]
+    down = replace(env, store=S3Store(bucket="unused", url_mode="plain",
+                                      url=f"http://127.0.0.1:{port}/"),
+                   node=replace(env.node, import_budget=15, retry_max_delay=5))
+    assert down.node.on_import_failure == "hold-kubelet"
+    try:
+        result = Trial(down, lock, base_image.disk, kernel=base_image.kernel,
+                       initrd=base_image.initrd, wait_for_import=True, log=lambda _: None).run()
+    finally:
+        server.release.set()
+        server.shutdown()
+    report = result.lines
+    assert result.ok, report
+    restarts = [line for line in report if line.startswith("unit: NRestarts=")]
+    assert restarts and int(restarts[0].split("=", 1)[1]) >= 1, report  # systemd retried it
+    saw = [line for line in report if line.startswith("kubelet-saw: ")]
+    assert saw and saw[0].endswith(f"images={len(lock.images)}"), report
+    assert len([r for r in server.requests if r]) > len(lock.images)  # it did meet the 503s
