@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kiln import config as config_mod  # noqa: E402
+from kiln.inventory import load_inventory  # noqa: E402
 from kiln.lock import Lock, LockedImage  # noqa: E402
-from kiln.render import PlainLocator, Renderer, load_inventory, render  # noqa: E402
+from kiln.render import PlainLocator, Renderer, render  # noqa: E402
 
 ROLES = (("control-plane",), ("worker",), ("worker", "gpu"), ("storage",))
 
