@@ -246,16 +246,20 @@ class S3ObjectStore:
     def _at(self) -> str:
         return f" at {self.settings.endpoint}" if self.settings.endpoint else ""
 
-    def stat(self, key: str) -> int | None:
+    def head(self, key: str, **extra: str) -> dict[str, Any] | None:
+        """HEAD of ``key``: its headers, or None when there is no such object."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            return dict(self.client.head_object(Bucket=self.bucket, Key=key, **extra))
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
             raise translate(exc, f"s3://{self.bucket}/{key}") from None
         except Exception as exc:
             raise translate(exc, f"s3://{self.bucket}/{key}") from None
-        return int(head["ContentLength"])
+
+    def stat(self, key: str) -> int | None:
+        head = self.head(key)
+        return None if head is None else int(head["ContentLength"])
 
     def writer(self, size_hint: int, cancel: threading.Event | None = None) -> S3Writer:
         return S3Writer(self, cancel)
@@ -321,15 +325,8 @@ class S3ObjectStore:
         """The server's own SHA-256 checksum when it kept a whole-object one (an upload made
         with one; a multipart upload's is a checksum of part checksums, "...-N", not
         comparable); else, with ``deep``, the object read and hashed; else None."""
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise translate(exc, f"s3://{self.bucket}/{key}") from None
-        except Exception as exc:
-            raise translate(exc, f"s3://{self.bucket}/{key}") from None
-        if int(head["ContentLength"]) != size:
+        head = self.head(key, ChecksumMode="ENABLED")
+        if head is None or int(head["ContentLength"]) != size:
             return False
         checksum = str(head.get("ChecksumSHA256") or "")
         if checksum and "-" not in checksum:
@@ -340,15 +337,8 @@ class S3ObjectStore:
             return sha256_of(stream) == sha256
 
     def modified(self, key: str) -> float | None:
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return None
-            raise translate(exc, f"s3://{self.bucket}/{key}") from None
-        except Exception as exc:
-            raise translate(exc, f"s3://{self.bucket}/{key}") from None
-        return float(head["LastModified"].timestamp())
+        head = self.head(key)
+        return None if head is None else float(head["LastModified"].timestamp())
 
     def touch(self, key: str) -> None:
         """Copy the object onto itself: its LastModified becomes now (one server-side copy;
