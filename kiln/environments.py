@@ -18,6 +18,7 @@ from kiln.model import (
     LEVELS,
     MAX_PRESIGN_SECONDS,
     RULE_IDS,
+    ChartRelease,
     CloudInitSnippets,
     Compression,
     DirStore,
@@ -67,6 +68,31 @@ class EnvironmentReader(NodeReader):
                 out[name] = env
         return out
 
+    def chart_entries(self, node: yaml.Node
+                      ) -> tuple[tuple[PathAt, ...], tuple[ChartRelease, ...]]:
+        """Plain paths (scanned file by file) and ``{chart, values}`` releases."""
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, "charts must be a list")
+            return (), ()
+        paths, releases = [], []
+        for item in node.value:
+            if not isinstance(item, yaml.MappingNode):
+                value = self.string(item, "each of charts")
+                if value is not None:
+                    paths.append(PathAt(self.root / value, self.at(item)))
+                continue
+            fields = self.mapping(item, "charts entry", ("chart", "values"), ("chart",))
+            if fields is None:
+                continue
+            chart = self.string(fields["chart"][1], "chart")
+            values = (self.strings(fields["values"][1], "values") if "values" in fields
+                      else [])
+            if chart is not None:
+                releases.append(ChartRelease(
+                    PathAt(self.root / chart, self.at(fields["chart"][1])),
+                    tuple(PathAt(self.root / v, self.at(n)) for n, v in values)))
+        return tuple(paths), tuple(releases)
+
     def environment(self, name: str, key: yaml.Node, node: yaml.Node) -> Environment | None:
         what = f"environment {name!r}"
         fields = self.mapping(
@@ -96,9 +122,9 @@ class EnvironmentReader(NodeReader):
                 packer = tuple(self.matching(pfields["sources"][1], "packer source",
                                              grammar.PACKER_SOURCE, "source.BUILDER.NAME"))
         charts: tuple[PathAt, ...] = ()
+        releases: tuple[ChartRelease, ...] = ()
         if "charts" in fields:
-            charts = tuple(PathAt(self.root / v, self.at(n))
-                           for n, v in self.strings(fields["charts"][1], "charts"))
+            charts, releases = self.chart_entries(fields["charts"][1])
         lint = self.lint_settings(fields["lint"][1]) if "lint" in fields else LintSettings()
         snippets = (self.cloud_init(fields["cloud_init"][1]) if "cloud_init" in fields
                     else CloudInitSnippets())
@@ -108,7 +134,7 @@ class EnvironmentReader(NodeReader):
             name=name, registry=registry, store=store, node=node_settings,
             compression=compression, packer_sources=packer, charts=charts,
             lint=lint, at=self.at(key), registry_at=self.at(fields["registry"][1]),
-            cloud_init=snippets,
+            cloud_init=snippets, releases=releases,
             registry_ca=(self.input_file(fields["registry_ca"][1], "registry_ca")
                          if "registry_ca" in fields else None),
         )

@@ -33,6 +33,7 @@ RULE_IDS = (
     "chart-undeclared",
     "chart-mismatch",
     "pull-policy-always",
+    "image-unresolved",
 )
 _DURATION_RE = re.compile(r"([0-9]{1,9})([smhd]?)", re.ASCII)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -157,6 +158,14 @@ class LintSettings:
 
 
 @dataclass(frozen=True)
+class ChartRelease:
+    """A ``charts:`` entry ``{chart: DIR, values: [FILE, ...]}``: one chart and its overrides."""
+
+    chart: PathAt
+    values: tuple[PathAt, ...] = ()
+
+
+@dataclass(frozen=True)
 class Environment:
     name: str
     registry: str
@@ -170,6 +179,7 @@ class Environment:
     registry_at: Location
     cloud_init: CloudInitSnippets = CloudInitSnippets()
     registry_ca: Path | None = None  # CA bundle of the registry, for push / verify-registry
+    releases: tuple[ChartRelease, ...] = ()  # charts linted by their effective values
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,14 @@ import json
 from dataclasses import asdict, dataclass
 
 from kiln import refs
-from kiln.lint.charts import scan
+from kiln.errors import ConfigError, Problem
+from kiln.lint.charts import ChartRef, scan
 from kiln.lint.context import Hit, LintContext
+from kiln.lint.conventions import Unresolved, image_refs
 from kiln.lint.rules import RULES
+from kiln.lint.values import load_release
 from kiln.lock import Lock
-from kiln.model import Config, Environment
+from kiln.model import Config, Environment, Location
 
 __all__ = ["Finding", "Hit", "LintContext", "format_json", "format_text", "has_errors", "run"]
 
@@ -35,8 +38,9 @@ def run(config: Config, env: Environment, lock: Lock | None = None) -> list[Find
     With a ``lock``, each chart reference is also reported with where a cold node gets it
     (rule ``chart-source``): the node cache, the registry (only once it runs), or nowhere.
     """
+    chart_refs, unresolved = release_refs(env)
     ctx = LintContext(config=config, env=env, images=config.images_for(env),
-                      chart_refs=tuple(scan(env.charts)))
+                      chart_refs=tuple(scan(env.charts)) + chart_refs, unresolved=unresolved)
     findings = []
     for rule in RULES:
         level = env.lint.levels.get(rule.ID, rule.LEVEL)
@@ -48,6 +52,30 @@ def run(config: Config, env: Environment, lock: Lock | None = None) -> list[Find
     if lock is not None:
         findings.extend(chart_sources(ctx, lock))
     return sorted(findings, key=lambda f: (f.file, f.line, f.column, f.rule))
+
+
+def release_refs(env: Environment
+                 ) -> tuple[tuple[ChartRef, ...], tuple[tuple[Location, str], ...]]:
+    """The images of each ``{chart, values}`` entry, from the chart's effective values."""
+    found: list[ChartRef] = []
+    unresolved: list[tuple[Location, str]] = []
+    for release in env.releases:
+        if not (release.chart.path / "Chart.yaml").is_file():
+            at = release.chart.at
+            raise ConfigError([Problem(at.path, at.line, at.column,
+                                       f"chart: no Chart.yaml in {release.chart.path}")])
+        for entry in release.values:
+            if not entry.path.is_file():
+                at = entry.at
+                raise ConfigError([Problem(at.path, at.line, at.column,
+                                           f"values: no such file: {entry.path}")])
+        chart = load_release(release.chart.path, [v.path for v in release.values])
+        for item in image_refs(chart):
+            if isinstance(item, Unresolved):
+                unresolved.append((item.at, item.key))
+            else:
+                found.append(item)
+    return tuple(found), tuple(unresolved)
 
 
 def chart_sources(ctx: LintContext, lock: Lock) -> list[Finding]:

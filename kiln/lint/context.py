@@ -14,6 +14,7 @@ class LintContext:
     env: Environment
     images: tuple[Image, ...]  # refs resolved for env
     chart_refs: tuple[ChartRef, ...]
+    unresolved: tuple[tuple[Location, str], ...] = ()  # image maps no convention resolves
 
 
 @dataclass(frozen=True)

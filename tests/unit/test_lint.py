@@ -38,7 +38,7 @@ TREE = {
           dev:
             registry: registry.example.com
             store: {{type: dir, path: store}}
-            charts: [charts, manifest.yaml]
+            charts: [charts, manifest.yaml, {{chart: rel}}]
             lint: {{levels: {{unpinned-upstream: error}}}}
         """,
     "charts/app/Chart.yaml": "name: app\n",
@@ -56,6 +56,8 @@ TREE = {
         upstream:
           image: quay.io/somebody/else:v1
         """,
+    "rel/Chart.yaml": "name: rel\n",
+    "rel/values.yaml": "image:\n  repository: \"\"\n",
     "manifest.yaml": """
         apiVersion: v1
         kind: Pod
@@ -86,6 +88,7 @@ EXPECTED = [
     ("images.yaml", 16, 10, "error", "duplicate-ref"),
     ("manifest.yaml", 7, 24, "error", "pull-policy-always"),
     ("manifest.yaml", 14, 14, "error", "chart-mismatch"),
+    ("rel/values.yaml", 2, 3, "warning", "image-unresolved"),
 ]
 
 

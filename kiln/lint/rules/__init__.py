@@ -14,6 +14,7 @@ from kiln.lint.rules import (
     chart_undeclared,
     duplicate_name,
     duplicate_ref,
+    image_unresolved,
     mutable_tag,
     not_fully_qualified,
     pull_policy_always,
@@ -38,4 +39,5 @@ class Rule(Protocol):
 RULES: tuple[Rule, ...] = tuple(cast(Rule, module) for module in (
     not_fully_qualified, mutable_tag, registry_mismatch, duplicate_ref, duplicate_name,
     unpinned_upstream, chart_undeclared, chart_mismatch, pull_policy_always,
+    image_unresolved,
 ))

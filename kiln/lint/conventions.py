@@ -1,0 +1,149 @@
+"""The image-map shapes real charts use, as data: one entry of a few lines per convention.
+
+A map under an ``image`` key (or any ``*Image`` key, or one with a ``repository``) is an
+image map.  CONVENTIONS are tried in order; the first that resolves names the image.  To
+support another chart, add a function ``(map, chart) -> parts | None`` and list it here.
+A map that looks like an image but no convention resolves is reported (``image-unresolved``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from kiln.lint.charts import ChartRef
+from kiln.lint.values import Chart, Value
+from kiln.model import Location
+
+
+def _get(value: Value | None, *keys: str) -> Value | None:
+    for key in keys:
+        if value is None or value.children is None:
+            return None
+        value = value.children.get(key)
+    return value
+
+
+def _text(value: Value | None) -> str:
+    return value.text() if value is not None else ""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A resolved image: its name parts, each with the Value that set it."""
+
+    name: list[Value | None]  # joined with "/"
+    tag: Value | None
+    digest: Value | None
+
+
+Convention = Callable[[Value, Chart], "Parts | None"]
+
+
+def _tag(image: Value) -> Value | None:
+    return _get(image, "tag")
+
+
+def repository_map(image: Value, chart: Chart) -> Parts | None:
+    """``{registry?, repository, tag?, digest?}``; ``global.imageRegistry`` (Bitnami) wins,
+    then the map's ``registry``, then ``global.image.registry``."""
+    if not _text(_get(image, "repository")):
+        return None
+    registry = (_pick(_get(chart.values, "global", "imageRegistry"))
+                or _pick(_get(image, "registry"))
+                or _pick(_get(chart.values, "global", "image", "registry")))
+    return Parts([registry, _get(image, "repository")], _tag(image), _get(image, "digest"))
+
+
+def image_keyed_map(image: Value, chart: Chart) -> Parts | None:
+    """``{registry?, image: name, tag?, digest?}`` with ``global.image.registry``
+    (ingress-nginx)."""
+    if not _text(_get(image, "image")):
+        return None
+    registry = (_pick(_get(image, "registry"))
+                or _pick(_get(chart.values, "global", "image", "registry")))
+    return Parts([registry, _get(image, "image")], _tag(image), _get(image, "digest"))
+
+
+def namespace_map(image: Value, chart: Chart) -> Parts | None:
+    """``{imageRegistry?, imageNamespace?, name, tag?, digest?}``, each also under
+    ``global`` (cert-manager style)."""
+    if not _text(_get(image, "name")):
+        return None
+    registry = (_pick(_get(image, "imageRegistry"))
+                or _pick(_get(chart.values, "global", "imageRegistry")))
+    namespace = (_pick(_get(image, "imageNamespace"))
+                 or _pick(_get(chart.values, "global", "imageNamespace")))
+    if registry is None and namespace is None:
+        return None
+    return Parts([registry, namespace, _get(image, "name")], _tag(image), _get(image, "digest"))
+
+
+CONVENTIONS: tuple[Convention, ...] = (repository_map, image_keyed_map, namespace_map)
+
+_MARKERS = ("repository", "registry", "tag", "digest", "name", "image", "imageRegistry")
+
+
+def _pick(value: Value | None) -> Value | None:
+    return value if _text(value) else None
+
+
+def is_image_map(key: str, value: Value) -> bool:
+    if value.children is None:
+        return False
+    if key == "image" or key.endswith("Image"):
+        return any(k in value.children for k in _MARKERS)
+    return "repository" in value.children
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    at: Location
+    key: str
+
+
+def image_refs(chart: Chart) -> Iterator[ChartRef | Unresolved]:
+    """Every image of ``chart`` and its subcharts, as Helm's values resolve it."""
+    yield from _walk(chart.values, chart, "")
+    for sub in chart.subcharts:
+        yield from image_refs(sub)
+
+
+def _walk(value: Value, chart: Chart, key: str) -> Iterator[ChartRef | Unresolved]:
+    if value.children is None:
+        return
+    if key == "global":
+        return  # read by the conventions, never an image of its own
+    if is_image_map(key, value):
+        yield _resolve(value, chart, key)
+        return
+    for child_key, child in value.children.items():
+        if child_key == "image" and child.children is None and child.text():
+            yield ChartRef(child.text(), child.at, *_policy(value, "imagePullPolicy"))
+        else:
+            yield from _walk(child, chart, child_key)
+
+
+def _resolve(image: Value, chart: Chart, key: str) -> ChartRef | Unresolved:
+    for convention in CONVENTIONS:
+        parts = convention(image, chart)
+        if parts is None:
+            continue
+        text = "/".join(_text(p) for p in parts.name if _text(p))
+        tag = _text(parts.tag) or chart.app_version
+        if tag:
+            text += f":{tag}"
+        if _text(parts.digest):
+            text += f"@{_text(parts.digest)}"
+        setters = [parts.tag, parts.digest, *reversed(parts.name)]
+        overridden = [v for v in setters if v is not None and _text(v) and v.override]
+        at = overridden[0].at if overridden else image.at
+        return ChartRef(text, at, *_policy(image, "pullPolicy"))
+    return Unresolved(image.at, key)
+
+
+def _policy(value: Value, key: str) -> tuple[str | None, Location | None]:
+    policy = _get(value, key)
+    if policy is None or not policy.text():
+        return None, None
+    return policy.text(), policy.at
