@@ -104,7 +104,11 @@ class Unresolved:
 
 def image_refs(chart: Chart) -> Iterator[ChartRef | Unresolved]:
     """Every image of ``chart`` and its subcharts, as Helm's values resolve it."""
-    yield from _walk(chart.values, chart, "")
+    assert chart.values.children is not None
+    subcharts = {sub.folder.name for sub in chart.subcharts}
+    for key, value in chart.values.children.items():
+        if key not in subcharts:  # a subchart's values are resolved in its own scope
+            yield from _walk(value, chart, key)
     for sub in chart.subcharts:
         yield from image_refs(sub)
 

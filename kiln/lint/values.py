@@ -65,9 +65,12 @@ def tree(node: yaml.Node, path: str, override: bool) -> Value:
 
 
 def coalesce(base: Value | None, top: Value) -> Value:
-    """``top`` over ``base``: mappings merged recursively, ``null`` in ``top`` deletes."""
+    """``top`` over ``base``: mappings merged recursively, ``null`` in ``top`` deletes.
+
+    Nulls with nothing under them are kept (a later, deeper scope may need them); ``Chart``
+    values have them dropped once every layer is applied."""
     if base is None or base.children is None or top.children is None:
-        return _drop_nulls(top)
+        return top
     merged = dict(base.children)
     for key, value in top.children.items():
         if _is_null(value):
@@ -116,17 +119,17 @@ def load_chart(folder: Path, overrides: list[Value], globals_: Value | None = No
         values = coalesce(values, top)
     if values is None or values.children is None:
         values = Value(yaml.MappingNode("tag:yaml.org,2002:map", []), str(folder), False, {})
-    assert values.children is not None
+    children = dict(values.children or {})
     if globals_ is not None:
-        values.children["global"] = coalesce(values.children.get("global"), globals_)
-    chart = Chart(meta.get("name", folder.name), folder, values,
+        children["global"] = coalesce(children.get("global"), globals_)
+    values = Value(values.node, values.path, values.override, children)
+    chart = Chart(meta.get("name", folder.name), folder, _drop_nulls(values),
                   meta.get("appVersion", "").strip())
     for sub in sorted((folder / "charts").glob("*/Chart.yaml")):
-        name = sub.parent.name
-        scoped = values.children.get(name)
+        scoped = children.get(sub.parent.name)
         chart.subcharts.append(load_chart(
             sub.parent, [scoped] if scoped is not None and scoped.children is not None else [],
-            values.children.get("global")))
+            children.get("global")))
     return chart
 
 
