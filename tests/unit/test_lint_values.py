@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kiln import config, lint
+from kiln.errors import ConfigError
 from tests.helpers import write_tree
 
 CHARTS = {
@@ -146,5 +147,22 @@ def test_null_deletes_and_unresolved_map_warns(tmp_path: Path) -> None:
 def test_missing_values_file_is_a_config_error(tmp_path: Path) -> None:
     write_tree(tmp_path, {"images.yaml": IMAGES, **CHARTS})
     cfg = config.load(Path("images.yaml"), "images.yaml")
-    with pytest.raises(Exception, match="values: no such file"):
+    with pytest.raises(ConfigError, match="values: no such file"):
+        lint.run(cfg, cfg.environment("dev"))
+
+
+def test_chart_entry_is_checked_where_written(tmp_path: Path) -> None:
+    bad = IMAGES.replace("{chart: vendor/certs, values: [values/certs.yaml]}",
+                         "{chart: vendor/certs, value: [values/certs.yaml]}")
+    write_tree(tmp_path, {"images.yaml": bad, **CHARTS, **RIGHT})
+    with pytest.raises(ConfigError) as caught:
+        config.load(Path("images.yaml"), "images.yaml")
+    assert "images.yaml:17:31" in str(caught.value)
+
+
+def test_chart_without_chart_yaml_is_a_config_error(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"images.yaml": IMAGES, **CHARTS, **RIGHT})
+    (tmp_path / "vendor/certs/Chart.yaml").unlink()
+    cfg = config.load(Path("images.yaml"), "images.yaml")
+    with pytest.raises(ConfigError, match=r"images\.yaml:17:17: chart: no Chart\.yaml"):
         lint.run(cfg, cfg.environment("dev"))
