@@ -57,7 +57,8 @@ TREE = {
           image: quay.io/somebody/else:v1
         """,
     "rel/Chart.yaml": "name: rel\n",
-    "rel/values.yaml": "image:\n  repository: \"\"\n",
+    "rel/values.yaml": "image:\n  repository: \"\"\n"
+                       f"up:\n  image: docker.io/library/registry:2@{D}\n",
     "manifest.yaml": """
         apiVersion: v1
         kind: Pod
@@ -89,6 +90,7 @@ EXPECTED = [
     ("manifest.yaml", 7, 24, "error", "pull-policy-always"),
     ("manifest.yaml", 14, 14, "error", "chart-mismatch"),
     ("rel/values.yaml", 2, 3, "warning", "image-unresolved"),
+    ("rel/values.yaml", 4, 10, "error", "chart-upstream"),
 ]
 
 

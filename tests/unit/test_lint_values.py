@@ -166,3 +166,17 @@ def test_chart_without_chart_yaml_is_a_config_error(tmp_path: Path) -> None:
     cfg = config.load(Path("images.yaml"), "images.yaml")
     with pytest.raises(ConfigError, match=r"images\.yaml:17:17: chart: no Chart\.yaml"):
         lint.run(cfg, cfg.environment("dev"))
+
+
+def test_chart_still_on_the_upstream_source(tmp_path: Path) -> None:
+    pulled = IMAGES.replace(
+        "{name: ctl, ref: registry.example.com/ingress/controller:v1.11.2, build: ctx}",
+        "{name: ctl, ref: registry.example.com/ingress/controller:v1.11.2,\n"
+        "         pull: upstream.example.org/k8s/ingress-controller:v1.11.2}")
+    values = "controller:\n  image:\n    image: k8s/ingress-controller\n"
+    write_tree(tmp_path, {"images.yaml": pulled, **CHARTS, **RIGHT, "values/ingress.yaml": values})
+    cfg = config.load(Path("images.yaml"), "images.yaml")
+    found = [f for f in lint.run(cfg, cfg.environment("dev")) if f.rule.startswith("chart")]
+    assert [(f.file, f.line, f.rule) for f in found] == [
+        ("values/ingress.yaml", 3, "chart-upstream")]
+    assert "should be 'registry.example.com/ingress/controller:v1.11.2'" in found[0].message

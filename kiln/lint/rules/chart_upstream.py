@@ -1,0 +1,36 @@
+"""A chart still names a declared image's upstream ``pull:`` source instead of its ref."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kiln import refs
+from kiln.lint.charts import classify
+from kiln.lint.context import Hit, LintContext
+from kiln.model import Image, PullSource
+
+ID = "chart-upstream"
+LEVEL = "error"
+
+
+def _normal(text: str) -> str | None:
+    try:
+        return str(refs.normalize(text))
+    except refs.ReferenceError:
+        return None
+
+
+def check(ctx: LintContext) -> Iterator[Hit]:
+    upstream: dict[str, Image] = {}
+    for image in ctx.images:
+        if isinstance(image.source, PullSource):
+            key = _normal(image.source.ref)
+            if key is not None:
+                upstream.setdefault(key, image)
+    for found in ctx.chart_refs:
+        named = upstream.get(_normal(found.text) or "")
+        if named is None or classify(found.text, ctx.images, ctx.env.registry).kind in (
+                "declared", "mismatch"):
+            continue  # a declared ref is right; a mismatch is said by chart-mismatch
+        yield Hit(found.at, f"{found.text!r} is the upstream source of image {named.name!r}: "
+                            f"should be {named.ref!r}, the name the nodes hold")
