@@ -69,11 +69,12 @@ def scan(entries: tuple[PathAt, ...]) -> list[ChartRef]:
     for path in chart_files(entries):
         shown = display_path(path)
         for document in compose_file(path, shown):
-            found.extend(_refs_in(document, shown))
+            found.extend(refs_in(document, shown))
     return found
 
 
-def _refs_in(document: yaml.Node, path: str) -> Iterator[ChartRef]:
+def refs_in(document: yaml.Node, path: str) -> Iterator[ChartRef]:
+    """The image references anywhere below ``document`` (a file's, or a list in values)."""
     for node in walk(document):
         if not isinstance(node, yaml.MappingNode):
             continue

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from kiln.lint.charts import ChartRef
+import yaml
+
+from kiln.lint.charts import ChartRef, refs_in
 from kiln.lint.values import Chart, Value
 from kiln.model import Location
 
@@ -114,6 +116,8 @@ def image_refs(chart: Chart) -> Iterator[ChartRef | Unresolved]:
 
 
 def _walk(value: Value, chart: Chart, key: str) -> Iterator[ChartRef | Unresolved]:
+    if isinstance(value.node, yaml.SequenceNode):
+        yield from refs_in(value.node, value.path)  # e.g. extra containers, as written
     if value.children is None:
         return
     if key == "global":

@@ -180,3 +180,10 @@ def test_chart_still_on_the_upstream_source(tmp_path: Path) -> None:
     assert [(f.file, f.line, f.rule) for f in found] == [
         ("values/ingress.yaml", 3, "chart-upstream")]
     assert "should be 'registry.example.com/ingress/controller:v1.11.2'" in found[0].message
+
+
+def test_images_in_lists_of_containers(tmp_path: Path) -> None:
+    extra = RIGHT["values/certs.yaml"] + ("extraContainers:\n  - name: x\n    image: "
+                                          "registry.example.com/jetstack/other:v1\n")
+    assert findings(tmp_path, {"values/certs.yaml": extra}) == [
+        ("values/certs.yaml", 5, 12, "chart-undeclared")]
