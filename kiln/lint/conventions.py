@@ -108,9 +108,9 @@ def image_refs(chart: Chart) -> Iterator[ChartRef | Unresolved]:
     """Every image of ``chart`` and its subcharts, as Helm's values resolve it."""
     assert chart.values.children is not None
     subcharts = {sub.folder.name for sub in chart.subcharts}
-    for key, value in chart.values.children.items():
-        if key not in subcharts:  # a subchart's values are resolved in its own scope
-            yield from _walk(value, chart, key)
+    own = {k: v for k, v in chart.values.children.items() if k not in subcharts}
+    # a subchart's values are resolved in its own scope, below
+    yield from _each(own, chart, chart.values)
     for sub in chart.subcharts:
         yield from image_refs(sub)
 
@@ -123,16 +123,22 @@ def _walk(value: Value, chart: Chart, key: str) -> Iterator[ChartRef | Unresolve
     if key == "global":
         return  # read by the conventions, never an image of its own
     if is_image_map(key, value):
-        yield _resolve(value, chart, key)
+        yield from _resolve(value, chart, key)
         return
-    for child_key, child in value.children.items():
-        if child_key == "image" and child.children is None and child.text():
-            yield ChartRef(child.text(), child.at, *_policy(value, "imagePullPolicy"))
+    yield from _each(value.children, chart, value)
+
+
+def _each(children: dict[str, Value], chart: Chart, parent: Value
+          ) -> Iterator[ChartRef | Unresolved]:
+    for key, child in children.items():
+        if key == "image" and child.children is None and child.text():
+            if "{{" not in child.text():  # an unrendered template: nothing to align yet
+                yield ChartRef(child.text(), child.at, *_policy(parent, "imagePullPolicy"))
         else:
-            yield from _walk(child, chart, child_key)
+            yield from _walk(child, chart, key)
 
 
-def _resolve(image: Value, chart: Chart, key: str) -> ChartRef | Unresolved:
+def _resolve(image: Value, chart: Chart, key: str) -> Iterator[ChartRef | Unresolved]:
     for convention in CONVENTIONS:
         parts = convention(image, chart)
         if parts is None:
@@ -146,8 +152,10 @@ def _resolve(image: Value, chart: Chart, key: str) -> ChartRef | Unresolved:
         setters = [parts.tag, parts.digest, *reversed(parts.name)]
         overridden = [v for v in setters if v is not None and _text(v) and v.override]
         at = overridden[0].at if overridden else image.at
-        return ChartRef(text, at, *_policy(image, "pullPolicy"))
-    return Unresolved(image.at, key)
+        if "{{" not in text:  # an unrendered template: nothing to align yet
+            yield ChartRef(text, at, *_policy(image, "pullPolicy"))
+        return
+    yield Unresolved(image.at, key)
 
 
 def _policy(value: Value, key: str) -> tuple[str | None, Location | None]:

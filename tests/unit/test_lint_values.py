@@ -123,6 +123,8 @@ def test_correct_overrides_hide_vendored_defaults(tmp_path: Path) -> None:
     ("values/certs.yaml", "global:\n  imageRegistry: registry.example.com\n"
      "image:\n  name: cert-manager-cainjector\n",
      ("values/certs.yaml", 4, 9, "chart-undeclared")),
+    ("values/certs.yaml", "image: registry.example.com/jetstack/cert-manager-controller\n",
+     ("values/certs.yaml", 1, 8, "chart-mismatch")),
     ("values/core.yaml", "core:\n  image: registry.example.com/example/core:v2.11\n"
      "jobs:\n  image:\n    <<: {repository: registry.example.com/example/jobs}\n",
      ("values/core.yaml", 2, 10, "chart-mismatch")),
@@ -187,3 +189,8 @@ def test_images_in_lists_of_containers(tmp_path: Path) -> None:
                                           "registry.example.com/jetstack/other:v1\n")
     assert findings(tmp_path, {"values/certs.yaml": extra}) == [
         ("values/certs.yaml", 5, 12, "chart-undeclared")]
+
+
+def test_templated_values_are_left_alone(tmp_path: Path) -> None:
+    templated = RIGHT["values/certs.yaml"] + "image:\n  name: \"{{ .Values.x }}\"\n"
+    assert findings(tmp_path, {"values/certs.yaml": templated}) == []
