@@ -46,8 +46,6 @@ __all__ = [  # the model's names, re-exported: kiln.config.X for callers that lo
     "Config", "DirStore", "Environment", "Image", "LintSettings", "Location", "NodeSettings",
     "PathAt", "PullSource", "S3Store", "Source", "Store", "load", "parse_duration",
 ]
-_NAME_RE = grammar.NAME
-_PLATFORM_RE = grammar.PLATFORM
 
 
 def load(path: Path | str, display: str | None = None) -> Config:
@@ -118,9 +116,9 @@ class _Reader(EnvironmentReader):
         name = ref = None
         if "name" in fields:
             name = self.string(fields["name"][1], "image name")
-            if name is not None and not _NAME_RE.fullmatch(name):
+            if name is not None and not grammar.NAME.fullmatch(name):
                 self.error(fields["name"][1],
-                           f"image name {name!r} must match ^{_NAME_RE.pattern}$")
+                           f"image name {name!r} must match ^{grammar.NAME.pattern}$")
                 name = None
         if "ref" in fields:
             ref = self.image_ref(fields["ref"][1], registries)
@@ -135,7 +133,7 @@ class _Reader(EnvironmentReader):
         platform = DEFAULT_PLATFORM
         if "platform" in fields:
             value = self.string(fields["platform"][1], "platform")
-            if value is not None and not _PLATFORM_RE.fullmatch(value):
+            if value is not None and not grammar.PLATFORM.fullmatch(value):
                 self.error(fields["platform"][1],
                            f"platform must look like os/arch[/variant], not {value!r}")
             elif value is not None:

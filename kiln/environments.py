@@ -32,11 +32,6 @@ from kiln.model import (
 )
 from kiln.schema import NodeReader
 
-_NAME_RE = grammar.NAME
-_REGISTRY_RE = re.compile(
-    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?", re.ASCII
-)
 # cloud_init write_files: each key and what its value must be (a grammar, text or a flag)
 _WRITE_FILE_FIELDS: dict[str, re.Pattern[str] | type] = {
     "path": grammar.NODE_PATH, "content": str, "permissions": grammar.FILE_MODE,
@@ -60,8 +55,8 @@ class EnvironmentReader(NodeReader):
             self.error(node, "environments must define at least one environment")
         out = {}
         for name, (key, value) in fields.items():
-            if not _NAME_RE.fullmatch(name):
-                self.error(key, f"environment name {name!r} must match ^{_NAME_RE.pattern}$")
+            if not grammar.NAME.fullmatch(name):
+                self.error(key, f"environment name {name!r} must match ^{grammar.NAME.pattern}$")
                 continue
             env = self.environment(name, key, value)
             if env is not None:
@@ -106,7 +101,7 @@ class EnvironmentReader(NodeReader):
         registry = None
         if "registry" in fields:
             registry = self.string(fields["registry"][1], "registry")
-            if registry is not None and not _REGISTRY_RE.fullmatch(registry):
+            if registry is not None and not grammar.REGISTRY.fullmatch(registry):
                 self.error(fields["registry"][1],
                            f"registry must be a host name with an optional port, not {registry!r}")
                 registry = None

@@ -24,6 +24,10 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}", re.ASCII)
 IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
 COUNT = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII)
 COMPRESSION = re.compile(r"zstd|gzip", re.ASCII)
+# A registry host: DNS labels or a bracketed IPv6 address, an optional port.
+REGISTRY = re.compile(
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?", re.ASCII)
 # RFC 3986 characters only: no space, quote, backslash, control character or non-ASCII.
 URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/?#\-]*)?",
                  re.ASCII)
