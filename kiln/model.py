@@ -35,6 +35,7 @@ RULE_IDS = (
     "pull-policy-always",
     "image-unresolved",
     "chart-upstream",
+    "chart-unreachable",
 )
 _DURATION_RE = re.compile(r"([0-9]{1,9})([smhd]?)", re.ASCII)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -41,14 +41,21 @@ def run(config: Config, env: Environment, lock: Lock | None = None) -> list[Find
     chart_refs, unresolved = release_refs(env)
     ctx = LintContext(config=config, env=env, images=config.images_for(env),
                       chart_refs=tuple(scan(env.charts)) + chart_refs, unresolved=unresolved)
+    # an image in an argument or variable: the program may not pull it as such, so never
+    # more than a warning
+    indirect = {found.at: found.indirect for found in ctx.chart_refs if found.indirect}
     findings = []
     for rule in RULES:
         level = env.lint.levels.get(rule.ID, rule.LEVEL)
         if level == "off":
             continue
         for hit in rule.check(ctx):
-            findings.append(Finding(hit.at.path, hit.at.line, hit.at.column, level, rule.ID,
-                                    hit.message))
+            said, message, kind = level, hit.message, indirect.get(hit.at)
+            if kind:
+                said = "warning" if level == "error" else level
+                message = f"{message} (in an {kind})"
+            findings.append(Finding(hit.at.path, hit.at.line, hit.at.column, said, rule.ID,
+                                    message))
     if lock is not None:
         findings.extend(chart_sources(ctx, lock))
     return sorted(findings, key=lambda f: (f.file, f.line, f.column, f.rule))
@@ -72,7 +79,7 @@ def release_refs(env: Environment
         chart = load_release(release.chart.path, [v.path for v in release.values])
         for item in image_refs(chart):
             if isinstance(item, Unresolved):
-                unresolved.append((item.at, item.key))
+                unresolved.append((item.at, item.message))
             else:
                 found.append(item)
     return tuple(found), tuple(unresolved)

@@ -3,15 +3,19 @@
 Two shapes are recognised, as charts write them:
 ``image: "registry.example.com/foundation/dex:v2.41.1"`` and
 ``image: {registry: ..., repository: ..., tag: ..., digest: ...}``.
-A pull policy is taken from a sibling ``imagePullPolicy`` (a container spec) or from a
-``pullPolicy`` inside the image map (a values file).
+A pull policy is taken from a sibling ``imagePullPolicy`` (a container spec), from a
+``pullPolicy`` inside the image map (a values file), or else from a chart-wide key
+(CHART_WIDE_POLICY). Images a program receives in its arguments (``--*-image=REF``) or
+environment (``*_IMAGE``, ``RELATED_IMAGE_*``) are found too, marked ``indirect``: how the
+program uses them is its own business, so lint reports them as warnings.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -32,6 +36,18 @@ class ChartRef:
     at: Location
     pull_policy: str | None = None
     pull_policy_at: Location | None = None
+    indirect: str = ""  # "argument" or "environment variable": found outside an image key
+    tag_at: Location | None = None  # where the tag was set, when not at ``at`` (values)
+
+
+# Keys that set the pull policy of every container of a chart, as charts name them (paths
+# from the top of a values file); a policy beside an image wins over them.
+CHART_WIDE_POLICY = (
+    ("imagePullPolicy",), ("pullPolicy",),
+    ("global", "imagePullPolicy"), ("global", "pullPolicy"), ("global", "image", "pullPolicy"),
+)
+_ARGUMENT = re.compile(r"(--?[A-Za-z0-9_.-]*image)(=?)(.*)", re.IGNORECASE | re.DOTALL)
+_ENV_NAME = re.compile(r"[A-Za-z0-9_]*_IMAGE|RELATED_IMAGE_[A-Za-z0-9_]+")
 
 
 def display_path(path: Path) -> str:
@@ -69,8 +85,23 @@ def scan(entries: tuple[PathAt, ...]) -> list[ChartRef]:
     for path in chart_files(entries):
         shown = display_path(path)
         for document in compose_file(path, shown):
-            found.extend(refs_in(document, shown))
+            policy = document_policy(document)
+            found.extend(ref if ref.pull_policy or policy is None else
+                         replace(ref, pull_policy=policy.value,
+                                 pull_policy_at=_location(shown, policy))
+                         for ref in refs_in(document, shown))
     return found
+
+
+def document_policy(document: yaml.Node) -> yaml.ScalarNode | None:
+    """A values file's chart-wide pull policy (the first CHART_WIDE_POLICY key set)."""
+    for keys in CHART_WIDE_POLICY:
+        node: yaml.Node | None = document
+        for key in keys:
+            node = _scalar_keys(node).get(key) if isinstance(node, yaml.MappingNode) else None
+        if isinstance(node, yaml.ScalarNode) and str(node.value).strip():
+            return node
+    return None
 
 
 def refs_in(document: yaml.Node, path: str) -> Iterator[ChartRef]:
@@ -79,6 +110,7 @@ def refs_in(document: yaml.Node, path: str) -> Iterator[ChartRef]:
         if not isinstance(node, yaml.MappingNode):
             continue
         fields = _scalar_keys(node)
+        yield from _indirect_refs(fields, path)
         if "image" not in fields:
             continue
         value = fields["image"]
@@ -103,6 +135,43 @@ def refs_in(document: yaml.Node, path: str) -> Iterator[ChartRef]:
             pull_policy=policy,
             pull_policy_at=_location(path, policy_node) if policy_node is not None else None,
         )
+
+
+def _indirect_refs(fields: dict[str, yaml.Node], path: str) -> Iterator[ChartRef]:
+    """``--x-image=REF`` / ``--x-image REF`` in args or command; ``X_IMAGE`` env values."""
+    for key in ("args", "command"):
+        items = fields.get(key)
+        if not isinstance(items, yaml.SequenceNode):
+            continue
+        pending = False  # the previous item was a bare ``--x-image``
+        for item in items.value:
+            if not isinstance(item, yaml.ScalarNode):
+                pending = False
+                continue
+            text = str(item.value)
+            match = _ARGUMENT.fullmatch(text)
+            if pending or (match and match.group(2)):
+                skip = 0 if pending else len(match.group(1)) + 1 if match else 0
+                yield from _indirect(text[skip:], path, item, skip, "argument")
+            pending = bool(match and not match.group(2) and not match.group(3))
+    env = fields.get("env")
+    for item in env.value if isinstance(env, yaml.SequenceNode) else []:
+        entry = _scalar_keys(item) if isinstance(item, yaml.MappingNode) else {}
+        name, value = entry.get("name"), entry.get("value")
+        if (isinstance(name, yaml.ScalarNode) and isinstance(value, yaml.ScalarNode)
+                and _ENV_NAME.fullmatch(str(name.value))):
+            yield from _indirect(str(value.value), path, value, 0, "environment variable")
+
+
+def _indirect(text: str, path: str, node: yaml.ScalarNode, skip: int, kind: str
+              ) -> Iterator[ChartRef]:
+    text = text.strip()
+    if not text or "{{" in text or "$(" in text:
+        return  # unset, templated, or expanded by Kubernetes from another variable
+    line, column = position(node)
+    if "\n" not in str(node.value) and node.style in (None, "", "'", '"'):
+        column += skip + (1 if node.style in ("'", '"') else 0)
+    yield ChartRef(text, Location(path, line, column), indirect=kind)
 
 
 def _scalar_keys(node: yaml.MappingNode) -> dict[str, yaml.Node]:

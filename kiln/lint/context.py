@@ -14,7 +14,7 @@ class LintContext:
     env: Environment
     images: tuple[Image, ...]  # refs resolved for env
     chart_refs: tuple[ChartRef, ...]
-    unresolved: tuple[tuple[Location, str], ...] = ()  # image maps no convention resolves
+    unresolved: tuple[tuple[Location, str], ...] = ()  # (where, why): images lint cannot see
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ A map that looks like an image but no convention resolves is reported (``image-u
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import yaml
 
-from kiln.lint.charts import ChartRef, refs_in
+from kiln.lint.charts import CHART_WIDE_POLICY, ChartRef, refs_in
 from kiln.lint.values import Chart, Value
 from kiln.model import Location
 
@@ -101,18 +101,31 @@ def is_image_map(key: str, value: Value) -> bool:
 @dataclass(frozen=True)
 class Unresolved:
     at: Location
-    key: str
+    message: str
+
+
+def _unresolved(image: Value, key: str) -> Unresolved:
+    return Unresolved(image.at, f"{key!r} looks like an image map, but no known convention "
+                                "resolves it to an image (see README, lint: image conventions)")
 
 
 def image_refs(chart: Chart) -> Iterator[ChartRef | Unresolved]:
     """Every image of ``chart`` and its subcharts, as Helm's values resolve it."""
     assert chart.values.children is not None
-    subcharts = {sub.folder.name for sub in chart.subcharts}
-    own = {k: v for k, v in chart.values.children.items() if k not in subcharts}
-    # a subchart's values are resolved in its own scope, below
-    yield from _each(own, chart, chart.values)
+    # a subchart's values are resolved in its own scope, below (or not at all: disabled)
+    own = {k: v for k, v in chart.values.children.items() if k not in chart.scopes}
+    policy = next((v for v in (_get(chart.values, *keys) for keys in CHART_WIDE_POLICY)
+                   if v is not None and v.text()), None)
+    for item in _each(own, chart, chart.values):
+        if isinstance(item, ChartRef) and item.pull_policy is None and policy is not None:
+            item = replace(item, pull_policy=policy.text(), pull_policy_at=policy.at)
+        yield item
     for sub in chart.subcharts:
         yield from image_refs(sub)
+    for dependency in chart.missing:
+        yield Unresolved(dependency.at, f"dependency {dependency.name!r} is not under "
+                                        f"{chart.shown}/charts/: its images are not checked "
+                                        "(run `helm dependency build`, or lint rendered output)")
 
 
 def _walk(value: Value, chart: Chart, key: str) -> Iterator[ChartRef | Unresolved]:
@@ -153,9 +166,10 @@ def _resolve(image: Value, chart: Chart, key: str) -> Iterator[ChartRef | Unreso
         overridden = [v for v in setters if v is not None and _text(v) and v.override]
         at = overridden[0].at if overridden else image.at
         if "{{" not in text:  # an unrendered template: nothing to align yet
-            yield ChartRef(text, at, *_policy(image, "pullPolicy"))
+            tag_at = parts.tag.at if parts.tag is not None and _text(parts.tag) else None
+            yield ChartRef(text, at, *_policy(image, "pullPolicy"), tag_at=tag_at)
         return
-    yield Unresolved(image.at, key)
+    yield _unresolved(image, key)
 
 
 def _policy(value: Value, key: str) -> tuple[str | None, Location | None]:

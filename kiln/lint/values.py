@@ -13,9 +13,11 @@ from pathlib import Path
 
 import yaml
 
+from kiln.errors import ConfigError, Problem
+from kiln.lint.chartfiles import ChartFiles, from_folder
 from kiln.lint.charts import display_path
 from kiln.model import Location
-from kiln.yamlio import compose_file, mapping_items, position
+from kiln.yamlio import compose_documents, mapping_items, position
 
 NULL_TAG = "tag:yaml.org,2002:null"
 
@@ -47,10 +49,12 @@ class Chart:
     """A chart with its effective values and its subcharts'."""
 
     name: str
-    folder: Path
+    shown: str  # the chart's folder (or packaged chart) as findings name it
     values: Value
     app_version: str = ""
-    subcharts: list[Chart] = field(default_factory=list)
+    subcharts: list[Chart] = field(default_factory=list)  # enabled ones
+    scopes: set[str] = field(default_factory=set)  # values keys that belong to subcharts
+    missing: list[Dependency] = field(default_factory=list)  # listed, not under charts/
 
 
 def tree(node: yaml.Node, path: str, override: bool) -> Value:
@@ -91,49 +95,131 @@ def _drop_nulls(value: Value) -> Value:
     return Value(value.node, value.path, value.override, kept)
 
 
-def _file_tree(path: Path, override: bool) -> Value | None:
-    if not path.is_file():
-        return None
+def _document_tree(data: bytes | None, shown: str, override: bool) -> Value | None:
     merged: Value | None = None
-    for document in compose_file(path, display_path(path)):
+    for document in compose_documents(data or b"", shown, fast=True):
         if isinstance(document, yaml.MappingNode):
-            merged = coalesce(merged, tree(document, display_path(path), override))
+            merged = coalesce(merged, tree(document, shown, override))
     return merged
 
 
-def _chart_yaml(folder: Path) -> dict[str, str]:
-    out = {}
-    for document in compose_file(folder / "Chart.yaml", display_path(folder / "Chart.yaml")):
-        if isinstance(document, yaml.MappingNode):
-            for key, value in mapping_items(document):
-                if isinstance(key, yaml.ScalarNode) and isinstance(value, yaml.ScalarNode):
-                    out[str(key.value)] = str(value.value)
-    return out
+def _file_tree(path: Path, override: bool) -> Value | None:
+    if not path.is_file():
+        return None
+    shown = display_path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem(shown, 1, 1, f"cannot read: {exc.strerror or exc}")]) from None
+    return _document_tree(data, shown, override)
 
 
-def load_chart(folder: Path, overrides: list[Value], globals_: Value | None = None) -> Chart:
-    """``folder``'s effective values under ``overrides`` (in order), subcharts included."""
-    meta = _chart_yaml(folder)
-    values = _file_tree(folder / "values.yaml", override=False)
+@dataclass(frozen=True)
+class Dependency:
+    """One ``dependencies:`` entry of a Chart.yaml."""
+
+    name: str
+    alias: str
+    condition: str
+    tags: tuple[str, ...]
+    at: Location
+
+
+@dataclass(frozen=True)
+class Meta:
+    name: str
+    app_version: str
+    dependencies: tuple[Dependency, ...]
+
+
+def _scalars(node: yaml.Node) -> dict[str, yaml.Node]:
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value): v for k, v in mapping_items(node) if isinstance(k, yaml.ScalarNode)}
+
+
+def _string(node: yaml.Node | None) -> str:
+    return str(node.value).strip() if isinstance(node, yaml.ScalarNode) else ""
+
+
+def _chart_meta(files: ChartFiles, fallback: str) -> Meta:
+    fields: dict[str, yaml.Node] = {}
+    for document in compose_documents(files.read("Chart.yaml") or b"",
+                                      files.display("Chart.yaml"), fast=True):
+        fields.update(_scalars(document))
+    dependencies = []
+    listed = fields.get("dependencies")
+    for item in listed.value if isinstance(listed, yaml.SequenceNode) else []:
+        entry = _scalars(item)
+        tags = entry.get("tags")
+        dependencies.append(Dependency(
+            _string(entry.get("name")), _string(entry.get("alias")),
+            _string(entry.get("condition")),
+            tuple(_string(t) for t in tags.value) if isinstance(tags, yaml.SequenceNode) else (),
+            Location(files.display("Chart.yaml"), *position(item))))
+    return Meta(_string(fields.get("name")) or fallback, _string(fields.get("appVersion")),
+                tuple(dependencies))
+
+
+def _enabled(dependency: Dependency, values: Value, tags: Value | None) -> bool:
+    """Helm's rule: the first condition path holding a boolean decides; else, when every
+    tag the dependency lists that is set is false, it is off."""
+    for path in filter(None, (p.strip() for p in dependency.condition.split(","))):
+        found: Value | None = values
+        for key in path.split("."):
+            found = found.children.get(key) if found and found.children is not None else None
+        flag = _boolean(found)
+        if flag is not None:
+            return flag
+    flags = [_boolean(tags.children.get(t) if tags and tags.children else None)
+             for t in dependency.tags]
+    return not (False in flags and True not in flags)
+
+
+def _boolean(value: Value | None) -> bool | None:
+    if value is None or not isinstance(value.node, yaml.ScalarNode):
+        return None
+    if value.node.tag != "tag:yaml.org,2002:bool":
+        return None
+    return str(value.node.value).lower() in ("true", "yes", "on", "y")
+
+
+def load_chart(files: ChartFiles, overrides: list[Value], globals_: Value | None = None,
+               tags: Value | None = None) -> Chart:
+    """The chart's effective values under ``overrides`` (in order), subcharts included."""
+    meta = _chart_meta(files, files.shown.rsplit("/", 1)[-1])
+    values = _document_tree(files.read("values.yaml"), files.display("values.yaml"), False)
     for top in overrides:
         values = coalesce(values, top)
     if values is None or values.children is None:
-        values = Value(yaml.MappingNode("tag:yaml.org,2002:map", []), str(folder), False, {})
+        values = Value(yaml.MappingNode("tag:yaml.org,2002:map", []), files.shown, False, {})
     children = dict(values.children or {})
     if globals_ is not None:
         children["global"] = coalesce(children.get("global"), globals_)
-    values = Value(values.node, values.path, values.override, children)
-    chart = Chart(meta.get("name", folder.name), folder, _drop_nulls(values),
-                  meta.get("appVersion", "").strip())
-    for sub in sorted((folder / "charts").glob("*/Chart.yaml")):
-        scoped = children.get(sub.parent.name)
-        chart.subcharts.append(load_chart(
-            sub.parent, [scoped] if scoped is not None and scoped.children is not None else [],
-            children.get("global")))
+    values = _drop_nulls(Value(values.node, values.path, values.override, children))
+    if tags is None:
+        tags = children.get("tags")  # the top chart's: Helm reads tags there only
+    chart = Chart(meta.name, files.shown, values, meta.app_version)
+    for sub in files.subcharts():
+        sub_name = _chart_meta(sub, sub.shown.rsplit("/", 1)[-1]).name
+        listed = [d for d in meta.dependencies if d.name == sub_name] or [
+            Dependency(sub_name, "", "", (), Location(sub.shown, 1, 1))]  # put there by hand
+        for dependency in listed:
+            scope = dependency.alias or dependency.name
+            chart.scopes.add(scope)
+            if not _enabled(dependency, values, tags):
+                continue
+            scoped = children.get(scope)
+            chart.subcharts.append(load_chart(
+                sub, [scoped] if scoped is not None and scoped.children is not None else [],
+                children.get("global"), tags))
+    vendored = {sub.name for sub in chart.subcharts} | {
+        d.name for d in meta.dependencies if (d.alias or d.name) in chart.scopes}
+    chart.missing = [d for d in meta.dependencies if d.name not in vendored]
     return chart
 
 
 def load_release(folder: Path, value_files: list[Path]) -> Chart:
     """A chart folder with the user's values files applied, as ``helm -f a -f b`` would."""
     overrides = [t for t in (_file_tree(p, override=True) for p in value_files) if t is not None]
-    return load_chart(folder, overrides)
+    return load_chart(from_folder(folder, display_path(folder)), overrides)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from kiln.lint.rules import (
     chart_mismatch,
     chart_undeclared,
+    chart_unreachable,
     chart_upstream,
     duplicate_name,
     duplicate_ref,
@@ -40,5 +41,5 @@ class Rule(Protocol):
 RULES: tuple[Rule, ...] = tuple(cast(Rule, module) for module in (
     not_fully_qualified, mutable_tag, registry_mismatch, duplicate_ref, duplicate_name,
     unpinned_upstream, chart_undeclared, chart_mismatch, pull_policy_always,
-    image_unresolved, chart_upstream,
+    image_unresolved, chart_upstream, chart_unreachable,
 ))

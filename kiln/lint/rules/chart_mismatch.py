@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kiln.lint.charts import classify
+from kiln import refs
+from kiln.lint.charts import ChartRef, classify
 from kiln.lint.context import Hit, LintContext
+from kiln.model import Location
 
 ID = "chart-mismatch"
 LEVEL = "error"
@@ -15,5 +17,18 @@ def check(ctx: LintContext) -> Iterator[Hit]:
     for found in ctx.chart_refs:
         match = classify(found.text, ctx.images, ctx.env.registry)
         if match.kind == "mismatch" and match.image is not None:
-            yield Hit(found.at, f"{found.text!r} should be {match.image.ref!r} (image "
-                                f"{match.image.name!r}): any other string misses the node cache")
+            yield Hit(_where(found, match.image.ref),
+                      f"{found.text!r} should be {match.image.ref!r} (image "
+                      f"{match.image.name!r}): any other string misses the node cache")
+
+
+def _where(found: ChartRef, declared: str) -> Location:
+    """The tag's line when only the tag is wrong (a chart default under an overridden
+    registry, say); else where the reference was written."""
+    if found.tag_at is None:
+        return found.at
+    try:
+        same = refs.normalize(found.text).repository == refs.normalize(declared).repository
+    except refs.ReferenceError:
+        return found.at
+    return found.tag_at if same else found.at

@@ -20,15 +20,26 @@ def _normal(text: str) -> str | None:
         return None
 
 
-def check(ctx: LintContext) -> Iterator[Hit]:
+def upstream_sources(ctx: LintContext) -> dict[str, Image]:
+    """The declared images by their ``pull:`` source (normalised: ``docker.io/library/…``)."""
     upstream: dict[str, Image] = {}
     for image in ctx.images:
         if isinstance(image.source, PullSource):
             key = _normal(image.source.ref)
             if key is not None:
                 upstream.setdefault(key, image)
+    return upstream
+
+
+def pulled_from(upstream: dict[str, Image], text: str) -> Image | None:
+    """The declared image whose upstream source ``text`` names, if any."""
+    return upstream.get(_normal(text) or "")
+
+
+def check(ctx: LintContext) -> Iterator[Hit]:
+    upstream = upstream_sources(ctx)
     for found in ctx.chart_refs:
-        named = upstream.get(_normal(found.text) or "")
+        named = pulled_from(upstream, found.text)
         if named is None or classify(found.text, ctx.images, ctx.env.registry).kind in (
                 "declared", "mismatch"):
             continue  # a declared ref is right; a mismatch is said by chart-mismatch

@@ -11,6 +11,5 @@ LEVEL = "warning"
 
 
 def check(ctx: LintContext) -> Iterator[Hit]:
-    for at, key in ctx.unresolved:
-        yield Hit(at, f"{key!r} looks like an image map, but no known convention resolves it "
-                      "to an image (see README, lint: image conventions)")
+    for at, message in ctx.unresolved:
+        yield Hit(at, message)
