@@ -48,7 +48,7 @@ def compose_documents(text: str | bytes, path: str, fast: bool = False) -> list[
     try:
         nodes = list(yaml.compose_all(text, Loader=_FAST_LOADER if fast else yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
-        raise ConfigError([_marked_problem(path, exc)]) from None
+        raise ConfigError([marked_problem(path, exc)]) from None
     except yaml.reader.ReaderError as exc:
         line, column = _line_column(text[: exc.position])
         message = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
@@ -73,7 +73,7 @@ def compose_file(path: Path, display: str | None = None, fast: bool = False
     return compose_documents(data, shown, fast)
 
 
-def _marked_problem(path: str, exc: yaml.MarkedYAMLError) -> Problem:
+def marked_problem(path: str, exc: yaml.MarkedYAMLError) -> Problem:
     mark = exc.problem_mark or exc.context_mark
     line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     parts = [p for p in (exc.context, exc.problem) if p]

@@ -17,7 +17,7 @@ from kiln.errors import ConfigError, Problem
 from kiln.lint.chartfiles import ChartFiles, from_folder
 from kiln.lint.charts import display_path
 from kiln.model import Location
-from kiln.yamlio import compose_documents, mapping_items, position
+from kiln.yamlio import compose_documents, mapping_items, marked_problem, position, weight
 
 NULL_TAG = "tag:yaml.org,2002:null"
 
@@ -57,14 +57,30 @@ class Chart:
     missing: list[Dependency] = field(default_factory=list)  # listed, not under charts/
 
 
-def tree(node: yaml.Node, path: str, override: bool) -> Value:
-    """A Value tree of a composed node (``<<`` merge keys applied)."""
+MAX_DEPTH = 64  # of nested mappings in a values file; real charts use fewer than 15
+
+
+def tree(node: yaml.Node, path: str, override: bool, depth: int = 0) -> Value:
+    """A Value tree of a composed node (``<<`` merge keys applied).
+
+    Raises ConfigError for a document that aliases would blow up, a bad merge key, or
+    mappings nested deeper than MAX_DEPTH."""
+    if depth == 0:
+        try:
+            weight(node)
+            return tree(node, path, override, 1)
+        except yaml.MarkedYAMLError as exc:
+            raise ConfigError([marked_problem(path, exc)]) from None
     if not isinstance(node, yaml.MappingNode):
         return Value(node, path, override)
+    if depth > MAX_DEPTH:
+        line, column = position(node)
+        raise ConfigError([Problem(path, line, column,
+                                   f"mappings nested more than {MAX_DEPTH} deep")])
     children = {}
     for key, value in mapping_items(node):
         if isinstance(key, yaml.ScalarNode):
-            children[str(key.value)] = tree(value, path, override)
+            children[str(key.value)] = tree(value, path, override, depth + 1)
     return Value(node, path, override, children)
 
 
@@ -151,6 +167,8 @@ def _chart_meta(files: ChartFiles, fallback: str) -> Meta:
     listed = fields.get("dependencies")
     for item in listed.value if isinstance(listed, yaml.SequenceNode) else []:
         entry = _scalars(item)
+        if not _string(entry.get("name")):
+            continue  # helm refuses such a chart; nothing to scope
         tags = entry.get("tags")
         dependencies.append(Dependency(
             _string(entry.get("name")), _string(entry.get("alias")),

@@ -226,3 +226,24 @@ def test_chart_unreachable_level_is_configurable(tmp_path: Path) -> None:
                                          "        charts: [")
     found = run(tmp_path, {"images.yaml": lowered, "rendered/pod.yaml": MANIFEST})
     assert ("rendered/pod.yaml", 6, 14, "warning", "chart-unreachable") in found
+
+
+def _bomb() -> str:
+    lines = ["a0: &a0 {x: 1, y: 2}"]
+    lines += [f"a{i}: &a{i} {{k1: *a{i - 1}, k2: *a{i - 1}, k3: *a{i - 1}}}" for i in range(1, 30)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("values", "said"), [
+    (_bomb(), "vendor/app/values.yaml:13:"),  # refused once past the weight cap, not hung
+    ("".join("  " * i + f"k{i}:\n" for i in range(100)) + "  " * 100 + "x: 1\n",
+     "vendor/app/values.yaml:65:129: mappings nested more than 64 deep"),
+    ("a: &a\n  <<: 5\n", "vendor/app/values.yaml:2:7: YAML syntax error"),
+])
+def test_hostile_chart_values_are_refused_where_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], values: str, said: str) -> None:
+    write_tree(tmp_path, {"images.yaml": IMAGES, **CHART, "values/app.yaml": RIGHT,
+                          "rendered/a.yaml": "{}\n"})
+    (tmp_path / "vendor/app/values.yaml").write_text(values)
+    assert main(["lint", "--env", "dev"]) == 2
+    assert capsys.readouterr().err.startswith(said)
