@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from kiln import refs
 from kiln.errors import ConfigError, Problem
+from kiln.lint import argocd
 from kiln.lint.charts import ChartRef, scan
 from kiln.lint.context import Hit, LintContext
 from kiln.lint.conventions import Unresolved, image_refs
@@ -39,8 +40,14 @@ def run(config: Config, env: Environment, lock: Lock | None = None) -> list[Find
     (rule ``chart-source``): the node cache, the registry (only once it runs), or nowhere.
     """
     chart_refs, unresolved = release_refs(env)
+    plain, applications = scan(env.charts)
+    for item in argocd.refs(applications, config.root):
+        if isinstance(item, Unresolved):
+            unresolved += ((item.at, item.message),)
+        else:
+            chart_refs += (item,)
     ctx = LintContext(config=config, env=env, images=config.images_for(env),
-                      chart_refs=tuple(scan(env.charts)) + chart_refs, unresolved=unresolved)
+                      chart_refs=tuple(plain) + chart_refs, unresolved=unresolved)
     # an image in an argument or variable: the program may not pull it as such, so never
     # more than a warning
     indirect = {found.at: found.indirect for found in ctx.chart_refs if found.indirect}

@@ -38,6 +38,7 @@ class ChartRef:
     pull_policy_at: Location | None = None
     indirect: str = ""  # "argument" or "environment variable": found outside an image key
     tag_at: Location | None = None  # where the tag was set, when not at ``at`` (values)
+    name_at: Location | None = None  # where the repository was set, when not at ``at``
 
 
 # Keys that set the pull policy of every container of a chart, as charts name them (paths
@@ -79,18 +80,41 @@ def chart_files(entries: tuple[PathAt, ...]) -> Iterator[Path]:
                     yield Path(folder) / name
 
 
-def scan(entries: tuple[PathAt, ...]) -> list[ChartRef]:
-    """Every image reference in the charts; a YAML error is a ConfigError at file:line:col."""
+@dataclass(frozen=True)
+class Application:
+    """An Argo CD Application or ApplicationSet document (kiln/lint/argocd.py reads it)."""
+
+    node: yaml.MappingNode
+    path: Path
+    shown: str
+
+
+def _is_application(document: yaml.Node) -> bool:
+    fields = _scalar_keys(document) if isinstance(document, yaml.MappingNode) else {}
+    version, kind = fields.get("apiVersion"), fields.get("kind")
+    return (isinstance(version, yaml.ScalarNode) and str(version.value).startswith("argoproj.io/")
+            and isinstance(kind, yaml.ScalarNode) and kind.value in ("Application",
+                                                                     "ApplicationSet"))
+
+
+def scan(entries: tuple[PathAt, ...]) -> tuple[list[ChartRef], list[Application]]:
+    """Every image reference in the charts, and the Argo CD applications to read apart;
+    a YAML error is a ConfigError at file:line:col."""
     found: list[ChartRef] = []
+    applications: list[Application] = []
     for path in chart_files(entries):
         shown = display_path(path)
         for document in compose_file(path, shown):
+            if _is_application(document):
+                assert isinstance(document, yaml.MappingNode)
+                applications.append(Application(document, path, shown))
+                continue
             policy = document_policy(document)
             found.extend(ref if ref.pull_policy or policy is None else
                          replace(ref, pull_policy=policy.value,
                                  pull_policy_at=_location(shown, policy))
                          for ref in refs_in(document, shown))
-    return found
+    return found, applications
 
 
 def document_policy(document: yaml.Node) -> yaml.ScalarNode | None:

@@ -167,7 +167,10 @@ def _resolve(image: Value, chart: Chart, key: str) -> Iterator[ChartRef | Unreso
         at = overridden[0].at if overridden else image.at
         if "{{" not in text:  # an unrendered template: nothing to align yet
             tag_at = parts.tag.at if parts.tag is not None and _text(parts.tag) else None
-            yield ChartRef(text, at, *_policy(image, "pullPolicy"), tag_at=tag_at)
+            named = [v for v in reversed(parts.name) if v is not None and _text(v)]
+            name_at = next((v.at for v in named if v.override), named[0].at if named else None)
+            yield ChartRef(text, at, *_policy(image, "pullPolicy"), tag_at=tag_at,
+                           name_at=name_at)
         return
     yield _unresolved(image, key)
 

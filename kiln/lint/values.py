@@ -119,7 +119,7 @@ def _document_tree(data: bytes | None, shown: str, override: bool) -> Value | No
     return merged
 
 
-def _file_tree(path: Path, override: bool) -> Value | None:
+def file_tree(path: Path, override: bool) -> Value | None:
     if not path.is_file():
         return None
     shown = display_path(path)
@@ -237,7 +237,9 @@ def load_chart(files: ChartFiles, overrides: list[Value], globals_: Value | None
     return chart
 
 
-def load_release(folder: Path, value_files: list[Path]) -> Chart:
-    """A chart folder with the user's values files applied, as ``helm -f a -f b`` would."""
-    overrides = [t for t in (_file_tree(p, override=True) for p in value_files) if t is not None]
-    return load_chart(from_folder(folder, display_path(folder)), overrides)
+def load_release(folder: Path, value_files: list[Path], more: list[Value] | None = None
+                 ) -> Chart:
+    """A chart folder with the user's values files applied, as ``helm -f a -f b`` would,
+    then ``more`` (values set another way, e.g. by an Argo CD Application)."""
+    overrides = [t for t in (file_tree(p, override=True) for p in value_files) if t is not None]
+    return load_chart(from_folder(folder, display_path(folder)), overrides + (more or []))

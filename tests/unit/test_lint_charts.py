@@ -97,7 +97,7 @@ def test_disabled_dependencies_are_not_deployed(tmp_path: Path) -> None:
 def test_alias_scopes_values_and_conditions_decide(tmp_path: Path) -> None:
     on = RIGHT + "replica:\n  enabled: true\n"
     assert run(tmp_path, {}, values=on) == [
-        ("vendor/app/charts/postgresql-15.5.0/values.yaml", 2, 3, "error", "chart-mismatch")]
+        ("vendor/app/charts/postgresql-15.5.0/values.yaml", 3, 15, "error", "chart-mismatch")]
 
 
 def test_the_first_condition_that_is_set_wins(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_the_first_condition_that_is_set_wins(tmp_path: Path) -> None:
 
 def test_a_tag_turns_a_dependency_on(tmp_path: Path) -> None:
     found = run(tmp_path, {}, values=RIGHT + "tags:\n  caching: true\n")
-    assert found == [("vendor/app/charts/cache/values.yaml", 1, 8, "error", "chart-mismatch")]
+    assert found == [("vendor/app/charts/cache/values.yaml", 1, 21, "error", "chart-mismatch")]
 
 
 def _package(files: dict[str, str]) -> bytes:

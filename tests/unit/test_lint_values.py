@@ -136,7 +136,7 @@ def test_wrong_override_found_where_written(tmp_path: Path, path: str, text: str
 
 def test_default_nobody_overrode_points_at_the_chart(tmp_path: Path) -> None:
     found = findings(tmp_path, {"values/certs.yaml": "{}\n"})
-    assert found == [("vendor/certs/values.yaml", 5, 3, "chart-mismatch")]
+    assert found == [("vendor/certs/values.yaml", 5, 9, "chart-mismatch")]
 
 
 def test_null_deletes_and_unresolved_map_warns(tmp_path: Path) -> None:

@@ -23,12 +23,11 @@ def check(ctx: LintContext) -> Iterator[Hit]:
 
 
 def _where(found: ChartRef, declared: str) -> Location:
-    """The tag's line when only the tag is wrong (a chart default under an overridden
-    registry, say); else where the reference was written."""
-    if found.tag_at is None:
-        return found.at
+    """For a reference composed from values: the tag's line when only the tag is wrong (a
+    chart default under an overridden registry, say), else the repository's; for one written
+    whole, where it was written."""
     try:
         same = refs.normalize(found.text).repository == refs.normalize(declared).repository
     except refs.ReferenceError:
         return found.at
-    return found.tag_at if same else found.at
+    return (found.tag_at if same else found.name_at) or found.at
