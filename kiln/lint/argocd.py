@@ -60,7 +60,13 @@ def _source(source: dict[str, yaml.Node], named: dict[str, dict[str, yaml.Node]]
         if value is not None:
             overrides.append(value)
     if "values" in helm:
-        overrides.extend(_embedded(helm["values"], manifest))
+        try:
+            overrides.extend(_embedded(helm["values"], manifest))
+        except ConfigError:
+            if "{{" not in str(helm["values"].value):
+                raise
+            yield Unresolved(_at(manifest, helm["values"]), "helm.values is a template that is "
+                             "not YAML until Argo CD renders it: its images are not checked")
     if isinstance(helm.get("valuesObject"), yaml.MappingNode):
         overrides.append(tree(helm["valuesObject"], manifest.shown, True))
     overrides.extend(_parameters(helm.get("parameters"), manifest))

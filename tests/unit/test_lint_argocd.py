@@ -185,3 +185,10 @@ def test_a_syntax_error_in_the_values_string_points_into_the_manifest(
     assert main(["lint", "--env", "dev"]) == 2
     # libyaml reports an unclosed flow sequence where the string ends: the line after it
     assert capsys.readouterr().err.startswith("apps/app.yaml:17:9: YAML syntax error")
+
+
+def test_a_templated_values_string_that_is_not_yaml_yet_is_a_warning(tmp_path: Path) -> None:
+    templated = APPLICATION_SET.replace('value: "{{cluster}}"', "value: {{cluster}}-{{env}}")
+    assert templated != APPLICATION_SET
+    assert run(tmp_path, {"apps/set.yaml": templated}) == [
+        ("apps/set.yaml", 18, 19, "warning", "image-unresolved")]
