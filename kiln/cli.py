@@ -115,7 +115,12 @@ def _day2(commands: Any, with_dist: argparse.ArgumentParser) -> None:
     diff.add_argument("--grace", default="24h",
                       help="prune only objects and unfinished uploads older than this "
                            "(default %(default)s: a bake in flight has not written its lock)")
-    diff.add_argument("--json", action="store_true")
+    diff.add_argument("--json", action="store_true", help="the same as --format json")
+    diff.add_argument("--format", choices=("text", "json", "markdown"), default="text",
+                      help="markdown: release notes per role, from the lock and images.yaml "
+                           "(or, with --since, from two locks); reads no store")
+    diff.add_argument("--since", metavar="LOCK",
+                      help="with --format markdown: the lock in force before (e.g. from git)")
 
     trial = commands.add_parser("try", parents=[with_dist],
                                 help="boot a throwaway VM with the user-data, report the import")
@@ -212,8 +217,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "diff":
         from kiln.commands.diff import diff_cmd
 
+        if args.format == "markdown" or args.since:
+            from kiln.commands.diff import notes_cmd
+
+            return notes_cmd(args.config, args.env, since=args.since, dist=args.dist,
+                             markdown=args.format == "markdown" and not args.json
+                             and not args.prune)
         return diff_cmd(args.config, args.env, prune=args.prune, yes=args.yes, grace=args.grace,
-                        as_json=args.json, dist=args.dist)
+                        as_json=args.json or args.format == "json", dist=args.dist)
     if args.command == "try":
         from kiln.commands.try_ import try_cmd
 

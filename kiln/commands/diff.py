@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 
 from kiln import lock as lockfile
+from kiln import releasenotes
 from kiln.diff import Change, StoreReport, image_changes, prunable, referenced_keys, survey
 from kiln.errors import EXIT_FAILED, EXIT_OK, UsageError
 from kiln.model import parse_duration
@@ -103,3 +104,23 @@ def _print(env: str, no_lock: bool, changes: list[Change], report: StoreReport, 
     for key, who in report.missing.items():
         print(f"kiln: error: {key} is missing from the store; named by {', '.join(who)}: "
               "nodes cannot fetch it (bake again to store it)", file=sys.stderr)
+
+
+def notes_cmd(config_path: str, env_name: str | None, *, since: str | None,
+              dist: str | None, markdown: bool) -> int:
+    """`diff --format markdown [--since OLD]`: release notes; no store is read."""
+    if not markdown:
+        raise UsageError("--since goes with --format markdown (and not with --json or --prune)")
+    project = Project.load(config_path, env_name, dist)
+    lock = project.read_lock()
+    path = project.lock_path
+    if since is not None:
+        if lock is None:
+            raise UsageError(f"--since: there is no new lock at {path} to compare (bake first)")
+        print(releasenotes.markdown(project.env.name, project.env.registry,
+                                    releasenotes.read_lock(since), lock, f"`{since}`"), end="")
+    else:
+        images = project.config.images_for(project.env)
+        print(releasenotes.markdown(project.env.name, project.env.registry, lock, images,
+                                    f"`{path}`" if lock else "no lock (first bake)"), end="")
+    return EXIT_OK

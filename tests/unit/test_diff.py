@@ -186,3 +186,40 @@ def test_an_object_reused_after_the_listing_is_not_pruned(project: Path) -> None
     store.touch(f"blobs/sha256/{'d' * 64}")  # a bake found it and reuses it
     assert _prune(store, report, set(), 86400) == []
     assert orphan.exists()
+
+
+def notes(project: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:  # noqa: F811
+    assert main(["diff", "--env", "dev", "--config", str(project / "images.yaml"),
+                 "--format", "markdown", *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_release_notes_per_role(project: Path,  # noqa: F811
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    run(project, FakeEngine())
+    old = project / "old.lock.json"
+    old.write_text((project / "dist/dev/images.lock.json").read_text())
+    assert "No image changes." in notes(project, capsys)
+    text = (project / "images.yaml").read_text().replace('"${registry}/f/a:v1"',
+                                                         '"${registry}/f/a:v2"')
+    (project / "images.yaml").write_text(text.replace("  - {name: c,", "  - {name: d,"))
+    before = notes(project, capsys)  # images.yaml against the lock: refs, no digests yet
+    assert "Not baked yet" in before and "known after the bake" in before
+    assert "| bumped | a | `registry.example.com/f/a:v1`<br>`sha256:" in before
+    assert "`registry.example.com/f/a:v2`<br>(not baked yet)" in before
+    run(project, FakeEngine())
+    after = notes(project, capsys, "--since", str(old))
+    locked = {i.name: i for i in lockfile.read(project / "dist/dev/images.lock.json").images}
+    worker = after.split("### role `worker`")[1]
+    assert worker.startswith(": 3 change(s)")  # a bumped, d added, c removed: every node; b same
+    assert f"`{locked['a'].ref}`<br>`{locked['a'].image_id}` |" in worker
+    assert "| removed | c |" in worker and "| added | d |" in worker and "| b |" not in worker
+    from kiln.progress import human
+    # d is c renamed: nodes hold its ref and image ID already, so only a is fetched
+    assert f"each node downloads {human(locked['a'].size)}" in worker
+    assert "| added | d | - |" in worker and worker.split("| added | d |")[1].split("\n")[0
+                                                                               ].endswith("| 0 B |")
+    with pytest.raises(SystemExit):
+        main(["diff", "--env", "dev", "--format", "yaml"])
+    assert main(["diff", "--env", "dev", "--config", str(project / "images.yaml"),
+                 "--since", str(project / "nope.json"), "--format", "markdown"]) == 2
