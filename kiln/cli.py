@@ -127,6 +127,9 @@ def _day2(commands: Any, with_dist: argparse.ArgumentParser) -> None:
     trial.add_argument("--base-image", required=True,
                        help="a bootable cloud image (qcow2/raw), or a root fs with --kernel")
     trial.add_argument("--role", help="render the user-data of this role only")
+    trial.add_argument("--inventory", metavar="NODES_YAML",
+                       help="with --node: boot that node's per-node seed over HTTP (PXE path)")
+    trial.add_argument("--node", metavar="HOSTNAME", help="an inventory node's host name")
     trial.add_argument("--kernel", help="direct kernel boot")
     trial.add_argument("--initrd")
     trial.add_argument("--append", help="kernel command line (default: root=/dev/vda rw "
@@ -231,5 +234,5 @@ def _dispatch(args: argparse.Namespace) -> int:
         return try_cmd(args.config, args.env, base_image=args.base_image, role=args.role,
                        kernel=args.kernel, initrd=args.initrd, append=args.append,
                        timeout=args.timeout, no_store=args.no_store, as_json=args.json,
-                       dist=args.dist)
+                       dist=args.dist, inventory=args.inventory, node=args.node)
     raise AssertionError(f"unhandled command {args.command}")

@@ -2,9 +2,13 @@
 
 The base image is never written: the VM boots a copy-on-write overlay. A NoCloud seed
 (`cidata`) carries the user-data, rendered for this boot with the store's base URL rewritten
-to the host as the guest sees it through qemu's user-mode network (10.0.2.2). The user-data
-gains two last steps: print the import status, the guest's `ctr images ls` and the unit
-ordering between markers on the serial console, then power off.
+to the host as the guest sees it through qemu's user-mode network (10.0.2.2). With an
+inventory node, the PXE path instead: that node's nocloud-net seed, rendered by the code
+`render --inventory` uses, is served over HTTP and named on the kernel command line
+(`ds=nocloud-net;s=URL`, as a PXE menu's append line would; without a kernel, in the SMBIOS
+serial number, which cloud-init reads the same way). The user-data gains two last steps:
+print the import status, the guest's `ctr images ls` and the unit ordering between markers
+on the serial console, then power off.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from typing import Any
 
 from kiln.errors import KilnError
 from kiln.httpserve import serve
+from kiln.inventory import Node
 from kiln.lock import Lock, images_for_roles, node_roles
 from kiln.model import CloudInitSnippets, DirStore, Environment, Store
-from kiln.render import PlainLocator, Renderer
+from kiln.render import PlainLocator, Rendered, Renderer, render_nodes
 
 GUEST_HOST = "10.0.2.2"  # the host's loopback, seen from a qemu user-mode guest
 BEGIN, END = "KILN-TRY-BEGIN", "KILN-TRY-END"
@@ -35,6 +40,7 @@ QEMU = "qemu-system-x86_64"
 REPORT = f"""\
 exec > /dev/ttyS0 2>&1
 echo {BEGIN}
+echo "hostname: $(hostname)"
 echo "status: $(cat /var/lib/kiln/import-status.json 2>/dev/null || echo '{{}}')"
 echo "check: $(sh /usr/local/lib/kiln/import-images --check \
 --status /run/kiln-check.json >/dev/null 2>&1; cat /run/kiln-check.json 2>/dev/null || echo '{{}}')"
@@ -123,9 +129,16 @@ class Trial:
     # True: the report waits until the import has succeeded (systemd retrying it), as a
     # hold-kubelet node's join step does; False: it comes after the first run, whatever it did
     wait_for_import: bool = False
+    node: Node | None = None  # an inventory node: boot its per-node seed over HTTP (PXE path)
     log: Callable[[str], None] = print
 
-    def user_data(self, base_url: str) -> bytes:
+    @property
+    def roles(self) -> tuple[str, ...] | None:
+        if self.node is not None:
+            return self.node.roles or None
+        return node_roles(self.role)
+
+    def renderer(self, base_url: str) -> Renderer:
         snippets = CloudInitSnippets(
             write_files=self.env.cloud_init.write_files,
             runcmd=(*self.env.cloud_init.runcmd, ["sh", "-c", REPORT],
@@ -135,25 +148,53 @@ class Trial:
                       node=replace(self.env.node, user_data_limit=1 << 20))
         # the report runs after the first import run, whatever its result (hold-kubelet would
         # wait for a success that may never come); the units keep the environment's policy
-        renderer = Renderer(env, self.lock, PlainLocator(base_url),
-                            runcmd_waits_for_success=self.wait_for_import)
-        images = images_for_roles(self.lock, node_roles(self.role))
-        data, _ = renderer.user_data_bytes(images, node_roles(self.role))
+        return Renderer(env, self.lock, PlainLocator(base_url),
+                        runcmd_waits_for_success=self.wait_for_import)
+
+    def user_data(self, base_url: str) -> bytes:
+        images = images_for_roles(self.lock, self.roles)
+        data, _ = self.renderer(base_url).user_data_bytes(images, self.roles)
         return data
 
-    def qemu_argv(self, work: Path, overlay: Path, seed: Path) -> list[str]:
+    def seed(self, work: Path, base_url: str, served: contextlib.ExitStack) -> tuple[Path | None,
+                                                                                     str | None]:
+        """The cidata disk (environment-wide user-data), or, for an inventory node, its
+        nocloud-net seed URL: `render --inventory`'s own code writes it, served over HTTP."""
+        if self.node is not None:
+            render_nodes(self.renderer(base_url), work / "seeds" / "nodes", [self.node],
+                         Rendered())
+            server = serve(work / "seeds")
+            served.callback(server.server_close)
+            served.callback(server.shutdown)
+            port = server.server_address[1]
+            return None, f"http://{GUEST_HOST}:{port}/nodes/{self.node.hostname}/"
+        (work / "user-data").write_bytes(self.user_data(base_url))
+        (work / "meta-data").write_text(f"instance-id: kiln-try-{os.getpid()}\n"
+                                        "local-hostname: kiln-try\n")
+        disk = work / "seed.img"
+        subprocess.run(["cloud-localds", str(disk), str(work / "user-data"),
+                        str(work / "meta-data")], check=True, capture_output=True)
+        return disk, None
+
+    def qemu_argv(self, work: Path, overlay: Path, seed: Path | None,
+                  seed_url: str | None = None) -> list[str]:
         argv = [QEMU, "-accel", accelerator(), "-cpu", "max", "-smp", str(self.cpus),
                 "-m", str(self.memory), "-nodefaults", "-display", "none",
                 "-serial", f"file:{work / 'console.log'}",
                 "-drive", f"file={overlay},if=virtio,format=qcow2",
-                "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
                 "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
                 "-no-reboot"]
+        if seed is not None:
+            argv += ["-drive", f"file={seed},if=virtio,format=raw,readonly=on"]
+        datasource = f"ds=nocloud-net;s={seed_url}" if seed_url else ""
         if self.kernel:
             argv += ["-kernel", str(self.kernel)]
             if self.initrd:
                 argv += ["-initrd", str(self.initrd)]
-            argv += ["-append", self.append or "root=/dev/vda rw console=ttyS0"]
+            append = self.append or "root=/dev/vda rw console=ttyS0"
+            argv += ["-append", f"{append} {datasource}".strip()]
+        elif datasource:
+            argv += ["-smbios", "type=1,serial=" + datasource.replace(",", ",,")]
         return argv
 
     def run(self) -> TryResult:
@@ -174,19 +215,15 @@ class Trial:
             if self.serve_store:
                 url = served.enter_context(store_for_guest(self.env.store))
             base_url = url or f"http://{GUEST_HOST}:9/"  # nothing listens: no store reachable
-            (work / "user-data").write_bytes(self.user_data(base_url))
-            (work / "meta-data").write_text(f"instance-id: kiln-try-{os.getpid()}\n"
-                                            "local-hostname: kiln-try\n")
-            seed = work / "seed.img"
-            subprocess.run(["cloud-localds", str(seed), str(work / "user-data"),
-                            str(work / "meta-data")], check=True, capture_output=True)
+            seed, seed_url = self.seed(work, base_url, served)
             overlay = work / "overlay.qcow2"
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
                             str(self.base_image.resolve()), str(overlay)], check=True,
                            capture_output=True)
-            argv = self.qemu_argv(work, overlay, seed)
+            argv = self.qemu_argv(work, overlay, seed, seed_url)
             self.log(f"kiln: try: booting {self.base_image} (overlay; accel "
-                     f"{argv[argv.index('-accel') + 1]}), store at {base_url}")
+                     f"{argv[argv.index('-accel') + 1]}), store at {base_url}"
+                     + (f", seed at {seed_url}" if seed_url else ""))
             start = time.monotonic()
             (work / "console.log").touch()
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -229,9 +266,17 @@ class Trial:
                 return {}
 
         status, check = parse("status: "), parse("check: ")
-        wanted = images_for_roles(self.lock, node_roles(self.role))
+        wanted = images_for_roles(self.lock, self.roles)
         seen = {i.get("ref"): i for i in check.get("images", [])}
         ok = bool(check.get("ok")) and all(
             seen.get(i.ref, {}).get("image_id") == i.image_id
             and seen.get(i.ref, {}).get("state") == "present" for i in wanted)
+        if self.node is not None:  # its own name, and exactly its roles' images
+            hostname = [line[len("hostname: "):] for line in lines
+                        if line.startswith("hostname: ")]
+            held = {line.split()[1] for line in lines
+                    if line.startswith("ctr: ") and len(line.split()) > 1}
+            held = {ref for ref in held if ref != "REF" and "@" not in ref
+                    and not ref.startswith("sha256:")}  # names, not digest records
+            ok = ok and hostname == [self.node.hostname] and held == {i.ref for i in wanted}
         return TryResult(ok, seconds, status, check, lines)

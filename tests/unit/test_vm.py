@@ -152,3 +152,71 @@ def test_the_store_for_a_guest_is_served_or_its_url_rewritten(tmp_path: Path) ->
         assert url == "http://10.0.2.2:9000/b/"
     with store_for_guest(config_mod.S3Store(bucket="b")) as url:
         assert url is None
+
+
+PXE_QEMU = r'''#!{python}
+"""A fake qemu for the PXE path: takes the seed URL from -append (or the SMBIOS serial), fetches
+the seed as cloud-init would, and reports the host name and the images its data file lists."""
+import json, re, sys, urllib.request, yaml
+args = sys.argv[1:]
+console = next(a[5:] for a in args if a.startswith("file:"))
+line = args[args.index("-append") + 1] if "-append" in args else args[args.index("-smbios") + 1]
+url = re.search(r"ds=nocloud-net;s=(\S+)", line).group(1).replace("10.0.2.2", "127.0.0.1")
+meta = yaml.safe_load(urllib.request.urlopen(url + "meta-data").read())
+user = yaml.safe_load(urllib.request.urlopen(url + "user-data").read())
+data = next(f["content"] for f in user["write_files"] if f["path"].endswith("images.data"))
+refs = [l.split()[2] for l in data.splitlines() if l.startswith("image ")]
+check = {{"ok": True, "images": [{{"ref": r, "image_id": "{image_id}", "state": "present"}}
+                                 for r in refs]}}
+with open(console, "a") as out:
+    out.write("KILN-TRY-BEGIN\nhostname: %s\n" % meta["local-hostname"])
+    out.write("check: %s\nctr: REF TYPE\n" % json.dumps(check))
+    out.write("".join("ctr: %s application/vnd.oci.image.index.v1+json\n" % r for r in refs))
+    out.write("KILN-TRY-END\n")
+'''
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_the_pxe_path_boots_the_nodes_own_seed_over_http(
+        trial: Trial, tmp_path: Path, kernel: bool) -> None:
+    import sys
+    from dataclasses import replace
+
+    from kiln.inventory import Node
+
+    fake_tools(tmp_path / "bin", "", exit_after=True)
+    qemu = tmp_path / "bin/qemu-system-x86_64"
+    qemu.write_text(PXE_QEMU.format(python=sys.executable, image_id=IMAGE.image_id))
+    other = replace(IMAGE, name="reg", ref="r.example.com/f/reg:v1", roles=("control-plane",))
+    lock = Lock("dev", "r.example.com", images=(IMAGE, other))
+    (tmp_path / "vmlinuz").write_text("kernel")
+    pxe = replace(trial, lock=lock, node=Node("w-1", ("worker",)),
+                  kernel=tmp_path / "vmlinuz" if kernel else None)
+    result = pxe.run()
+    assert result.field("hostname: ") == ["w-1"]
+    assert result.ok  # exactly the worker's image (dex: every role), not the registry's
+    control = replace(pxe, node=Node("cp-1", ("control-plane",)))
+    assert control.run().ok
+    assert replace(pxe, node=Node("w-2", ("worker",))).run().field("hostname: ") == ["w-2"]
+    # a guest holding another role's image, or named otherwise, fails the verdict
+    lines = result.lines
+    assert not pxe.verdict([*lines, f"ctr: {other.ref} x"], 1.0).ok
+    assert not pxe.verdict([line.replace("hostname: w-1", "hostname: kiln-base")
+                            for line in lines], 1.0).ok
+
+
+def test_try_node_needs_its_inventory(trial: Trial, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from kiln import lock as lockfile
+    from kiln.cli import main
+
+    lockfile.write(tmp_path / "dist/dev/images.lock.json", LOCK)
+    (tmp_path / "nodes.yaml").write_text("nodes:\n  - {hostname: w-1, roles: [worker]}\n")
+    monkeypatch.chdir(tmp_path)
+    base = ["try", "--env", "dev", "--base-image", "base.raw"]
+    assert main([*base, "--node", "w-1"]) == 2
+    assert "--inventory and --node go together" in capsys.readouterr().err
+    assert main([*base, "--inventory", "nodes.yaml", "--node", "w-9"]) == 2
+    assert "--node w-9: not in nodes.yaml (nodes: w-1)" in capsys.readouterr().err
+    assert main([*base, "--inventory", "nodes.yaml", "--node", "w-1", "--role", "x"]) == 2
