@@ -88,3 +88,32 @@ def test_a_store_down_at_boot_recovers_without_anyone_logging_in(
     saw = [line for line in report if line.startswith("kubelet-saw: ")]
     assert saw and saw[0].endswith(f"images={len(lock.images)}"), report
     assert len([r for r in server.requests if r]) > len(lock.images)  # it did meet the 503s
+
+
+@pytest.mark.parametrize(("host", "images"), [("cp-1", 2), ("w-1", 1)])
+def test_the_pxe_path_boots_each_nodes_own_seed(dev_project: Path, base_image: BaseImage,
+                                                capsys: pytest.CaptureFixture[str], host: str,
+                                                images: int) -> None:
+    """The per-node seed `render --inventory` writes, fetched over HTTP by cloud-init from
+    the URL on the kernel command line, as a PXE menu's append line gives it: the guest takes
+    its host name from it and imports exactly its roles' images (the dev example: registry
+    for the control plane, dex for both)."""
+    nodes = dev_project / "nodes.yaml"
+    nodes.write_text("nodes:\n  - {hostname: cp-1, roles: [control-plane]}\n"
+                     "  - {hostname: w-1, roles: [worker]}\n")
+    code = main(["try", "--env", "dev", "--config", str(dev_project / "images.yaml"),
+                 "--base-image", str(base_image.disk), "--kernel", str(base_image.kernel),
+                 "--initrd", str(base_image.initrd), "--inventory", str(nodes),
+                 "--node", host, "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    result = json.loads(out.out)
+    report = result["report"]
+    assert f"hostname: {host}" in report
+    held = sorted(line.split()[1] for line in report
+                  if line.startswith("ctr: registry.") and "@" not in line.split()[1])
+    assert len(held) == images, report
+    lock = json.loads((dev_project / "dist/dev/images.lock.json").read_text())
+    role = "control-plane" if host == "cp-1" else "worker"
+    assert held == sorted(i["ref"] for i in lock["images"] if role in i["roles"])
+    assert {i["state"] for i in result["status"]["images"]} == {"imported"}
