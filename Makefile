@@ -43,7 +43,8 @@ demo: venv
 # (a root fs image needs KERNEL=... INITRD=...).
 try: venv
 	$(KILN) try --env $(ENV) --base-image $(BASE_IMAGE) $(if $(ROLE),--role $(ROLE),) \
-	  $(if $(KERNEL),--kernel $(KERNEL),) $(if $(INITRD),--initrd $(INITRD),)
+	  $(if $(KERNEL),--kernel $(KERNEL),) $(if $(INITRD),--initrd $(INITRD),) \
+	  $(if $(NODE),--inventory $(or $(INVENTORY),nodes.yaml) --node $(NODE),)
 
 # A golden image with the images inside: make golden ENV=dev BASE_IMAGE=... KERNEL=...
 # INITRD=... SSH_KEY=... [GOLDEN_DIR=dist/golden]
