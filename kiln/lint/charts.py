@@ -68,7 +68,7 @@ def scan(entries: tuple[PathAt, ...]) -> list[ChartRef]:
     found: list[ChartRef] = []
     for path in chart_files(entries):
         shown = display_path(path)
-        for document in compose_file(path, shown):
+        for document in compose_file(path, shown, fast=True):
             found.extend(refs_in(document, shown))
     return found
 

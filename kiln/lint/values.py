@@ -95,7 +95,7 @@ def _file_tree(path: Path, override: bool) -> Value | None:
     if not path.is_file():
         return None
     merged: Value | None = None
-    for document in compose_file(path, display_path(path)):
+    for document in compose_file(path, display_path(path), fast=True):
         if isinstance(document, yaml.MappingNode):
             merged = coalesce(merged, tree(document, display_path(path), override))
     return merged
@@ -103,7 +103,8 @@ def _file_tree(path: Path, override: bool) -> Value | None:
 
 def _chart_yaml(folder: Path) -> dict[str, str]:
     out = {}
-    for document in compose_file(folder / "Chart.yaml", display_path(folder / "Chart.yaml")):
+    for document in compose_file(folder / "Chart.yaml", display_path(folder / "Chart.yaml"),
+                                 fast=True):
         if isinstance(document, yaml.MappingNode):
             for key, value in mapping_items(document):
                 if isinstance(key, yaml.ScalarNode) and isinstance(value, yaml.ScalarNode):
