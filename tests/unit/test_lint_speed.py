@@ -6,6 +6,7 @@ libyaml): findings and errors must name the same file:line:col.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -180,3 +181,18 @@ def test_libyaml_reads_tabs_where_yaml_allows_them() -> None:
     assert len(yamlio.compose_documents(text, "f", fast=True)) == 1
     with pytest.raises(ConfigError, match="found character '\\\\t'"):
         yamlio.compose_documents(text, "f")
+
+
+def test_gc_is_paused_only_for_the_block() -> None:
+    assert gc.isenabled()
+    with pytest.raises(ValueError), yamlio.gc_paused():
+        assert not gc.isenabled()
+        raise ValueError
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with yamlio.gc_paused():
+            pass
+        assert not gc.isenabled()  # off before, off after
+    finally:
+        gc.enable()
