@@ -230,11 +230,15 @@ def duplicate_keys(node: yaml.MappingNode) -> list[yaml.ScalarNode]:
 
 
 def walk(node: yaml.Node) -> Iterator[yaml.Node]:
-    """Every node below ``node`` once (aliases are not followed twice; no recursion loops)."""
+    """Every node below ``node`` in document order: each collection once (aliases are not
+    followed twice: no loops, no blow-up), and each scalar where it is used."""
     seen: set[int] = set()
     stack = [node]
     while stack:
         current = stack.pop()
+        if isinstance(current, yaml.ScalarNode):
+            yield current  # most nodes: no children, so not worth remembering
+            continue
         if id(current) in seen:
             continue
         seen.add(id(current))
@@ -242,5 +246,5 @@ def walk(node: yaml.Node) -> Iterator[yaml.Node]:
         if isinstance(current, yaml.MappingNode):
             for key, value in reversed(current.value):
                 stack.extend((value, key))
-        elif isinstance(current, yaml.SequenceNode):
+        else:
             stack.extend(reversed(current.value))

@@ -196,3 +196,11 @@ def test_gc_is_paused_only_for_the_block() -> None:
         assert not gc.isenabled()  # off before, off after
     finally:
         gc.enable()
+
+
+def test_walk_visits_collections_once_and_scalars_where_used() -> None:
+    (document,) = yamlio.compose_documents("a: &x [1, {b: 2}]\nc: *x\nd: &s t\ne: *s\n", "f")
+    scalars = [n.value for n in yamlio.walk(document) if isinstance(n, yaml.ScalarNode)]
+    assert scalars == ["a", "1", "b", "2", "c", "d", "t", "e", "t"]
+    (loop,) = yamlio.compose_documents("&l [*l, *l]", "f")
+    assert list(yamlio.walk(loop)) == [loop]
