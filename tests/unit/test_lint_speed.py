@@ -14,7 +14,7 @@ from typing import TypeVar
 import pytest
 import yaml
 
-from kiln import config, lint, yamlio
+from kiln import config, lint, refs, yamlio
 from kiln.errors import ConfigError
 from tests.helpers import write_tree
 
@@ -204,3 +204,12 @@ def test_walk_visits_collections_once_and_scalars_where_used() -> None:
     assert scalars == ["a", "1", "b", "2", "c", "d", "t", "e", "t"]
     (loop,) = yamlio.compose_documents("&l [*l, *l]", "f")
     assert list(yamlio.walk(loop)) == [loop]
+
+
+def test_normalize_is_remembered_but_still_refuses() -> None:
+    assert refs.normalize("nginx") is refs.normalize("nginx")
+    for _ in range(2):
+        with pytest.raises(refs.ReferenceError):
+            refs.normalize("Nginx")
+    with pytest.raises(refs.ReferenceError, match="must be a string"):
+        refs.normalize(["a"])  # type: ignore[arg-type]
