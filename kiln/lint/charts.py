@@ -9,6 +9,7 @@ A pull policy is taken from a sibling ``imagePullPolicy`` (a container spec) or 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,9 +39,14 @@ def display_path(path: Path) -> str:
     """``path`` relative to the working folder when it is below it, else absolute."""
     absolute = path.resolve()
     try:
-        return str(absolute.relative_to(Path.cwd().resolve()))
+        return str(absolute.relative_to(_resolved(os.getcwd())))
     except ValueError:
         return str(absolute)
+
+
+@functools.lru_cache(maxsize=8)
+def _resolved(folder: str) -> Path:
+    return Path(folder).resolve()  # once, not for every file
 
 
 def chart_files(entries: tuple[PathAt, ...]) -> Iterator[Path]:

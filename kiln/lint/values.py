@@ -95,9 +95,10 @@ def _file_tree(path: Path, override: bool) -> Value | None:
     if not path.is_file():
         return None
     merged: Value | None = None
-    for document in compose_file(path, display_path(path), fast=True):
+    shown = display_path(path)
+    for document in compose_file(path, shown, fast=True):
         if isinstance(document, yaml.MappingNode):
-            merged = coalesce(merged, tree(document, display_path(path), override))
+            merged = coalesce(merged, tree(document, shown, override))
     return merged
 
 
