@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KILN := $(PY) bake.py
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: packages-bake packages-test venv bake lint render verify push verify-registry diff try golden demo test unit integration check bench bench-bake bench-node bench-render clean
+.PHONY: packages-bake packages-test venv bake lint render verify push verify-registry diff try golden demo test unit integration check bench bench-bake bench-node bench-render bench-lint clean
 
 venv: $(STAMP)
 
@@ -78,7 +78,7 @@ test: packages-test check
 	$(PY) -m pytest -q tests
 
 # Benchmarks print ratios against a baseline measured in the same run (root: private engines).
-bench: bench-bake bench-node bench-render
+bench: bench-bake bench-node bench-render bench-lint
 
 bench-bake: venv
 	$(PY) -m pip install --quiet -e '.[test,dev,bench]'
@@ -89,6 +89,9 @@ bench-node: venv
 
 bench-render: venv
 	$(PY) bench/render.py
+
+bench-lint: venv
+	$(PY) bench/lint.py
 
 clean:
 	rm -rf dist .run

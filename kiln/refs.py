@@ -10,6 +10,7 @@ string in images.yaml is the string containerd stores and kubelet asks for.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -122,6 +123,13 @@ def normalize(text: str) -> Reference:
     """
     if not isinstance(text, str):
         raise ReferenceError(f"a reference must be a string, not {type(text).__name__}")
+    return _normalized(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized(text: str) -> Reference:
+    # remembered: lint compares each chart string with every declared image, and charts
+    # repeat the same few strings thousands of times
     if _IDENTIFIER_RE.fullmatch(text):
         raise ReferenceError(
             f"invalid repository name ({text}): cannot specify 64-byte hexadecimal strings"

@@ -12,6 +12,7 @@ program uses them is its own business, so lint reports them as warnings.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import yaml
 from kiln import refs
 from kiln.errors import ConfigError, Problem
 from kiln.model import Image, Location, PathAt
-from kiln.yamlio import compose_file, position, walk
+from kiln.yamlio import compose_file, gc_paused, position, walk
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -55,9 +56,14 @@ def display_path(path: Path) -> str:
     """``path`` relative to the working folder when it is below it, else absolute."""
     absolute = path.resolve()
     try:
-        return str(absolute.relative_to(Path.cwd().resolve()))
+        return str(absolute.relative_to(_resolved(os.getcwd())))
     except ValueError:
         return str(absolute)
+
+
+@functools.lru_cache(maxsize=8)
+def _resolved(folder: str) -> Path:
+    return Path(folder).resolve()  # once, not for every file
 
 
 def chart_files(entries: tuple[PathAt, ...]) -> Iterator[Path]:
@@ -104,16 +110,17 @@ def scan(entries: tuple[PathAt, ...]) -> tuple[list[ChartRef], list[Application]
     applications: list[Application] = []
     for path in chart_files(entries):
         shown = display_path(path)
-        for document in compose_file(path, shown):
-            if _is_application(document):
-                assert isinstance(document, yaml.MappingNode)
-                applications.append(Application(document, path, shown))
-                continue
-            policy = document_policy(document)
-            found.extend(ref if ref.pull_policy or policy is None else
-                         replace(ref, pull_policy=policy.value,
-                                 pull_policy_at=_location(shown, policy))
-                         for ref in refs_in(document, shown))
+        with gc_paused():  # the file's nodes are dropped whole once walked: nothing to collect
+            for document in compose_file(path, shown, fast=True):
+                if _is_application(document):
+                    assert isinstance(document, yaml.MappingNode)
+                    applications.append(Application(document, path, shown))
+                    continue
+                policy = document_policy(document)
+                found.extend(ref if ref.pull_policy or policy is None else
+                             replace(ref, pull_policy=policy.value,
+                                     pull_policy_at=_location(shown, policy))
+                             for ref in refs_in(document, shown))
     return found, applications
 
 
