@@ -140,8 +140,11 @@ def refs_in(document: yaml.Node, path: str) -> Iterator[ChartRef]:
     for node in walk(document):
         if not isinstance(node, yaml.MappingNode):
             continue
-        fields = _scalar_keys(node)
-        yield from _indirect_refs(fields, path)
+        fields = _container_keys(node)
+        if not fields:
+            continue
+        if len(fields) > ("image" in fields) + ("imagePullPolicy" in fields):
+            yield from _indirect_refs(fields, path)
         if "image" not in fields:
             continue
         value = fields["image"]
@@ -166,6 +169,15 @@ def refs_in(document: yaml.Node, path: str) -> Iterator[ChartRef]:
             pull_policy=policy,
             pull_policy_at=_location(path, policy_node) if policy_node is not None else None,
         )
+
+
+_CONTAINER_KEYS = frozenset(("image", "imagePullPolicy", "args", "command", "env"))
+
+
+def _container_keys(node: yaml.MappingNode) -> dict[str, yaml.Node]:
+    """The keys of ``node`` refs_in reads (most mappings have none: nothing is built)."""
+    return {key.value: value for key, value in node.value
+            if isinstance(key, yaml.ScalarNode) and key.value in _CONTAINER_KEYS}
 
 
 def _indirect_refs(fields: dict[str, yaml.Node], path: str) -> Iterator[ChartRef]:

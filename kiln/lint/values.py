@@ -60,14 +60,17 @@ class Chart:
 MAX_DEPTH = 64  # of nested mappings in a values file; real charts use fewer than 15
 
 
-def tree(node: yaml.Node, path: str, override: bool, depth: int = 0) -> Value:
+def tree(node: yaml.Node, path: str, override: bool, depth: int = 0,
+         aliases: bool = True) -> Value:
     """A Value tree of a composed node (``<<`` merge keys applied).
 
     Raises ConfigError for a document that aliases would blow up, a bad merge key, or
-    mappings nested deeper than MAX_DEPTH."""
+    mappings nested deeper than MAX_DEPTH. ``aliases=False``: the text has no anchor, so
+    nothing can blow up and the weighing is skipped."""
     if depth == 0:
         try:
-            weight(node)
+            if aliases:
+                weight(node)
             return tree(node, path, override, 1)
         except yaml.MarkedYAMLError as exc:
             raise ConfigError([marked_problem(path, exc)]) from None
@@ -113,9 +116,10 @@ def _drop_nulls(value: Value) -> Value:
 
 def _document_tree(data: bytes | None, shown: str, override: bool) -> Value | None:
     merged: Value | None = None
+    anchors = b"&" in (data or b"")  # no anchor, no alias: nothing to weigh
     for document in compose_documents(data or b"", shown, fast=True):
         if isinstance(document, yaml.MappingNode):
-            merged = coalesce(merged, tree(document, shown, override))
+            merged = coalesce(merged, tree(document, shown, override, aliases=anchors))
     return merged
 
 
