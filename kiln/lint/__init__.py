@@ -48,24 +48,42 @@ def run(config: Config, env: Environment, lock: Lock | None = None) -> list[Find
             chart_refs += (item,)
     ctx = LintContext(config=config, env=env, images=config.images_for(env),
                       chart_refs=tuple(plain) + chart_refs, unresolved=unresolved)
-    # an image in an argument or variable: the program may not pull it as such, so never
-    # more than a warning
-    indirect = {found.at: found.indirect for found in ctx.chart_refs if found.indirect}
-    findings = []
+    findings: set[Finding] = set()
     for rule in RULES:
         level = env.lint.levels.get(rule.ID, rule.LEVEL)
         if level == "off":
             continue
         for hit in rule.check(ctx):
-            said, message, kind = level, hit.message, indirect.get(hit.at)
-            if kind:
-                said = "warning" if level == "error" else level
-                message = f"{message} (in an {kind})"
-            findings.append(Finding(hit.at.path, hit.at.line, hit.at.column, said, rule.ID,
-                                    message))
+            said, message = _qualified(level, hit)
+            findings.add(Finding(hit.at.path, hit.at.line, hit.at.column, said, rule.ID,
+                                 message))
     if lock is not None:
-        findings.extend(chart_sources(ctx, lock))
-    return sorted(findings, key=lambda f: (f.file, f.line, f.column, f.rule))
+        findings.update(chart_sources(ctx, lock))
+    return sorted(findings, key=lambda f: (f.file, f.line, f.column, f.rule, f.message))
+
+
+def _qualified(level: str, hit: Hit) -> tuple[str, str]:
+    """A finding about a chart reference says where its values set it; one about an image
+    in an argument or variable (the program may not pull it as such), or that its rule marks
+    soft, is never more than a warning."""
+    message, ref = hit.message, hit.ref
+    if ref is not None and ref.origin:
+        message += f" (values: {ref.origin})"
+    soft = f"in an {ref.indirect}" if ref is not None and ref.indirect else hit.soft
+    if soft:
+        return ("warning" if level == "error" else level), f"{message} ({soft})"
+    return level, message
+    if ref.origin:
+        message += f" (values: {ref.origin})"
+    soft = ""
+    if ref.indirect:
+        soft = f"in an {ref.indirect}"
+    elif ref.tag_guessed:
+        soft = ("the tag is the chart's appVersion, which its templates may render otherwise: "
+                "set the tag in values, or lint the rendered chart")
+    if soft:
+        return ("warning" if level == "error" else level), f"{message} ({soft})"
+    return level, message
 
 
 def release_refs(env: Environment

@@ -40,6 +40,9 @@ class ChartRef:
     indirect: str = ""  # "argument" or "environment variable": found outside an image key
     tag_at: Location | None = None  # where the tag was set, when not at ``at`` (values)
     name_at: Location | None = None  # where the repository was set, when not at ``at``
+    digest_at: Location | None = None  # where the digest was set
+    tag_guessed: bool = False  # the tag is the chart's appVersion: its templates decide
+    origin: str = ""  # "chart: values.path" for an image resolved from effective values
 
 
 # Keys that set the pull policy of every container of a chart, as charts name them (paths
@@ -47,8 +50,10 @@ class ChartRef:
 CHART_WIDE_POLICY = (
     ("imagePullPolicy",), ("pullPolicy",),
     ("global", "imagePullPolicy"), ("global", "pullPolicy"), ("global", "image", "pullPolicy"),
+    ("global", "image", "imagePullPolicy"),
 )
 _ARGUMENT = re.compile(r"(--?[A-Za-z0-9_.-]*image)(=?)(.*)", re.IGNORECASE | re.DOTALL)
+_FLAG = re.compile(r"(--?[A-Za-z0-9][A-Za-z0-9_.-]*)=(\S+)")
 _ENV_NAME = re.compile(r"[A-Za-z0-9_]*_IMAGE|RELATED_IMAGE_[A-Za-z0-9_]+")
 
 
@@ -196,6 +201,10 @@ def _indirect_refs(fields: dict[str, yaml.Node], path: str) -> Iterator[ChartRef
             if pending or (match and match.group(2)):
                 skip = 0 if pending else len(match.group(1)) + 1 if match else 0
                 yield from _indirect(text[skip:], path, item, skip, "argument")
+            elif (flag := _FLAG.fullmatch(text)) and _looks_like_image(flag.group(2)):
+                # --prometheus-config-reloader=quay.io/…:v0.80.0: no "image" in the flag
+                yield from _indirect(flag.group(2), path, item, len(flag.group(1)) + 1,
+                                     "argument")
             pending = bool(match and not match.group(2) and not match.group(3))
     env = fields.get("env")
     for item in env.value if isinstance(env, yaml.SequenceNode) else []:
@@ -204,6 +213,18 @@ def _indirect_refs(fields: dict[str, yaml.Node], path: str) -> Iterator[ChartRef
         if (isinstance(name, yaml.ScalarNode) and isinstance(value, yaml.ScalarNode)
                 and _ENV_NAME.fullmatch(str(name.value))):
             yield from _indirect(str(value.value), path, value, 0, "environment variable")
+
+
+def _looks_like_image(text: str) -> bool:
+    """A fully-qualified reference with a tag or digest (``host.domain/path:tag``): what a
+    flag that takes an image is given; paths, URLs and ``host:port`` are not."""
+    if "://" in text or "/" not in text:
+        return False
+    try:
+        parsed = refs.parse(text)
+    except refs.ReferenceError:
+        return False
+    return refs.is_fully_qualified(text) and (parsed.tag is not None or parsed.digest is not None)
 
 
 def _indirect(text: str, path: str, node: yaml.ScalarNode, skip: int, kind: str

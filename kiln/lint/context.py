@@ -21,3 +21,5 @@ class LintContext:
 class Hit:
     at: Location
     message: str
+    ref: ChartRef | None = None  # the chart reference it is about, if any
+    soft: str = ""  # why it is at most a warning (lint cannot be sure), if it is

@@ -55,6 +55,7 @@ class Chart:
     subcharts: list[Chart] = field(default_factory=list)  # enabled ones
     scopes: set[str] = field(default_factory=set)  # values keys that belong to subcharts
     missing: list[Dependency] = field(default_factory=list)  # listed, not under charts/
+    declared_globals: frozenset[str] = frozenset()  # global.* keys its own defaults have
 
 
 MAX_DEPTH = 64  # of nested mappings in a values file; real charts use fewer than 15
@@ -190,15 +191,16 @@ def _enabled(dependency: Dependency, values: Value, tags: Value | None) -> bool:
         found: Value | None = values
         for key in path.split("."):
             found = found.children.get(key) if found and found.children is not None else None
-        flag = _boolean(found)
+        flag = boolean(found)
         if flag is not None:
             return flag
-    flags = [_boolean(tags.children.get(t) if tags and tags.children else None)
+    flags = [boolean(tags.children.get(t) if tags and tags.children else None)
              for t in dependency.tags]
     return not (False in flags and True not in flags)
 
 
-def _boolean(value: Value | None) -> bool | None:
+def boolean(value: Value | None) -> bool | None:
+    """A YAML boolean's value; None for anything else (absent, a string, a map)."""
     if value is None or not isinstance(value.node, yaml.ScalarNode):
         return None
     if value.node.tag != "tag:yaml.org,2002:bool":
@@ -211,6 +213,7 @@ def load_chart(files: ChartFiles, overrides: list[Value], globals_: Value | None
     """The chart's effective values under ``overrides`` (in order), subcharts included."""
     meta = _chart_meta(files, files.shown.rsplit("/", 1)[-1])
     values = _document_tree(files.read("values.yaml"), files.display("values.yaml"), False)
+    declared = _global_keys(values)
     for top in overrides:
         values = coalesce(values, top)
     if values is None or values.children is None:
@@ -221,7 +224,7 @@ def load_chart(files: ChartFiles, overrides: list[Value], globals_: Value | None
     values = _drop_nulls(Value(values.node, values.path, values.override, children))
     if tags is None:
         tags = children.get("tags")  # the top chart's: Helm reads tags there only
-    chart = Chart(meta.name, files.shown, values, meta.app_version)
+    chart = Chart(meta.name, files.shown, values, meta.app_version, declared_globals=declared)
     for sub in files.subcharts():
         sub_name = _chart_meta(sub, sub.shown.rsplit("/", 1)[-1]).name
         listed = [d for d in meta.dependencies if d.name == sub_name] or [
@@ -235,10 +238,24 @@ def load_chart(files: ChartFiles, overrides: list[Value], globals_: Value | None
             chart.subcharts.append(load_chart(
                 sub, [scoped] if scoped is not None and scoped.children is not None else [],
                 children.get("global"), tags))
-    vendored = {sub.name for sub in chart.subcharts} | {
-        d.name for d in meta.dependencies if (d.alias or d.name) in chart.scopes}
-    chart.missing = [d for d in meta.dependencies if d.name not in vendored]
+    for dependency in meta.dependencies:
+        if (dependency.alias or dependency.name) in chart.scopes:
+            continue
+        # not vendored: its values are its own, never the parent's images; said when on
+        chart.scopes.add(dependency.alias or dependency.name)
+        if _enabled(dependency, values, tags):
+            chart.missing.append(dependency)
     return chart
+
+
+def _global_keys(defaults: Value | None) -> frozenset[str]:
+    """``imageRegistry``, ``image.registry``…: the globals a chart's own values.yaml sets."""
+    top = defaults.children.get("global") if defaults and defaults.children else None
+    keys: set[str] = set()
+    for key, value in (top.children or {}).items() if top is not None else ():
+        keys.add(key)
+        keys.update(f"{key}.{inner}" for inner in (value.children or {}))
+    return frozenset(keys)
 
 
 def load_release(folder: Path, value_files: list[Path], more: list[Value] | None = None

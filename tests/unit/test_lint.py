@@ -55,6 +55,8 @@ TREE = {
           image: "{{ .Values.global.image }}"
         upstream:
           image: quay.io/somebody/else:v1
+        broken:
+          image: registry.example.com//foundation/x:v1
         """,
     "rel/Chart.yaml": "name: rel\n",
     "rel/values.yaml": "image:\n  repository: \"\"\n"
@@ -81,6 +83,7 @@ EXPECTED = [
     ("charts/app/values.yaml", 3, 5, "error", "chart-undeclared"),
     ("charts/app/values.yaml", 7, 10, "error", "chart-mismatch"),
     ("charts/app/values.yaml", 11, 10, "error", "chart-unreachable"),
+    ("charts/app/values.yaml", 13, 10, "error", "chart-invalid-ref"),
     ("images.yaml", 7, 10, "error", "not-fully-qualified"),
     ("images.yaml", 7, 10, "error", "registry-mismatch"),
     ("images.yaml", 10, 10, "error", "mutable-tag"),
@@ -141,7 +144,7 @@ def test_unknown_rule_in_levels_is_a_config_error(tree: Path, capsys: pytest.Cap
 def test_cli_text_and_json(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lint", "--env", "dev"]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[3].startswith("images.yaml:7:10: [error] not-fully-qualified 'foundation/")
+    assert lines[4].startswith("images.yaml:7:10: [error] not-fully-qualified 'foundation/")
     assert len(lines) == len(EXPECTED)
     assert main(["lint", "--env", "dev", "--format", "json"]) == 1
     data = json.loads(capsys.readouterr().out)

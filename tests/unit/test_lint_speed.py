@@ -116,8 +116,7 @@ def test_both_loaders_find_the_same_places(tree: Path, monkeypatch: pytest.Monke
     assert fast == pure
     assert fast == [
         ("manifests/app.yaml", 5, 28, "chart-mismatch"),  # after an emoji, CRLF lines, a BOM
-        ("manifests/multi.yaml", 18, 18, "chart-mismatch"),
-        ("manifests/multi.yaml", 18, 18, "chart-mismatch"),  # *db: the anchored node
+        ("manifests/multi.yaml", 18, 18, "chart-mismatch"),  # and *db, the same: said once
         ("manifests/multi.yaml", 19, 28, "pull-policy-always"),
         ("manifests/multi.yaml", 23, 18, "chart-mismatch"),  # a string continued by "\\"
         ("values/db.yaml", 2, 88, "chart-mismatch"),  # the override's tag, after an emoji

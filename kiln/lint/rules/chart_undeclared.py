@@ -15,4 +15,4 @@ def check(ctx: LintContext) -> Iterator[Hit]:
     for found in ctx.chart_refs:
         if classify(found.text, ctx.images, ctx.env.registry).kind == "undeclared":
             yield Hit(found.at, f"{found.text!r} is on {ctx.env.registry} but not in "
-                                f"{ctx.config.path}: a cold node would have to pull it")
+                                f"{ctx.config.path}: a cold node would have to pull it", found)

@@ -22,4 +22,4 @@ def check(ctx: LintContext) -> Iterator[Hit]:
             continue  # said by chart-upstream, with the ref to write
         yield Hit(found.at, f"{found.text!r} is neither in {ctx.config.path} nor on "
                             f"{ctx.env.registry}: a cold node in an air gap cannot pull it "
-                            "(bake it, or point the chart at the registry)")
+                            "(bake it, or point the chart at the registry)", found)

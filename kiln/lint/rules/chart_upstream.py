@@ -44,4 +44,4 @@ def check(ctx: LintContext) -> Iterator[Hit]:
                 "declared", "mismatch"):
             continue  # a declared ref is right; a mismatch is said by chart-mismatch
         yield Hit(found.at, f"{found.text!r} is the upstream source of image {named.name!r}: "
-                            f"should be {named.ref!r}, the name the nodes hold")
+                            f"should be {named.ref!r}, the name the nodes hold", found)

@@ -18,5 +18,6 @@ def check(ctx: LintContext) -> Iterator[Hit]:
         match = classify(found.text, ctx.images, ctx.env.registry)
         if match.kind in ("declared", "mismatch") and match.image is not None:
             yield Hit(found.pull_policy_at,
-                      f"imagePullPolicy Always on bootstrap image {match.image.ref!r}: use "
-                      "IfNotPresent so kubelet takes the side-loaded copy")
+                      f"imagePullPolicy Always on {found.text!r} (bootstrap image "
+                      f"{match.image.name!r}): use IfNotPresent so kubelet takes the "
+                      "side-loaded copy", found)
