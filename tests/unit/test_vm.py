@@ -16,7 +16,8 @@ from kiln.vm import BEGIN, END, Trial, TryError, guest_url, store_for_guest
 from tests.helpers import write_tree
 
 IMAGE = LockedImage("dex", "r.example.com/f/dex:v1", "sha256:" + "1" * 64, "linux/amd64",
-                    "2" * 64, 10, 20, "zstd", 1, "blobs/sha256/" + "2" * 64, (), "build")
+                    "2" * 64, 10, 20, "zstd", 1, "blobs/sha256/" + "2" * 64, (), "build",
+                    manifest_digests=(("linux/amd64", "sha256:" + "3" * 64),))
 LOCK = Lock("dev", "r.example.com", images=(IMAGE,))
 
 
