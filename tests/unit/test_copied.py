@@ -148,7 +148,7 @@ def test_a_pinned_source_is_checked_and_an_air_gapped_rebake_asks_no_registry(
 
 def test_a_registry_that_serves_other_bytes_than_the_pin_is_refused(tmp_path: Path) -> None:
     upstream = FakeUpstream()
-    manifest, blobs = registry_image(b"wanted")
+    manifest, _ = registry_image(b"wanted")
     pinned = digest(manifest)
     other, other_blobs = registry_image(b"something else")
     upstream.push(f"{UP}:v1", other, other_blobs)
