@@ -29,7 +29,9 @@ def reason(stderr: str) -> str:
     if not lines:
         return "failed"
     found = re.search(r'msg="((?:[^"\\]|\\.)*)"', lines[-1])
-    return found.group(1).replace('\\"', '"') if found else lines[-1]
+    text = found.group(1).replace('\\"', '"') if found else lines[-1]
+    # the caller names the image already: drop skopeo's restatement of it
+    return re.sub(r'^(?:Error parsing image name|initializing source) "?[^" ]*"?: ', "", text)
 
 
 class SkopeoUpstream:

@@ -233,3 +233,15 @@ def test_an_oci_archive_keeps_its_digests(tmp_path: Path) -> None:
     assert (image.manifest_digest, image.image_id, image.source, image.upstream) == (
         digest(manifest), json.loads(manifest)["config"]["digest"], "archive", None)
     assert stored_members(folder, image.key)[f"blobs/sha256/{digest(manifest)[7:]}"] == manifest
+
+
+def test_skopeo_errors_become_one_line_without_their_frame() -> None:
+    from kiln.upstream import reason
+
+    stderr = ('time="2026-11-28T17:15:34Z" level=fatal msg="Error parsing image name '
+              '\\"docker://r.example/x@sha256:00\\": pinging container registry r.example: '
+              'Get \\"https://r.example/v2/\\": x509: certificate signed by unknown authority"\n')
+    assert reason(stderr) == ('pinging container registry r.example: Get "https://r.example/'
+                              'v2/": x509: certificate signed by unknown authority')
+    assert reason("warning\nplain last line\n") == "plain last line"
+    assert reason("") == "failed"
