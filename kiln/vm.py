@@ -233,5 +233,6 @@ class Trial:
         seen = {i.get("ref"): i for i in check.get("images", [])}
         ok = bool(check.get("ok")) and all(
             seen.get(i.ref, {}).get("image_id") == i.image_id
+            and seen.get(i.ref, {}).get("digest_ref") == i.digest_ref
             and seen.get(i.ref, {}).get("state") == "present" for i in wanted)
         return TryResult(ok, seconds, status, check, lines)

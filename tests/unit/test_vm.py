@@ -52,9 +52,10 @@ def trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Trial:
     return Trial(env, LOCK, tmp_path / "base.raw", timeout=3, log=lambda _: None)
 
 
-def report(state: str, image_id: str) -> str:
+def report(state: str, image_id: str, digest_ref: str | None = IMAGE.digest_ref) -> str:
     check = {"ok": state == "present", "images": [
-        {"name": "dex", "ref": IMAGE.ref, "image_id": image_id, "state": state}]}
+        {"name": "dex", "ref": IMAGE.ref, "digest_ref": digest_ref, "image_id": image_id,
+         "state": state}]}
     return (f"boot noise\n{BEGIN}\nstatus: {json.dumps(check)}\ncheck: {json.dumps(check)}\n"
             f"unit: Before=kubelet.service\n{END}\n")
 
@@ -70,6 +71,10 @@ def test_a_wrong_image_id_or_state_is_not(trial: Trial, tmp_path: Path) -> None:
     fake_tools(tmp_path / "bin", report("present", "sha256:" + "9" * 64), exit_after=True)
     assert not trial.run().ok
     fake_tools(tmp_path / "bin", report("unpinned", IMAGE.image_id), exit_after=True)
+    assert not trial.run().ok
+    # a node rendered from another lock: the same image ID under another manifest digest
+    other = f"r.example.com/f/dex@sha256:{'8' * 64}"
+    fake_tools(tmp_path / "bin", report("present", IMAGE.image_id, other), exit_after=True)
     assert not trial.run().ok
 
 
