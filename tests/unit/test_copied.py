@@ -245,3 +245,18 @@ def test_skopeo_errors_become_one_line_without_their_frame() -> None:
                               'v2/": x509: certificate signed by unknown authority')
     assert reason("warning\nplain last line\n") == "plain last line"
     assert reason("") == "failed"
+
+
+def test_diff_never_calls_a_copied_image_recompressed(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Its layers are as served (gzip here), the environment says zstd -3: nothing to do."""
+    from kiln.cli import main
+
+    upstream = FakeUpstream()
+    upstream.push(f"{UP}:v1", *registry_image(b"as served"))
+    folder = project(tmp_path, f'pull: "{UP}:v1"')
+    bake(folder, upstream)
+    capsys.readouterr()
+    assert main(["diff", "--env", "dev", "--config", str(folder / "images.yaml"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["changes"] == []
