@@ -43,7 +43,8 @@ def main() -> int:
         images = tuple(
             LockedImage(f"img{i}", f"r.example.com/foundation/img{i}:v1", "sha256:" + "a" * 64,
                         "linux/amd64", "b" * 64, 10**8, 2 * 10**8, "zstd", 1,
-                        "blobs/sha256/" + "b" * 64, ROLES[i % len(ROLES)], "build")
+                        "blobs/sha256/" + "b" * 64, ROLES[i % len(ROLES)], "build",
+                        manifest_digests=(("linux/amd64", "sha256:" + "c" * 64),))
             for i in range(12))
         lock = Lock("prod", "r.example.com", images=images)
         inventory = work / "nodes.yaml"

@@ -1,30 +1,39 @@
-"""Bake: each image from its source into the engine under its FQ ref, then into the store.
+"""Bake: each image from its source into the store under its FQ ref.
+
+`build:` images and `docker save` archives go through the engine (tagged with the ref,
+exported, layers compressed: kiln's digests). `pull:` sources and OCI archives are copied as
+they are served, without an engine (kiln/upstream.py, kiln/copied.py): their image ID and
+manifest digest stay the upstream's.
 
 An image whose ref, image ID, platform and compression match the previous lock, and whose
 object is still in the store, is not exported again: a no-change rebake costs the engine's
 build cache and one stat per image. A `build:` image whose inputs (kiln/buildinputs.py) are
 the lock's is not even built: the engine's image IDs are not reproducible, the lock is the
-truth. The lock is written only when every image published, so it never names an object
-that does not exist.
+truth. A pull source pinned by a digest the lock already holds is not even looked up (an
+air-gapped rebake), and one whose registry serves the lock's manifest digest is not copied.
+The lock is written only when every image published, so it never names an object that does
+not exist.
 """
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kiln import buildinputs
+from kiln import buildinputs, copied, refs
 from kiln import lock as lockfile
 from kiln.errors import KilnError
+from kiln.files import spool_dir
 from kiln.lock import Lock, LockedImage
 from kiln.model import ArchiveSource, BuildSource, Config, Environment, Image, PullSource
-from kiln.ports import Engine
+from kiln.ports import Engine, Upstream
 from kiln.progress import Reporter, human
-from kiln.publish import Published, publish
+from kiln.publish import Published, publish, publish_copy
 from kiln.stores import Store, blob_key, lock_key
 
 UPLOADS_BESIDE = 2  # images that may be uploading while `jobs` others compress
@@ -49,10 +58,11 @@ class BakeResult:
 class Baker:
     def __init__(self, config: Config, env: Environment, engine: Engine, store: Store,
                  reporter: Reporter, dist: Path, jobs: int = 2,
-                 verify_store: bool = False) -> None:
+                 verify_store: bool = False, upstream: Upstream | None = None) -> None:
         self.config = config
         self.env = env
-        self.engine = engine
+        self.engine = engine  # asked only for builds and `docker save` archives
+        self.upstream = upstream  # copies pull sources and OCI archives as served
         self.store = store
         self.reporter = reporter
         self.lock_path = lockfile.lock_path(dist, env.name)
@@ -83,9 +93,6 @@ class Baker:
         if isinstance(source, BuildSource):
             self.reporter.step(image.name, f"building {source.context.name}")
             image_id = self.engine.build(source, image.ref, image.platform)
-        elif isinstance(source, PullSource):
-            self.reporter.step(image.name, f"pulling {source.ref}")
-            image_id = self.engine.pull(source, image.platform)
         else:
             assert isinstance(source, ArchiveSource)
             self.reporter.step(image.name, f"loading {source.path.name}")
@@ -94,6 +101,8 @@ class Baker:
         return image_id
 
     def bake_image(self, image: Image) -> LockedImage:
+        if self.copies(image):
+            return self.bake_copied(image)
         inputs = self.build_inputs(image)
         with self.cpu_slots:
             image_id = self.locked_build(image, inputs)
@@ -121,15 +130,14 @@ class Baker:
             self.reused.append(image.name)
             return replace(entry, inputs=inputs)
         published = self.publish(image.ref, image_id, image.name, info.size)
-        source = image.source
         return LockedImage(
             name=image.name, ref=image.ref, image_id=image_id, platform=image.platform,
             sha256=published.sha256, size=published.size,
             uncompressed_size=published.uncompressed_size,
             compression=self.env.compression.algorithm,
             compression_level=self.env.compression.level, key=published.key,
-            roles=image.roles, source=source.kind,
-            upstream=source.ref if isinstance(source, PullSource) else None, inputs=inputs,
+            roles=image.roles, source=image.source.kind, inputs=inputs,
+            manifest_digests=((image.platform, published.manifests[image.ref]),),
         )
 
     # -- unchanged builds (kiln/buildinputs.py) -----------------------------------------------
@@ -168,9 +176,7 @@ class Baker:
                 or old.compression_level != comp.level
                 or not self.intact(old.key, old.sha256, old.size)):
             return None
-        source = image.source
-        return replace(old, roles=image.roles, source=source.kind,
-                       upstream=source.ref if isinstance(source, PullSource) else None)
+        return replace(old, roles=image.roles, source=image.source.kind, upstream=None)
 
     def intact(self, key: str, sha256: str, size: int) -> bool:
         """Does the store still hold the locked object? A dir store's file is hashed again;
@@ -195,6 +201,10 @@ class Baker:
         self.reporter.step(label, "saving")
         published = publish(self.engine.export(ref), self.store, self.env.compression, size_hint,
                             progress, self.cancel, self.cpu_slots, expect={ref: image_id})
+        self.record(label, published)
+        return published
+
+    def record(self, label: str, published: Published) -> None:
         verb = "stored" if published.uploaded else "already stored"
         self.reporter.finish(label, f"{verb} {human(published.uncompressed_size)} -> "
                                     f"{human(published.size)} {published.key}")
@@ -202,7 +212,100 @@ class Baker:
         if published.uploaded:
             with self.created_lock:
                 self.created.append(published.key)
-        return published
+
+    # -- images copied as served (pull sources, OCI archives): no engine ----------------------
+
+    def copies(self, image: Image) -> bool:
+        source = image.source
+        if isinstance(source, ArchiveSource):
+            if not source.path.is_file():
+                raise KilnError(f"archive {source.path} does not exist")
+            return copied.archive_kind(source.path) == "oci"
+        return isinstance(source, PullSource)
+
+    def bake_copied(self, image: Image) -> LockedImage:
+        source = image.source
+        kept = self.pinned_in_lock(image)
+        if kept is not None:
+            return self.unchanged(image, kept, "its pinned digest is the lock's")
+        if self.upstream is None:
+            raise KilnError("no upstream client to copy images with")
+        with tempfile.TemporaryDirectory(prefix="kiln-copy-", dir=spool_dir()) as work:
+            layout = Path(work) / "layout"
+            with self.cpu_slots:
+                if isinstance(source, PullSource):
+                    self.reporter.step(image.name, f"resolving {source.ref}")
+                    raw = self.upstream.manifest(copied.lookup(source.ref))
+                    served = copied.served(raw, source.ref, image.platform)
+                    kept = self.reusable_copy(image, served.manifest_digest)
+                    if kept is None:
+                        self.reporter.step(image.name, f"copying {source.ref}")
+                        repository = refs.parse(source.ref).repository
+                        self.upstream.copy_image(f"{repository}@{served.manifest_digest}",
+                                                 layout, self.cancel)
+                        if copied.layout_digest(layout) != served.manifest_digest:
+                            raise KilnError(f"the copy of {source.ref} is "
+                                            f"{copied.layout_digest(layout)}, not "
+                                            f"{served.manifest_digest}")
+                else:
+                    assert isinstance(source, ArchiveSource)
+                    self.reporter.step(image.name, f"copying {source.path.name}")
+                    self.upstream.copy_archive(source.path, layout, self.cancel)
+                    served = copied.Served(copied.layout_digest(layout), None)
+                    kept = self.reusable_copy(image, served.manifest_digest)
+            if kept is not None:
+                return self.unchanged(image, replace(kept, index_digest=served.index_digest),
+                                      "the lock's manifest digest")
+            return self.publish_copied(image, layout, served)
+
+    def pinned_in_lock(self, image: Image) -> LockedImage | None:
+        """The lock's entry when the pull source is pinned by a digest the lock holds (as the
+        index or the manifest digest) and the object is intact: no registry is asked."""
+        source = image.source
+        old = self.previous.image(image.name) if self.previous else None
+        pinned = refs.parse(source.ref).digest if isinstance(source, PullSource) else None
+        if (pinned is None or old is None or old.source != source.kind or old.ref != image.ref
+                or old.platform != image.platform
+                or pinned not in (old.index_digest, old.manifest_digest)):
+            return None
+        return old if self.intact(old.key, old.sha256, old.size) else None
+
+    def reusable_copy(self, image: Image, manifest_digest: str) -> LockedImage | None:
+        """The lock's entry when it holds this very manifest under the same ref, intact."""
+        old = self.previous.image(image.name) if self.previous else None
+        if (old is None or old.source != image.source.kind or old.ref != image.ref
+                or old.platform != image.platform or old.manifest_digest != manifest_digest):
+            return None
+        return old if self.intact(old.key, old.sha256, old.size) else None
+
+    def unchanged(self, image: Image, kept: LockedImage, why: str) -> LockedImage:
+        self.reporter.finish(image.name, f"unchanged {image.ref} ({why}; {human(kept.size)})")
+        self.reused.append(image.name)
+        source = image.source
+        return replace(kept, roles=image.roles,
+                       upstream=source.ref if isinstance(source, PullSource) else None)
+
+    def publish_copied(self, image: Image, layout: Path, served: copied.Served) -> LockedImage:
+        size_hint = sum(p.stat().st_size for p in layout.rglob("*") if p.is_file())
+
+        def progress(done: int) -> None:
+            self.reporter.progress(image.name, done, size_hint)
+
+        self.reporter.step(image.name, "storing")
+        published, found = publish_copy(layout, image.ref, image.platform, self.store,
+                                        size_hint, progress, self.cancel)
+        self.record(image.name, published)
+        source = image.source
+        return LockedImage(
+            name=image.name, ref=image.ref, image_id=found.image_id, platform=image.platform,
+            sha256=published.sha256, size=published.size,
+            uncompressed_size=published.uncompressed_size, compression=found.compression,
+            compression_level=lockfile.AS_SERVED, key=published.key, roles=image.roles,
+            source=source.kind,
+            upstream=source.ref if isinstance(source, PullSource) else None,
+            manifest_digests=((image.platform, found.manifest_digest),),
+            index_digest=served.index_digest,
+        )
 
     # -- the whole bake -----------------------------------------------------------------------
 

@@ -37,7 +37,8 @@ def image_changes(images: tuple[Image, ...], env: Environment, lock: Lock | None
                                                f"{new.source.kind} {upstream or ''}".strip()))
         elif new.platform != old.platform:
             out.append(Change("rebuilt", name, f"platform {old.platform} -> {new.platform}"))
-        elif (env.compression.algorithm, env.compression.level) != (
+        elif old.compression_level != lockfile.AS_SERVED and (
+                env.compression.algorithm, env.compression.level) != (
                 old.compression, old.compression_level):
             out.append(Change("recompressed", name, f"{old.compression} -{old.compression_level}"
                                                     f" -> {env.compression.algorithm} "

@@ -1,4 +1,5 @@
-"""The Docker engine edge: build, pull, load, tag, inspect and export, through the docker SDK.
+"""The Docker engine edge: build, load, tag, inspect and export, through the docker SDK.
+(Pull sources never come here: bake copies them as served without an engine, kiln/upstream.py.)
 
 Talks to the engine at DOCKER_HOST (default: the local socket). Each thread gets its own
 client: the SDK's HTTP session is not meant to be shared across threads.
@@ -7,12 +8,8 @@ client: the SDK's HTTP session is not meant to be shared across threads.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tarfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -20,7 +17,7 @@ import docker.errors
 import requests.exceptions
 
 from kiln import refs
-from kiln.model import ArchiveSource, BuildSource, PullSource
+from kiln.model import ArchiveSource, BuildSource
 from kiln.ports import EngineError, ImageInfo
 
 EXPORT_CHUNK = 1 << 20
@@ -68,37 +65,12 @@ class DockerEngine:
             raise EngineError(f"build failed: {_one_line(exc.explanation or str(exc))}") from None
         return str(image.id)
 
-    def pull(self, source: PullSource, platform: str) -> str:
-        upstream = refs.parse(source.ref)
-        # Pull by digest when pinned (the tag is informative only), else by tag.
-        wanted = f"{upstream.repository}@{upstream.digest}" if upstream.digest else source.ref
-        repository, tag = (wanted, None) if upstream.digest else (
-            upstream.repository, upstream.tag or "latest")
-        if upstream.digest:
-            # Pinned and already here: no registry needed (an air-gapped rebake).
-            present = self.inspect(wanted)
-            if present is not None:
-                return present.image_id
-        try:
-            image = self.client.images.pull(repository, tag=tag, platform=platform)
-        except docker.errors.APIError as exc:
-            raise EngineError(f"pull of {source.ref} failed: "
-                              f"{_one_line(exc.explanation or str(exc))}") from None
-        if upstream.digest:
-            digests = {str(refs.parse(d).digest) for d in image.attrs.get("RepoDigests", [])}
-            if upstream.digest not in digests:
-                raise EngineError(f"pull of {source.ref}: the engine got {sorted(digests)}, "
-                                  f"not the pinned {upstream.digest}")
-        return str(image.id)
-
     def load(self, source: ArchiveSource, ref: str) -> str:
-        """Load the archive's one image and tag it ``ref``; return its image ID."""
+        """Load the `docker save` archive's one image and tag it ``ref``; return its image ID.
+        (An OCI archive never comes here: bake copies it as it is, kiln/copied.py.)"""
         path = source.path
         if not path.is_file():
             raise EngineError(f"archive {path} does not exist")
-        kind = archive_kind(path)
-        if kind == "oci":
-            return self._load_oci(path, ref)
         try:
             with path.open("rb") as data:
                 loaded = self.client.images.load(data)
@@ -111,20 +83,6 @@ class DockerEngine:
         image_id = str(ids.pop())
         self.tag(image_id, ref)
         return image_id
-
-    def _load_oci(self, path: Path, ref: str) -> str:
-        """An OCI archive: docker 20.10 cannot load it, skopeo copies it into the engine."""
-        if shutil.which("skopeo") is None:
-            raise EngineError(f"{path} is an OCI archive: install skopeo to load it")
-        argv = ["skopeo", "copy", "--quiet", "--dest-daemon-host", self.base_url,
-                f"oci-archive:{path}", f"docker-daemon:{ref}"]
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise EngineError(f"load of OCI archive {path} failed: {_one_line(done.stderr)}")
-        info = self.inspect(ref)
-        if info is None:
-            raise EngineError(f"load of OCI archive {path}: the engine does not show {ref}")
-        return info.image_id
 
     def tag(self, image_id: str, ref: str) -> None:
         name = refs.parse(ref)  # name:tag (images.yaml refs carry no digest)
@@ -167,20 +125,3 @@ class DockerEngine:
             raise EngineError(f"export of {ref} broke off: {exc}") from None
         finally:
             response.close()
-
-
-def archive_kind(path: Path) -> str:
-    """``docker`` for a docker-save archive (manifest.json), ``oci`` for an OCI layout."""
-    try:
-        with tarfile.open(path) as tar:
-            names = set()
-            for member in tar:
-                names.add(member.name.removeprefix("./"))
-                if "manifest.json" in names:
-                    return "docker"
-            if "index.json" in names and "oci-layout" in names:
-                return "oci"
-    except (tarfile.TarError, OSError) as exc:
-        raise EngineError(f"archive {path} is not a readable tar file: {exc}") from None
-    raise EngineError(f"archive {path} is neither a docker-save nor an OCI archive")
-

@@ -22,8 +22,10 @@ HOSTNAME_MAX = 253  # RFC 1123 / 1035: the whole name, dots included
 PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?", re.ASCII)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}", re.ASCII)
 IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+DIGEST = IMAGE_ID  # a manifest or index digest: the same shape as an image ID
 COUNT = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII)
-COMPRESSION = re.compile(r"zstd|gzip", re.ASCII)
+# The layers' compression: kiln's zstd or gzip, or a copied image's as served.
+COMPRESSION = re.compile(r"zstd|gzip|none|mixed", re.ASCII)
 # A registry host: DNS labels or a bracketed IPv6 address, an optional port.
 REGISTRY = re.compile(
     r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
@@ -46,6 +48,8 @@ FILE_MODE = re.compile(r"0?[0-7]{3,4}", re.ASCII)
 OWNER = re.compile(r"[a-z_][a-z0-9_-]{0,31}(?::[a-z_][a-z0-9_-]{0,31})?", re.ASCII)
 # A reference as containerd stores it: distribution's grammar, nothing around it.
 REFERENCE = refs.REFERENCE_RE
+# ``repo@sha256:<hex>``: the digest name nodes hold beside the ref (no tag: the CRI drops it).
+DIGEST_REFERENCE = re.compile(rf"{refs.NAME_PATTERN}@sha256:[0-9a-f]{{64}}", re.ASCII)
 NODE_PATH = re.compile(r"/[A-Za-z0-9._+@%=,:~/-]{0,4095}", re.ASCII)
 
 

@@ -13,14 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln import grammar
+from kiln import grammar, refs
 from kiln.errors import KilnError
 from kiln.files import write_atomic
 
-# 2: objects are OCI archives with compressed layers (1: compressed `docker save` archives).
-# Still 2 without "bundles" (kiln wrote `"bundles": []` or a list until they were removed): a
-# lock with or without the key reads in either kiln, so nothing forces a re-store.
-LOCK_VERSION = 2
+# 3: each image records its manifest digest per platform (what containerd records, and the
+# `repo@sha256:` name nodes hold) and the upstream's index digest where there is one.
+# 2: objects are OCI archives with compressed layers, no digests recorded (re-stored by bake).
+# 1: compressed `docker save` archives.
+LOCK_VERSION = 3
+AS_SERVED = 0  # compression_level of layers copied as served: not kiln's, never recompressed
 
 
 class OldLock(KilnError):
@@ -36,13 +38,33 @@ class LockedImage:
     sha256: str  # of the stored object: an OCI archive (kiln/ociarchive.py)
     size: int
     uncompressed_size: int  # of the engine's `docker save` archive
-    compression: str  # of the layers inside: "zstd" or "gzip"
-    compression_level: int
+    compression: str  # of the layers inside: "zstd" or "gzip" (copied: also "none", "mixed")
+    compression_level: int  # AS_SERVED (0) for a copied image's layers
     key: str  # object key in the store
     roles: tuple[str, ...]  # empty: every role
     source: str  # build | pull | archive
     upstream: str | None = None  # pull: the upstream ref (with digest); archive: its sha256
     inputs: str | None = None  # build: digest of its inputs (kiln/buildinputs.py); else absent
+    # platform -> the digest of the manifest the stored object holds for it: the upstream's for
+    # a pull source (copied as served), kiln's for what it built or converted. One platform
+    # per image today; the mapping is there for images of several platforms.
+    manifest_digests: tuple[tuple[str, str], ...] = ()
+    index_digest: str | None = None  # pull: the upstream index the manifest was picked from
+
+    @property
+    def manifest_digest(self) -> str | None:
+        """The manifest digest of the image's own platform (None before a bake recorded it)."""
+        return dict(self.manifest_digests).get(self.platform)
+
+    @property
+    def digest_ref(self) -> str | None:
+        """``repo@sha256:<manifest digest>``: the second name nodes hold, the one the CRI
+        resolves a digest-pinned reference (``repo@sha256:…``, ``repo:tag@sha256:…``) against."""
+        digest = self.manifest_digest
+        try:
+            return None if digest is None else f"{refs.parse(self.ref).repository}@{digest}"
+        except refs.ReferenceError:
+            return None  # a ref kiln would not write (render refuses it by name)
 
 
 @dataclass(frozen=True)
@@ -73,8 +95,10 @@ def to_json(lock: Lock) -> str:
 
 
 def _plain(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in entry.items()
-            if not (k in OPTIONAL and v is None)}
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in entry.items()
+           if not (k in OPTIONAL and v is None)}
+    out["manifest_digests"] = dict(sorted((p, d) for p, d in entry["manifest_digests"]))
+    return out
 
 
 OPTIONAL = {"inputs"}  # written only when set: a lock without them reads as before
@@ -89,16 +113,30 @@ def from_json(text: str, where: str = "lock") -> Lock:
                           "images in the current format")
         if data.get("version") != LOCK_VERSION:
             raise KilnError(f"{where}: unsupported lock version {data.get('version')!r}")
-        images = tuple(
-            _checked(LockedImage(**{**i, "roles": tuple(i["roles"])}), where)
-            for i in data["images"]
-        )
+        images = tuple(_checked(_entry(i), where) for i in data["images"])
         # a "bundles" list (older kilns) is not read: no node used one; object_names still
         # names their keys
         return Lock(environment=data["environment"], registry=data["registry"],
                     images=images, store=dict(data.get("store", {})))
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise KilnError(f"{where}: not a kiln lock file ({type(exc).__name__}: {exc})") from None
+
+
+def _entry(item: dict[str, Any]) -> LockedImage:
+    digests = item["manifest_digests"]
+    if not isinstance(digests, dict):
+        raise TypeError(f"manifest_digests is a {type(digests).__name__}, not a mapping")
+    return LockedImage(**{**item, "roles": tuple(item["roles"]),
+                          "manifest_digests": tuple(sorted(digests.items()))})
+
+
+def node_digests(image: LockedImage) -> tuple[str, ...]:
+    """The digests a chart may pin for ``image`` (``ref@sha256:…`` or ``repo@sha256:…``): a
+    node holds ``repo@sha256:<d>`` for each, so kubelet finds it in the cache. Today the
+    manifest digest of the image's platform; an upstream index digest joins when nodes hold
+    the index (issue 13, section 3)."""
+    digest = image.manifest_digest
+    return () if digest is None else (digest,)
 
 
 def _checked(image: LockedImage, where: str) -> LockedImage:
@@ -114,11 +152,19 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
         ("key", image.key, re.compile(grammar.PREFIX.pattern + "blobs/sha256/"
                                       + re.escape(str(image.sha256)))),
         *(("roles", role, grammar.ROLE) for role in image.roles),
+        *(("manifest_digests", platform, grammar.PLATFORM)
+          for platform, _ in image.manifest_digests),
+        *(("manifest_digests", digest, grammar.DIGEST) for _, digest in image.manifest_digests),
+        *([("index_digest", image.index_digest, grammar.DIGEST)]
+          if image.index_digest is not None else []),
     ]
     for field_name, value, pattern in rules:
         if not grammar.matches(pattern, value):
             raise KilnError(f"{where}: image {str(image.name)[:64]!r}: {field_name} "
                             f"{str(value)[:100]!r} is not what kiln writes (edited by hand?)")
+    if image.manifest_digest is None:
+        raise KilnError(f"{where}: image {image.name!r}: no manifest digest for its platform "
+                        f"{image.platform} (edited by hand?)")
     for field_name, number in (("size", image.size), ("uncompressed_size",
                                                       image.uncompressed_size)):
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:

@@ -34,7 +34,7 @@ import tarfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, Protocol, cast
 
 import zstandard
@@ -63,8 +63,9 @@ class Blob:
 
 @dataclass(frozen=True)
 class Converted:
-    raw_size: int  # bytes read from the engine's archive
+    raw_size: int  # bytes read from the engine's archive (a copied image: bytes copied)
     images: dict[str, str]  # ref -> image ID (config digest)
+    manifests: dict[str, str] = field(default_factory=dict)  # ref -> manifest digest
 
 
 # Images are compressed side by side (bake --jobs), so each stream compresses in its own
@@ -235,11 +236,15 @@ def convert(chunks: Iterable[bytes], compression: Compression, sink: Callable[[b
             kept += size
         reader.pad(size)
     reader.drain()
-    return Converted(reader.total, _finish(metadata, layers, links, out))
+    images, manifests = _finish(metadata, layers, links, out)
+    return Converted(reader.total, images, manifests)
+
+
+Named = tuple[dict[str, str], dict[str, str]]  # ref -> image ID, ref -> manifest digest
 
 
 def _finish(metadata: dict[str, bytes], layers: dict[str, Blob], links: dict[str, str],
-            out: TarWriter) -> dict[str, str]:
+            out: TarWriter) -> Named:
     """Configs, one manifest per image, index.json naming them: the archive's last entries."""
     def resolve(path: str) -> str:
         seen = 0
@@ -257,9 +262,10 @@ def _finish(metadata: dict[str, bytes], layers: dict[str, Blob], links: dict[str
 
 
 def _index(metadata: dict[str, bytes], layers: dict[str, Blob], resolve: Callable[[str], str],
-           out: TarWriter) -> dict[str, str]:
+           out: TarWriter) -> Named:
     entries = json.loads(metadata["manifest.json"])
     images: dict[str, str] = {}
+    manifests: dict[str, str] = {}
     index: list[dict[str, Any]] = []
     for entry in entries:
         config_path = resolve(posixpath.normpath(entry["Config"]))
@@ -295,16 +301,28 @@ def _index(metadata: dict[str, bytes], layers: dict[str, Blob], resolve: Callabl
         if not tags:
             raise ArchiveError(f"image {config_digest} has no name in the engine's archive")
         for ref in tags:
-            images[ref] = config_digest
-            index.append({"mediaType": MANIFEST, "digest": manifest_digest,
-                          "size": len(manifest), "platform": _platform(config),
-                          "annotations": {NAME_ANNOTATION: ref, REF_ANNOTATION: ref}})
+            images[ref], manifests[ref] = config_digest, manifest_digest
+            index.append(named_descriptor(MANIFEST, manifest_digest, len(manifest),
+                                          _platform(config), ref))
+    finish_layout(index, out)
+    return images, manifests
+
+
+def named_descriptor(media_type: str, digest: str, size: int, platform: dict[str, str],
+                     ref: str) -> dict[str, Any]:
+    """An index.json entry naming a manifest by ``ref``: containerd's import names the image
+    after ``io.containerd.image.name``, skopeo finds it by ``org.opencontainers.image.ref.name``."""
+    return {"mediaType": media_type, "digest": digest, "size": size, "platform": platform,
+            "annotations": {NAME_ANNOTATION: ref, REF_ANNOTATION: ref}}
+
+
+def finish_layout(index: list[dict[str, Any]], out: TarWriter) -> None:
+    """The archive's last entries: oci-layout and index.json (``index``, sorted by name)."""
     index.sort(key=lambda d: d["annotations"][NAME_ANNOTATION])
     out.add_bytes("oci-layout", _json({"imageLayoutVersion": "1.0.0"}))
     out.add_bytes("index.json", _json({"schemaVersion": 2, "mediaType": INDEX,
                                        "manifests": index}))
     out.close()
-    return images
 
 
 @dataclass(frozen=True)
@@ -313,6 +331,7 @@ class ArchivedImage:
     image_id: str
     platform: str
     layers: tuple[tuple[str, str, int], ...]  # (media type, digest, size)
+    manifest_digest: str = ""
 
 
 def describe(stream: BinaryIO) -> list[ArchivedImage]:
@@ -340,7 +359,7 @@ def describe(stream: BinaryIO) -> list[ArchivedImage]:
             desc["annotations"][NAME_ANNOTATION], manifest["config"]["digest"],
             f"{platform.get('os')}/{platform.get('architecture')}",
             tuple((layer["mediaType"], layer["digest"], layer["size"])
-                  for layer in manifest["layers"])))
+                  for layer in manifest["layers"]), desc["digest"]))
         for layer in manifest["layers"]:
             if layer["digest"] not in blobs:
                 raise ArchiveError(f"{desc['annotations'][NAME_ANNOTATION]}: layer "

@@ -1,18 +1,21 @@
 """Ports: the small interfaces the core asks of each edge, and the values that cross them.
 
-The adapters live at the edges (kiln/engine.py: the Docker SDK; kiln/containerd.py: `ctr`;
-kiln/stores/: the object stores, whose port is kiln/stores/__init__.py) and are imported only
-by the commands that need them. Tests hand fakes to the core through these Protocols.
+The adapters live at the edges (kiln/engine.py: the Docker SDK; kiln/upstream.py: skopeo for
+images copied as served; kiln/containerd.py: `ctr`; kiln/stores/: the object stores, whose
+port is kiln/stores/__init__.py) and are imported only by the commands that need them. Tests
+hand fakes to the core through these Protocols.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from kiln.errors import KilnError
-from kiln.model import ArchiveSource, BuildSource, PullSource
+from kiln.model import ArchiveSource, BuildSource
 
 K8S_NAMESPACE = "k8s.io"  # the containerd namespace kubelet (through the CRI) sees
 PIN_LABEL = "io.cri-containerd.pinned"
@@ -38,8 +41,6 @@ class ImageInfo:
 class Engine(Protocol):
     def build(self, source: BuildSource, ref: str, platform: str) -> str: ...
 
-    def pull(self, source: PullSource, platform: str) -> str: ...
-
     def load(self, source: ArchiveSource, ref: str) -> str: ...
 
     def tag(self, image_id: str, ref: str) -> None: ...
@@ -47,6 +48,30 @@ class Engine(Protocol):
     def inspect(self, ref: str) -> ImageInfo | None: ...
 
     def export(self, ref: str) -> Iterator[bytes]: ...
+
+
+# -- upstream registries and OCI archives, copied as they are ---------------------------------
+
+
+class UpstreamError(KilnError):
+    """A registry or archive could not be read or copied (unreachable, denied, not found)."""
+
+
+class Upstream(Protocol):
+    def manifest(self, ref: str) -> bytes:
+        """The manifest or index ``ref`` resolves to, byte for byte as the registry serves it."""
+        ...
+
+    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None) -> None:
+        """``ref`` (``repo@sha256:<manifest digest>``) as served, into the OCI layout folder
+        ``layout``: manifest, config and compressed layers byte for byte. ``cancel`` set ends
+        the copy (Cancelled)."""
+        ...
+
+    def copy_archive(self, archive: Path, layout: Path,
+                     cancel: threading.Event | None = None) -> None:
+        """The one image of the OCI archive ``archive`` into ``layout``, byte for byte."""
+        ...
 
 
 # -- a node's containerd ------------------------------------------------------------------------

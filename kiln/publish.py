@@ -1,4 +1,5 @@
-"""Export stream -> OCI archive with compressed layers -> sha256 -> store, in one pass.
+"""Export stream -> OCI archive with compressed layers -> sha256 -> store, in one pass; or a
+copy of an image as served (kiln/copied.py) -> OCI archive, byte for byte -> store.
 
 Nothing uncompressed touches the disk (a layer waits, compressed, in a spool until its size
 and digest are known) and memory stays bounded. The object's key is its sha256, known only at
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from kiln import ociarchive
+from kiln import copied, ociarchive
 from kiln.errors import KilnError
 from kiln.model import Compression
 from kiln.stores import Store, blob_key
@@ -44,6 +45,7 @@ class Published:
     uncompressed_size: int
     uploaded: bool  # False when an equal object was already in the store
     images: dict[str, str] = field(default_factory=dict)  # ref -> image ID in the archive
+    manifests: dict[str, str] = field(default_factory=dict)  # ref -> manifest digest
 
 
 def _names(images: dict[str, str]) -> str:
@@ -66,6 +68,36 @@ def publish(
     that a bake can compress the next image while this one is still on the wire. ``expect``
     (ref -> image ID): the archive must name exactly these, or nothing is stored.
     """
+    def write(sink: Callable[[bytes], None]) -> ociarchive.Converted:
+        with cpu_slot or contextlib.nullcontext():
+            converted = ociarchive.convert(chunks, compression, sink, progress, cancel)
+        if expect is not None and converted.images != expect:
+            raise KilnError(f"the engine's archive names {_names(converted.images)}; "
+                            f"expected {_names(expect)}")
+        return converted
+
+    return _store(write, store, size_hint, cancel)
+
+
+def publish_copy(layout: Path, ref: str, platform: str, store: Store, size_hint: int,
+                 progress: Callable[[int], None] = lambda _: None,
+                 cancel: threading.Event | None = None) -> tuple[Published, copied.Copied]:
+    """The image copied as served into the OCI layout folder ``layout``, stored as an archive
+    naming it ``ref``: its blobs byte for byte (kiln/copied.py)."""
+    found: list[copied.Copied] = []
+
+    def write(sink: Callable[[bytes], None]) -> ociarchive.Converted:
+        found.append(copied.write_archive(layout, ref, platform, sink, progress, cancel))
+        image = found[0]
+        return ociarchive.Converted(image.size, {ref: image.image_id},
+                                    {ref: image.manifest_digest})
+
+    return _store(write, store, size_hint, cancel), found[0]
+
+
+def _store(write: Callable[[Callable[[bytes], None]], ociarchive.Converted], store: Store,
+           size_hint: int, cancel: threading.Event | None) -> Published:
+    """One object: what ``write`` puts on its sink, hashed, committed under its sha256."""
     writer = store.writer(size_hint, cancel)
     digest = hashlib.sha256()
     stored = 0
@@ -77,15 +109,11 @@ def publish(
         stored += len(data)
 
     try:
-        with cpu_slot or contextlib.nullcontext():
-            converted = ociarchive.convert(chunks, compression, sink, progress, cancel)
-        if expect is not None and converted.images != expect:
-            raise KilnError(f"the engine's archive names {_names(converted.images)}; "
-                            f"expected {_names(expect)}")
+        converted = write(sink)
         key = blob_key(store.prefix, digest.hexdigest())
         uploaded = writer.commit(key)
     except BaseException:
         writer.abort()
         raise
     return Published(key, digest.hexdigest(), stored, converted.raw_size, uploaded,
-                     converted.images)
+                     converted.images, converted.manifests)

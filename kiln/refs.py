@@ -33,6 +33,7 @@ _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _NAME = rf"(?:({_DOMAIN})/)?({_REMOTE_NAME})"
 
+NAME_PATTERN = _NAME  # a repository (domain/path), as a regular expression's source
 REFERENCE_RE = re.compile(rf"({_NAME})(?::({_TAG}))?(?:@({_DIGEST}))?", re.ASCII)
 _REFERENCE_RE = REFERENCE_RE
 _IDENTIFIER_RE = re.compile(r"^[a-f0-9]{64}$")

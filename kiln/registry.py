@@ -1,7 +1,8 @@
-"""The registry edge for day 2, through skopeo: read a ref's image ID, push a stored archive.
+"""The registry edge for day 2, through skopeo: what a ref serves (manifest digest, image
+ID), and pushing a stored archive with its digests kept.
 
-Image IDs are compared, never manifest digests: an archive imported into containerd and the
-same image pushed to a registry have different manifests but the same config digest.
+`push` copies the stored archive with `--preserve-digests`: the registry serves the very
+manifest (and so the manifest digest) the nodes imported, or the push fails.
 Credentials: KILN_REGISTRY_USERNAME / KILN_REGISTRY_PASSWORD (written to a 0600 auth file for
 skopeo, never onto a command line), else skopeo's standard lookup, which includes Docker's
 ~/.docker/config.json.
@@ -10,13 +11,14 @@ skopeo, never onto a command line), else skopeo's standard lookup, which include
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kiln import refs
 from kiln.errors import KilnError
@@ -27,6 +29,15 @@ USER_ENV, PASSWORD_ENV = "KILN_REGISTRY_USERNAME", "KILN_REGISTRY_PASSWORD"
 
 class RegistryError(KilnError):
     pass
+
+
+@dataclass(frozen=True)
+class ServedImage:
+    """What a registry serves for a ref and a platform."""
+
+    manifest_digest: str  # sha256 of the manifest bytes as served
+    image_id: str  # the config digest that manifest names
+    index_digest: str | None = None  # when the ref resolves to an index
 
 
 class Registry:
@@ -63,44 +74,61 @@ class Registry:
         except FileNotFoundError:
             raise RegistryError("skopeo is not installed (apt-get install skopeo)") from None
 
-    def _inspect(self, ref: str) -> dict[str, Any] | None:
+    def _inspect(self, ref: str) -> bytes | None:
+        """The manifest or index ``ref`` resolves to, as served; None when there is none."""
         argv = ["inspect", "--raw"]
         if self.cert_dir:
             argv += ["--cert-dir", str(self.cert_dir)]
         if self.authfile:
             argv += ["--authfile", str(self.authfile)]
-        done = self._skopeo(*argv, f"docker://{ref}")
+        try:
+            done = subprocess.run(["skopeo", *argv, f"docker://{ref}"], capture_output=True,
+                                  check=False)
+        except FileNotFoundError:
+            raise RegistryError("skopeo is not installed (apt-get install skopeo)") from None
         if done.returncode != 0:
-            reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+            stderr = done.stderr.decode(errors="replace").strip()
+            reason = stderr.splitlines()[-1] if stderr else "failed"
             if "manifest unknown" in reason or "not found" in reason.lower():
                 return None
             raise RegistryError(f"{ref}: {reason}")
-        return dict(json.loads(done.stdout))
+        return done.stdout
 
-    def image_id(self, ref: str, platform: str = "linux/amd64") -> str | None:
-        """The config digest the registry serves for ``ref``; None when it has no such ref."""
-        manifest = self._inspect(ref)
-        if manifest is None:
+    def served(self, ref: str, platform: str = "linux/amd64") -> ServedImage | None:
+        """The manifest digest and image ID the registry serves for ``ref`` and ``platform``
+        (through its index when the ref names one); None when it has no such ref."""
+        raw = self._inspect(ref)
+        if raw is None:
             return None
-        if is_index(manifest):
-            digest = platform_manifest(manifest, platform)
-            if digest is None:
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        try:
+            doc = json.loads(raw)
+            if not is_index(doc):
+                return ServedImage(digest, str(doc["config"]["digest"]))
+            chosen = platform_manifest(doc, platform)
+            if chosen is None:
                 return None
-            return self.image_id(f"{refs.parse(ref).repository}@{digest}", platform)
-        return str(manifest["config"]["digest"])
+            inner = self.served(f"{refs.parse(ref).repository}@{chosen}", platform)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RegistryError(f"{ref}: the registry served no image manifest ({exc})"
+                                ) from None
+        return None if inner is None else ServedImage(inner.manifest_digest, inner.image_id,
+                                                      digest)
 
     def push(self, archive: Path, ref: str) -> None:
-        """`skopeo copy oci-archive:ARCHIVE:REF docker://REF`: no Docker engine involved.
+        """`skopeo copy --preserve-digests oci-archive:ARCHIVE docker://REF`: no engine.
 
-        The stored archive names each image by its full ref, and skopeo copies its manifest
-        and compressed layers as they are: the registry serves the bytes the nodes imported.
+        The stored archive holds one image (named ``ref``; skopeo's OCI reader finds an image
+        by name only when its manifest is an OCI one, not a Docker one as many registries
+        serve, so the archive's only image is taken): its manifest and compressed layers go
+        as they are, and the registry serves the bytes the nodes imported.
         """
-        argv = ["copy", "--quiet"]
+        argv = ["copy", "--quiet", "--preserve-digests"]
         if self.cert_dir:
             argv += ["--dest-cert-dir", str(self.cert_dir)]
         if self.authfile:
             argv += ["--dest-authfile", str(self.authfile)]
-        done = self._skopeo(*argv, f"oci-archive:{archive}:{ref}", f"docker://{ref}")
+        done = self._skopeo(*argv, f"oci-archive:{archive}", f"docker://{ref}")
         if done.returncode != 0:
             reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
             raise RegistryError(f"push of {ref} failed: {reason}")

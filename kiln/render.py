@@ -60,7 +60,7 @@ NODE_FILES = ("import-images", "images.data", "kiln-import.service", "10-kiln-im
 # Each value of an `image` line in the data file, and the grammar it must match whole: the
 # importer splits lines on white space, so one newline or space would add a line or a field.
 DATA_FIELDS: dict[str, re.Pattern[str]] = {
-    "name": grammar.NAME, "ref": grammar.REFERENCE,
+    "name": grammar.NAME, "ref": grammar.REFERENCE, "digest_ref": grammar.DIGEST_REFERENCE,
     "image_id": grammar.IMAGE_ID, "sha256": grammar.SHA256_HEX, "size": grammar.COUNT,
     "uncompressed_size": grammar.COUNT, "compression": grammar.COMPRESSION,
     "platform": grammar.PLATFORM, "url": grammar.URL,
@@ -138,7 +138,8 @@ class Renderer:
             if not grammar.matches(grammar.OBJECT_KEY, image.key):
                 raise RenderError(f"the lock's object key for image {image.name!r} is not an "
                                   f"object key: {image.key!r}")
-            row = {"name": image.name, "ref": image.ref, "image_id": image.image_id,
+            row = {"name": image.name, "ref": image.ref, "digest_ref": image.digest_ref or "",
+                   "image_id": image.image_id,
                    "sha256": image.sha256, "size": str(image.size),
                    "uncompressed_size": str(image.uncompressed_size),
                    "compression": image.compression, "platform": image.platform,

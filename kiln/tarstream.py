@@ -12,7 +12,7 @@ import re
 import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO
+from typing import Protocol
 
 from kiln.errors import Cancelled, KilnError
 
@@ -180,6 +180,10 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
 class TarWriter:
     """Tar entries onto ``sink``: fixed owner, mode and time, so equal input gives equal bytes."""
 
@@ -204,7 +208,7 @@ class TarWriter:
         self.sink(data)
         self.pad(len(data))
 
-    def add_file(self, name: str, size: int, stream: IO[bytes]) -> None:
+    def add_file(self, name: str, size: int, stream: Readable) -> None:
         if name in self.written:
             return
         self.written.add(name)

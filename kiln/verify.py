@@ -1,21 +1,24 @@
 """Check a containerd against the lock: is every image where kubelet will look for it?
 
-A node is right when each image of its role is in namespace k8s.io under its exact ref,
-resolves to the lock's image ID (the config digest; never compare manifest digests), is pinned
-so the CRI never garbage-collects it, and carries the CRI plugin's managed label (kubelet only
-sees what the CRI plugin has taken in).
+A node is right when each image of its role is in namespace k8s.io under its exact ref and
+under ``repo@sha256:<manifest digest>`` (the name the CRI resolves a digest-pinned reference
+against), both on the lock's manifest, whose config is the lock's image ID; both pinned so
+the CRI never garbage-collects them, and both carrying the CRI plugin's managed label (kubelet
+only sees what the CRI plugin has taken in).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from kiln.lock import Lock, images_for_roles, node_roles
+from kiln.lock import Lock, LockedImage, images_for_roles, node_roles
 from kiln.ports import K8S_NAMESPACE, MANAGED_LABEL, PIN_LABEL, Containerd, ContainerdImage
 
 PRESENT = "present"
 MISSING = "missing"
 WRONG_ID = "wrong-image-id"
+WRONG_DIGEST = "wrong-digest"
+MISSING_DIGEST_REF = "missing-digest-ref"
 NOT_PINNED = "not-pinned"
 NOT_VISIBLE = "not-visible-to-cri"
 
@@ -28,6 +31,8 @@ class NodeImage:
     want: str  # the lock's image ID
     found: str | None  # the image ID containerd has under the ref, if any
     detail: str
+    digest: str | None = None  # the lock's manifest digest
+    found_digest: str | None = None  # the manifest containerd has under the ref, if any
 
     @property
     def ok(self) -> bool:
@@ -48,24 +53,39 @@ def verify_node(lock: Lock, client: Containerd, role: str | None = None) -> list
             if where:
                 out.append(NodeImage(image.name, image.ref, NOT_VISIBLE, image.image_id, None,
                                      f"in namespace {', '.join(where)}; kubelet only sees "
-                                     f"{K8S_NAMESPACE}"))
+                                     f"{K8S_NAMESPACE}", image.manifest_digest))
             else:
                 out.append(NodeImage(image.name, image.ref, MISSING, image.image_id, None,
-                                     "not in containerd"))
+                                     "not in containerd", image.manifest_digest))
             continue
         have = client.image_id(K8S_NAMESPACE, found.manifest_digest, image.platform)
-        if have != image.image_id:
-            state, detail = WRONG_ID, f"the ref resolves to {have}, the lock says {image.image_id}"
-        elif found.labels.get(MANAGED_LABEL) != "managed":
-            state, detail = NOT_VISIBLE, f"no {MANAGED_LABEL}=managed label: the CRI has not " \
-                                         "taken it in (is the CRI plugin enabled?)"
-        elif found.labels.get(PIN_LABEL) != "pinned":
-            state, detail = NOT_PINNED, f"no {PIN_LABEL}=pinned label: kubelet's image GC may " \
-                                        "delete it"
-        else:
-            state, detail = PRESENT, "pinned"
-        out.append(NodeImage(image.name, image.ref, state, image.image_id, have, detail))
+        state, detail = _judge(image, found, have, k8s.get(image.digest_ref or ""))
+        out.append(NodeImage(image.name, image.ref, state, image.image_id, have, detail,
+                             image.manifest_digest, found.manifest_digest))
     return out
+
+
+def _judge(image: LockedImage, found: ContainerdImage, have: str,
+           by_digest: ContainerdImage | None) -> tuple[str, str]:
+    """The state of an image present under its ref, and why."""
+    if have != image.image_id:
+        return WRONG_ID, f"the ref resolves to {have}, the lock says {image.image_id}"
+    if found.manifest_digest != image.manifest_digest:
+        return WRONG_DIGEST, (f"the ref is manifest {found.manifest_digest}, the lock says "
+                              f"{image.manifest_digest} (the same image from another archive: "
+                              "a digest-pinned reference misses it)")
+    if by_digest is None or by_digest.manifest_digest != image.manifest_digest:
+        return MISSING_DIGEST_REF, (f"no {image.digest_ref}: a digest-pinned reference "
+                                    "misses the cache")
+    names = (found, by_digest)
+    if any(n.labels.get(MANAGED_LABEL) != "managed" for n in names):
+        return NOT_VISIBLE, (f"no {MANAGED_LABEL}=managed label: the CRI has not taken it in "
+                             "(is the CRI plugin enabled?)")
+    if any(n.labels.get(PIN_LABEL) != "pinned" for n in names):
+        unpinned = ", ".join(n.ref for n in names if n.labels.get(PIN_LABEL) != "pinned")
+        return NOT_PINNED, f"no {PIN_LABEL}=pinned label on {unpinned}: kubelet's image GC " \
+                           "may delete it"
+    return PRESENT, f"pinned, also as {image.digest_ref}"
 
 
 def as_dicts(found: list[NodeImage]) -> list[dict[str, object]]:

@@ -270,6 +270,7 @@ class Trial:
         seen = {i.get("ref"): i for i in check.get("images", [])}
         ok = bool(check.get("ok")) and all(
             seen.get(i.ref, {}).get("image_id") == i.image_id
+            and seen.get(i.ref, {}).get("digest_ref") == i.digest_ref
             and seen.get(i.ref, {}).get("state") == "present" for i in wanted)
         if self.node is not None:  # its own name, and exactly its roles' images
             hostname = [line[len("hostname: "):] for line in lines

@@ -1,14 +1,17 @@
 #!/bin/sh
 # kiln node importer: puts the images of a kiln lock into containerd, namespace k8s.io, under
-# their exact refs, pinned, before kubelet starts. Static: everything per environment is in the
-# data file (images.data beside this program, or --data FILE). Each image is an OCI archive
-# whose layers are already compressed: it goes to `ctr images import` as it was downloaded.
+# their exact refs and under repo@sha256:<manifest digest> (the name the CRI resolves a
+# digest-pinned reference against), both pinned, before kubelet starts. Static: everything per
+# environment is in the data file (images.data beside this program, or --data FILE). Each
+# image is an OCI archive whose layers are already compressed: it goes to `ctr images import`
+# as it was downloaded.
 # Needs: curl, ctr (containerd >= 1.5 for zstd layers), sha256sum or openssl. Honours
 # CONTAINERD_ADDRESS (ctr's own variable).
 #
 #   import-images [--check] [--data FILE] [--status FILE] [--retry-state FILE]
 #
-# Exit 0 when every image is present under its ref with the lock's image ID, 1 otherwise.
+# Exit 0 when every image is present under both names with the lock's manifest digest and
+# image ID, 1 otherwise.
 # A download slower than 1 KiB/s for stall_timeout s is abandoned and retried (resuming), with
 # a random back-off of 0..min(retry_max_delay, 2^n) s (full jitter; at least Retry-After on
 # 429/503); no download outlives the run's import_budget. --retry-state FILE counts failed runs
@@ -39,7 +42,7 @@ while [ $# -gt 0 ]; do
     --data) [ $# -ge 2 ] || die "--data needs a file"; data="$2"; shift ;;
     --status) [ $# -ge 2 ] || die "--status needs a file"; status_file="$2"; shift ;;
     --retry-state) [ $# -ge 2 ] || die "--retry-state needs a file"; retry_state="$2"; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
   shift
@@ -75,7 +78,7 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# -- the data file: `set KEY VALUE` and `image NAME REF ID SHA256 SIZE RAW COMP PLATFORM URL` --
+# -- the data file: `set KEY VALUE`, `image NAME REF DREF ID SHA256 SIZE RAW COMP PLATFORM URL`
 env_name=""
 format=""
 parallel=4
@@ -91,8 +94,8 @@ retry_max_delay=300
 count=0
 
 [ -r "$data" ] || die "cannot read the data file $data (render it with: python bake.py render)"
-# shellcheck disable=SC2034 # c..i are read by the eval below
-while read -r kind a b c d e f g h i rest; do
+# shellcheck disable=SC2034 # c..j are read by the eval below
+while read -r kind a b c d e f g h i j rest; do
   case "$kind" in
     ''|'#'*) continue ;;
     set)
@@ -112,16 +115,16 @@ while read -r kind a b c d e f g h i rest; do
         *) log "warning: unknown setting $a in $data" ;;
       esac ;;
     image)
-      if [ -z "$i" ] || [ -n "$rest" ]; then die "$data: malformed image line for ${a:-?}"; fi
+      if [ -z "$j" ] || [ -n "$rest" ]; then die "$data: malformed image line for ${a:-?}"; fi
       count=$((count + 1))
       # eval assigns from the variables named on the right: values are never re-parsed.
-      eval "name_$count=\$a ref_$count=\$b id_$count=\$c sha_$count=\$d size_$count=\$e"
-      eval "raw_$count=\$f comp_$count=\$g plat_$count=\$h url_$count=\$i"
+      eval "name_$count=\$a ref_$count=\$b dref_$count=\$c id_$count=\$d sha_$count=\$e"
+      eval "size_$count=\$f raw_$count=\$g comp_$count=\$h plat_$count=\$i url_$count=\$j"
       ;;
     *) die "$data: unknown line kind: $kind" ;;
   esac
 done < "$data"
-[ "$format" = oci-archive ] ||
+[ "$format" = oci-archive+digest ] ||
   die "$data is for another importer (format ${format:-docker-archive}): render it and this program again with the same kiln"
 [ "$count" -gt 0 ] || die "$data lists no images"
 case "$ca_bundle" in
@@ -177,17 +180,43 @@ now() { date +%s; }  # not POSIX, but GNU, busybox and BSD date all have %s
 
 ctr_() { ctr -n "$NS" "$@"; }
 
-# The config digest (image ID) that REF resolves to, or nothing.
-image_id_of() {
-  manifest=$(ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $3; exit }')
-  [ -n "$manifest" ] || return 0
-  ctr_ content get "$manifest" 2>/dev/null | tr -d ' \t\n' |
+# The manifest digest the image named $1 points at, or nothing.
+target_of() { ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $3; exit }'; }
+
+# The config digest (image ID) the manifest $1 names, or nothing.
+config_of() {
+  ctr_ content get "$1" 2>/dev/null | tr -d ' \t\n' |
     sed -n 's/.*"config":{[^}]*"digest":"\(sha256:[0-9a-f]\{64\}\)".*/\1/p'
 }
 
 is_pinned() {
   ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $NF; exit }' |
     tr ',' '\n' | grep -qx "$PIN=pinned"
+}
+
+# What containerd holds of image N: present (ref and digest name both on the lock's manifest,
+# whose config is the lock's image ID), missing, wrong-image-id, wrong-digest (the same image
+# under another manifest: imported from another archive) or missing-digest-ref.
+state_of() {
+  so_ref=$(get ref "$1") so_dref=$(get dref "$1")
+  so_digest=${so_dref##*@}
+  so_target=$(target_of "$so_ref")
+  if [ -z "$so_target" ]; then echo missing; return 0; fi
+  if [ "$(config_of "$so_target")" != "$(get id "$1")" ]; then echo wrong-image-id; return 0; fi
+  if [ "$so_target" != "$so_digest" ]; then echo wrong-digest; return 0; fi
+  if [ "$(target_of "$so_dref")" != "$so_digest" ]; then echo missing-digest-ref; return 0; fi
+  echo present
+}
+
+# Name image N's manifest repo@sha256:<digest> too (from its ref, already checked), and pin
+# both names.
+name_and_pin() {
+  np_ref=$(get ref "$1") np_dref=$(get dref "$1")
+  if [ "$(target_of "$np_dref")" != "${np_dref##*@}" ]; then
+    ctr_ images tag --force "$np_ref" "$np_dref" >/dev/null 2>&1 || return 1
+  fi
+  ctr_ images label "$np_ref" "$PIN=pinned" >/dev/null 2>&1 &&
+    ctr_ images label "$np_dref" "$PIN=pinned" >/dev/null 2>&1
 }
 
 # -- status: one JSON file, written atomically -------------------------------------------------
@@ -204,9 +233,9 @@ write_status() {
     ws_n=1
     while [ "$ws_n" -le "$count" ]; do
       [ "$ws_n" -gt 1 ] && printf ', '
-      printf '{"name": "%s", "ref": "%s", "image_id": "%s", "state": "%s"}' \
+      printf '{"name": "%s", "ref": "%s", "digest_ref": "%s", "image_id": "%s", "state": "%s"}' \
         "$(json_escape "$(get name "$ws_n")")" "$(json_escape "$(get ref "$ws_n")")" \
-        "$(get id "$ws_n")" "$(get state "$ws_n")"
+        "$(json_escape "$(get dref "$ws_n")")" "$(get id "$ws_n")" "$(get state "$ws_n")"
       ws_n=$((ws_n + 1))
     done
     printf ']}\n'
@@ -239,22 +268,29 @@ missing=0
 need_list=""
 n=1
 while [ "$n" -le "$count" ]; do
-  name=$(get name "$n"); ref=$(get ref "$n"); want=$(get id "$n")
-  have=$(image_id_of "$ref")
-  if [ "$have" = "$want" ]; then
+  name=$(get name "$n"); ref=$(get ref "$n"); dref=$(get dref "$n"); want=$(get id "$n")
+  state=$(state_of "$n")
+  if [ "$state" = missing-digest-ref ] && [ "$check_only" = 0 ]; then
+    # the image is there (an older kiln imported it): name its digest too, no download
+    if name_and_pin "$n"; then state=present; log "$name: named $dref"; fi
+  fi
+  if [ "$state" = present ]; then
     if [ "$check_only" = 1 ]; then
-      if is_pinned "$ref"; then
-        eval "state_$n=present"; log "$name: present $ref ($want), pinned"
+      if is_pinned "$ref" && is_pinned "$dref"; then
+        eval "state_$n=present"; log "$name: present $ref and $dref ($want), pinned"
       else
         eval "state_$n=unpinned"; missing=$((missing + 1)); log "$name: present but not pinned"
       fi
+    elif name_and_pin "$n"; then
+      eval "state_$n=present"; log "$name: present $ref and $dref ($want), pinned"
     else
-      ctr_ images label "$ref" "$PIN=pinned" >/dev/null
-      eval "state_$n=present"; log "$name: present $ref ($want), pinned"
+      die "$name: cannot pin $ref and $dref"
     fi
   else
-    if [ -z "$have" ]; then eval "state_$n=missing"; else eval "state_$n=wrong-image-id"; fi
-    [ -n "$have" ] && log "$name: $ref is $have, the lock says $want"
+    eval "state_$n=\$state"
+    case "$state" in
+      wrong-*) log "$name: $ref is $(target_of "$ref") (image $(config_of "$(target_of "$ref")")), the lock says ${dref##*@} (image $want)" ;;
+    esac
     need_list="$need_list $n"
   fi
   n=$((n + 1))
@@ -416,6 +452,7 @@ done
 import_one() {
   io_n=$1
   io_ref=$(get ref "$io_n")
+  io_dref=$(get dref "$io_n")
   io_want=$(get id "$io_n")
   # shellcheck disable=SC2086 # $local_flag is a word or nothing on purpose
   if ! ctr_ images import $local_flag --platform "$(get plat "$io_n")" "$work/$io_n.blob" \
@@ -425,17 +462,19 @@ import_one() {
     return 1
   fi
   rm -f "$work/$io_n.blob"
-  if ! ctr_ images label "$io_ref" "$PIN=pinned" >/dev/null 2>&1; then
-    echo "could not pin $io_ref" > "$work/$io_n.result"
-    return 1
-  fi
-  io_have=$(image_id_of "$io_ref")
-  if [ "$io_have" != "$io_want" ]; then
+  # the ref must be the lock's manifest and image ID before the digest is named after it
+  io_target=$(target_of "$io_ref")
+  io_have=$(config_of "$io_target")
+  if [ "$io_target" != "${io_dref##*@}" ] || [ "$io_have" != "$io_want" ]; then
     ctr_ images rm "$io_ref" >/dev/null 2>&1 || :
-    echo "after import $io_ref is ${io_have:-absent}, not $io_want; removed" > "$work/$io_n.result"
+    echo "after import $io_ref is ${io_target:-absent} (image ${io_have:-none}), not ${io_dref##*@} (image $io_want); removed" > "$work/$io_n.result"
     return 1
   fi
-  log "$(get name "$io_n"): imported $io_ref ($io_want), pinned"
+  if ! name_and_pin "$io_n" || [ "$(state_of "$io_n")" != present ]; then
+    echo "could not name and pin $io_ref and $io_dref" > "$work/$io_n.result"
+    return 1
+  fi
+  log "$(get name "$io_n"): imported $io_ref and $io_dref (image $io_want), pinned"
 }
 
 # Each import, when it ends, writes "N STATUS" to a FIFO; the main shell reads whichever ends

@@ -109,3 +109,55 @@ XEC1R3OQ59FnL1vYfdz/g4OBdOaKiQIhAProsrR5fbYu7BqTmT+qVAYFM0eCktcg
 sWLCMeqNDrpa
 -----END CERTIFICATE-----
 """
+
+
+def registry_image(payload: bytes, arch: str = "amd64") -> tuple[bytes, dict[str, bytes]]:
+    """An image as a registry serves one that `docker push` sent: a Docker schema 2 manifest
+    (indented, as Docker writes it: its bytes are its identity), a config and one gzip layer.
+    Returns the manifest's bytes and every blob by digest (the manifest's included)."""
+    import gzip
+    import hashlib
+    import json
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    layer = gzip.compress(layer_tar({"payload": payload}), mtime=0)
+    config = image_config([layer], arch)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "size": len(config), "digest": digest(config)},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "size": len(layer), "digest": digest(layer)}],
+    }, indent=3).encode()
+    return manifest, {digest(b): b for b in (layer, config, manifest)}
+
+
+def image_index(manifests: list[tuple[bytes, str]]) -> bytes:
+    """An OCI index listing ``manifests`` (bytes, "os/arch")."""
+    import hashlib
+    import json
+
+    return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": [{
+                           "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "digest": "sha256:" + hashlib.sha256(m).hexdigest(), "size": len(m),
+                           "platform": {"os": p.split("/")[0], "architecture": p.split("/")[1]}}
+                           for m, p in manifests]}).encode()
+
+
+def write_layout(folder: Path, manifest: bytes, blobs: dict[str, bytes]) -> Path:
+    """An OCI layout folder holding one image, as `skopeo copy ... oci:FOLDER:image` writes."""
+    import hashlib
+    import json
+
+    (folder / "blobs/sha256").mkdir(parents=True)
+    for digest, data in blobs.items():
+        (folder / "blobs/sha256" / digest.removeprefix("sha256:")).write_bytes(data)
+    media = json.loads(manifest).get("mediaType", "application/vnd.oci.image.manifest.v1+json")
+    (folder / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (folder / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": media, "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+        "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "image"}}]}))
+    return folder

@@ -14,6 +14,7 @@ from kiln.lock import to_json
 from kiln.progress import reporter_for
 from kiln.project import Project
 from kiln.stores import open_store
+from kiln.upstream import SkopeoUpstream
 
 
 def bake(config_path: str, env_name: str | None, *, dist: str | None = None, jobs: int = 2,
@@ -30,8 +31,9 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
         return EXIT_FAILED
     reporter = reporter_for(quiet)
     store = open_store(env.store)
+    # The engine connects on first use: a bake of pull sources and OCI archives needs none.
     baker = Baker(config, env, DockerEngine(), store, reporter, project.dist, jobs=jobs,
-                  verify_store=verify_store)
+                  verify_store=verify_store, upstream=SkopeoUpstream())
     try:
         result = baker.run()
     finally:

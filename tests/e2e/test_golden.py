@@ -32,7 +32,10 @@ def test_golden_image_holds_every_image_offline(dev_project: Path, base_image: B
     lock = json.loads((dev_project / "dist/dev/images.lock.json").read_text())
     checked = {i["ref"]: i for i in result["check"]["images"]}
     for image in lock["images"]:
+        digest = image["manifest_digests"]["linux/amd64"]
+        digest_ref = f"{image['ref'].rsplit(':', 1)[0]}@{digest}"
         assert checked[image["ref"]] == {"name": image["name"], "ref": image["ref"],
+                                         "digest_ref": digest_ref,
                                          "image_id": image["image_id"], "state": "present"}
     # at boot the unit found everything already there: nothing was (or could be) downloaded
     assert {i["state"] for i in result["status"]["images"]} == {"present"}

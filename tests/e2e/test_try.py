@@ -23,7 +23,9 @@ def test_try_imports_every_image_before_kubelet(dev_project: Path, base_image: B
     states = {i["ref"]: i for i in result["check"]["images"]}
     for image in lock["images"]:
         assert states[image["ref"]]["image_id"] == image["image_id"]
-        assert states[image["ref"]]["state"] == "present"  # present and pinned
+        digest = image["manifest_digests"]["linux/amd64"]
+        assert states[image["ref"]]["digest_ref"].endswith(f"@{digest}")
+        assert states[image["ref"]]["state"] == "present"  # both names, pinned
     assert result["status"]["ok"] is True
     assert {i["state"] for i in result["status"]["images"]} == {"imported"}
     report = result["report"]

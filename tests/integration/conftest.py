@@ -179,6 +179,55 @@ def registry(engine_root: Path) -> Iterator[str]:
         _stop(proc)
 
 
+@contextlib.contextmanager
+def tls_registry_at(folder: Path, user: str, password: str) -> Iterator[tuple[str, Path]]:
+    """docker-registry on 127.0.0.1 serving TLS with a test CA (its certificate in
+    ``folder``/ca.pem), behind htpasswd basic auth; yields its host:port and the CA."""
+    import ssl
+
+    import bcrypt
+
+    port = free_port()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=kiln test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext")
+    digest = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+    (folder / "htpasswd").write_text(f"{user}:{digest}\n")
+    (folder / "config.yml").write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}', tls: {{certificate: {folder / 'server.crt'}, "
+        f"key: {folder / 'server.key'}}}}}\n"
+        f"auth: {{htpasswd: {{realm: kiln, path: {folder / 'htpasswd'}}}}}\n")
+    with (folder / "registry.log").open("wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(folder / "config.yml")],
+                                stdout=log, stderr=subprocess.STDOUT)
+    context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", timeout=1,
+                                       context=context)
+            except urllib.error.HTTPError:
+                break  # 401: it answers, over TLS
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    (folder / "registry.log").read_text())
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}", folder / "ca.pem"
+    finally:
+        _stop(proc)
+
+
 @pytest.fixture(scope="session")
 def baked(tmp_path_factory: pytest.TempPathFactory, dockerd: localengine.Daemon,
           docker_client: docker.DockerClient) -> Path:

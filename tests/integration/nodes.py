@@ -202,12 +202,18 @@ def curl_spy(folder: Path) -> tuple[dict[str, str], Path]:
 
 
 def assert_imported(node: Node, names: set[str]) -> None:
+    """Each image of ``names`` is in containerd under its ref and under repo@<digest>, both
+    on the lock's manifest (whose config is the lock's image ID) and pinned; the others are
+    under neither name."""
     images = node.ctr.images()
     for entry in node.lock.images:
+        assert entry.digest_ref is not None
         if entry.name in names:
-            assert entry.ref in images, node.logs[-1]
-            found = images[entry.ref]
-            assert node.ctr.image_id(found.manifest_digest) == entry.image_id
-            assert found.labels.get("io.cri-containerd.pinned") == "pinned"
+            for name in (entry.ref, entry.digest_ref):
+                assert name in images, node.logs[-1]
+                found = images[name]
+                assert found.manifest_digest == entry.manifest_digest
+                assert node.ctr.image_id(found.manifest_digest) == entry.image_id
+                assert found.labels.get("io.cri-containerd.pinned") == "pinned"
         else:
-            assert entry.ref not in images
+            assert entry.ref not in images and entry.digest_ref not in images

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,13 @@ def write_config(folder: Path, images: str, store: str, extra: str = "") -> Path
     return path
 
 
+def extract(archive: Path, member: str) -> bytes:
+    with tarfile.open(archive) as tar:
+        found = tar.extractfile(member)
+        assert found is not None
+        return found.read()
+
+
 def s3_store(endpoint: str, bucket: str) -> str:
     return f"{{type: s3, endpoint: '{endpoint}', bucket: {bucket}, prefix: kiln/}}"
 
@@ -59,6 +67,18 @@ def engine_env(dockerd: Daemon, monkeypatch: pytest.MonkeyPatch) -> str:
     return dockerd.address
 
 
+@pytest.fixture
+def upstream_config(registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """skopeo's standard per-user configuration (HOME): the plain-HTTP test registry is
+    marked insecure in ~/.config/containers/registries.conf, as a user would."""
+    home = tmp_path / "home"
+    (home / ".config/containers").mkdir(parents=True)
+    (home / ".config/containers/registries.conf").write_text(
+        f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n')
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
 def push_upstream(client: docker.DockerClient, registry: str, folder: Path, name: str) -> str:
     """Build an image, push it to the test registry, drop it locally; return name@digest."""
     ref = f"{registry}/upstream/{name}:v1"
@@ -74,7 +94,7 @@ def push_upstream(client: docker.DockerClient, registry: str, folder: Path, name
 
 def test_every_source_kind_reaches_containerd_under_its_fq_ref(
         tmp_path: Path, engine_env: str, docker_client: docker.DockerClient, registry: str,
-        s3_endpoint: str, bucket: str, fresh_containerd: Daemon,
+        upstream_config: Path, s3_endpoint: str, bucket: str, fresh_containerd: Daemon,
         capsys: pytest.CaptureFixture[str]) -> None:
     pinned = push_upstream(docker_client, registry, tmp_path / "up", "pulled")
     # archives: a docker-save one, and an OCI one written by skopeo
@@ -103,20 +123,34 @@ def test_every_source_kind_reaches_containerd_under_its_fq_ref(
     assert [i["name"] for i in lock["images"]] == ["built", "oci", "pulled", "saved"]
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     ctr = Ctr(str(fresh_containerd.socket))
+    oci_manifest = json.loads(extract(tmp_path / "oci.tar", "index.json"))["manifests"][0]
+    layers = {  # kiln's zstd for what the engine exported; as served for what was copied
+        "built": "application/vnd.oci.image.layer.v1.tar+zstd",
+        "saved": "application/vnd.oci.image.layer.v1.tar+zstd",
+        "pulled": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "oci": "application/vnd.oci.image.layer.v1.tar+gzip"}  # as skopeo wrote the archive
     for entry in lock["images"]:
         body = s3.get_object(Bucket=bucket, Key=entry["key"])["Body"].read()
         assert entry["key"] == "kiln/blobs/sha256/" + entry["sha256"]
         assert len(body) == entry["size"]
         # An OCI archive naming exactly the FQ ref (the upstream name never reaches it), its
-        # config the engine's (same image ID), its layers compressed one by one.
+        # config the source's (same image ID), its layers compressed one by one.
         (archived,) = describe(io.BytesIO(body))
-        assert (archived.ref, archived.image_id) == (entry["ref"], entry["image_id"])
-        assert {m for m, _, _ in archived.layers} == {
-            "application/vnd.oci.image.layer.v1.tar+zstd"}
+        digest = entry["manifest_digests"]["linux/amd64"]
+        assert (archived.ref, archived.image_id, archived.manifest_digest) == (
+            entry["ref"], entry["image_id"], digest)
+        assert {m for m, _, _ in archived.layers} == {layers[entry["name"]]}
         ctr.import_stream([body])
         imported = ctr.images()
-        assert ctr.image_id(imported[entry["ref"]].manifest_digest) == entry["image_id"]
-    assert lock["images"][2]["upstream"] == pinned
+        assert imported[entry["ref"]].manifest_digest == digest  # what containerd records
+        assert ctr.image_id(digest) == entry["image_id"]
+    by_name = {e["name"]: e for e in lock["images"]}
+    # copied as served: the upstream's manifest digest, the OCI archive's own
+    assert by_name["pulled"]["upstream"] == pinned
+    assert by_name["pulled"]["manifest_digests"]["linux/amd64"] == pinned.rsplit("@", 1)[1]
+    assert by_name["oci"]["manifest_digests"]["linux/amd64"] == oci_manifest["digest"]
+    assert {e["name"]: e["compression"] for e in lock["images"]} == {
+        "built": "zstd", "saved": "zstd", "pulled": "gzip", "oci": "gzip"}
     assert set(ctr.images()) >= {e["ref"] for e in lock["images"]}
 
     # A second bake uploads nothing and rewrites the lock byte for byte.
@@ -174,14 +208,19 @@ def test_build_failure_keeps_the_previous_lock(tmp_path: Path, engine_env: str,
 
 def test_pull_of_a_wrong_digest(tmp_path: Path, engine_env: str,
                                 docker_client: docker.DockerClient, registry: str,
+                                upstream_config: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     pinned = push_upstream(docker_client, registry, tmp_path / "up", "wrong")
     wrong = pinned.rsplit("@", 1)[0] + "@sha256:" + "0" * 64
     config = write_config(tmp_path, f"  - {{name: w, ref: {REG}/f/w:v1, pull: '{wrong}'}}\n",
                           "{type: dir, path: store}")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")  # none needed
     assert bake(config) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"kiln: error: image 'w': pull of {wrong} failed")
+    repository = pinned.rsplit(":", 2)[0]
+    assert err[-1].startswith(f"kiln: error: image 'w': cannot read {repository}@sha256:"
+                              f"{'0' * 64}: ")
+    assert "manifest unknown" in err[-1]
     assert_nothing_published(config, tmp_path / "store")
 
 

@@ -7,20 +7,17 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import bcrypt
 import docker
 import pytest
 
 from kiln.cli import main
 from kiln.containerd import Ctr
 from kiln.localengine import Daemon
-from tests.integration.conftest import free_port, scratch_context
+from tests.integration.conftest import scratch_context, tls_registry_at
 
 USER, PASSWORD = "kiln", "s3cret-day2"
 
@@ -28,46 +25,8 @@ USER, PASSWORD = "kiln", "s3cret-day2"
 @pytest.fixture(scope="module")
 def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """docker-registry serving TLS with a test CA, behind htpasswd basic auth."""
-    folder = tmp_path_factory.mktemp("tls-registry")
-    port = free_port()
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.pem", "-days", "2", "-subj", "/CN=kiln test CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-            "server.csr", "-subj", "/CN=127.0.0.1")
-    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext")
-    digest = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
-    (folder / "htpasswd").write_text(f"{USER}:{digest}\n")
-    (folder / "config.yml").write_text(
-        "version: 0.1\nlog: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}', tls: {{certificate: {folder / 'server.crt'}, "
-        f"key: {folder / 'server.key'}}}}}\n"
-        f"auth: {{htpasswd: {{realm: kiln, path: {folder / 'htpasswd'}}}}}\n")
-    with (folder / "registry.log").open("wb") as log:
-        proc = subprocess.Popen(["docker-registry", "serve", str(folder / "config.yml")],
-                                stdout=log, stderr=subprocess.STDOUT)
-    import ssl
-
-    context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", timeout=1, context=context)
-        except urllib.error.HTTPError:
-            break  # 401: it answers, over TLS
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                (folder / "registry.log").read_text())
-            time.sleep(0.2)
-    yield f"127.0.0.1:{port}", folder / "ca.pem"
-    proc.terminate()
-    proc.wait(10)
+    with tls_registry_at(tmp_path_factory.mktemp("tls-registry"), USER, PASSWORD) as served:
+        yield served
 
 
 @pytest.fixture
@@ -106,20 +65,42 @@ def test_push_then_verify_then_a_moved_tag(project: Path, tls_registry: tuple[st
     assert run(project, "push", "--json") == 0  # idempotent: nothing sent again
     assert {r["result"] for r in json.loads(capsys.readouterr().out)} == {"present"}
     assert run(project, "verify-registry", "--json") == 0
-    assert {r["state"] for r in json.loads(capsys.readouterr().out)} == {"ok"}
-
-    # someone pushes another image under the same tag: the `latest` trap in a new form
+    found = json.loads(capsys.readouterr().out)
+    assert {r["state"] for r in found} == {"ok"}
     lock = json.loads((project / "dist/it/images.lock.json").read_text())
-    other = next(i["ref"] for i in lock["images"] if i["name"] == "small")
-    docker_client.images.build(path=str(scratch_context(project / "other", "moved")), tag=other)
-    archive = project / "other.tar"
-    archive.write_bytes(b"".join(docker_client.api.get_image(other)))
+    assert {r["served_digest"] for r in found} == {
+        i["manifest_digests"]["linux/amd64"] for i in lock["images"]}
     certs = project / "certs"
     certs.mkdir()
     shutil.copy(ca, certs / "ca.crt")
-    subprocess.run(["skopeo", "copy", "--quiet", "--dest-cert-dir", str(certs), "--dest-creds",
-                    f"{USER}:{PASSWORD}", f"docker-archive:{archive}", f"docker://{other}"],
-                   check=True)
+
+    def push_engine_copy(ref: str) -> None:
+        """The engine's `docker save` of what it has under ``ref``, pushed by skopeo (which
+        gzips its layers): another manifest than kiln's."""
+        archive = project / "engine.tar"
+        archive.write_bytes(b"".join(docker_client.api.get_image(ref)))
+        subprocess.run(["skopeo", "copy", "--quiet", "--dest-cert-dir", str(certs),
+                        "--dest-creds", f"{USER}:{PASSWORD}", f"docker-archive:{archive}",
+                        f"docker://{ref}"], check=True)
+
+    # the same image pushed another way: same image ID, another manifest digest (a pull of
+    # ref@<the lock's digest> would fail): reported, and push puts the lock's manifest back
+    small = next(i["ref"] for i in lock["images"] if i["name"] == "small")
+    push_engine_copy(small)
+    assert run(project, "verify-registry", "--json") == 1
+    found = json.loads(capsys.readouterr().out)
+    assert {r["name"]: r["state"] for r in found} == {"small": "wrong-digest", "big": "ok"}
+    assert len({r["served"] for r in found if r["name"] == "small"} |
+               {i["image_id"] for i in lock["images"] if i["name"] == "small"}) == 1
+    assert run(project, "push", "--json") == 0
+    assert {r["name"]: r["result"] for r in json.loads(capsys.readouterr().out)} == {
+        "small": "pushed", "big": "present"}
+    assert run(project, "verify-registry", "--json") == 0
+    capsys.readouterr()
+
+    # someone pushes another image under the same tag: the `latest` trap in a new form
+    docker_client.images.build(path=str(scratch_context(project / "other", "moved")), tag=small)
+    push_engine_copy(small)
     assert run(project, "verify-registry", "--json") == 1
     states = {r["name"]: r["state"] for r in json.loads(capsys.readouterr().out)}
     assert states == {"small": "tag-moved", "big": "ok"}
@@ -150,14 +131,20 @@ def test_a_fresh_node_pulls_the_same_image_id_from_the_registry(
         f'server = "https://{host}"\n\n[host."https://{host}"]\n'
         f'  capabilities = ["pull", "resolve"]\n  ca = "{ca}"\n')
     for image in lock["images"]:
-        done = subprocess.run(["ctr", "--address", str(fresh_containerd.socket), "-n",
-                               "k8s.io", "images", "pull", "--user", f"{USER}:{PASSWORD}",
-                               "--hosts-dir", str(project / "certs.d"), image["ref"]],
-                              capture_output=True, text=True, check=False, env={**os.environ})
-        assert done.returncode == 0, done.stderr
-        pulled = node.images()[image["ref"]]
-        # day 2 yields the very image day 1 side-loaded: same config digest
-        assert node.image_id(pulled.manifest_digest) == image["image_id"]
+        digest = image["manifest_digests"]["linux/amd64"]
+        by_digest = f"{image['ref'].rsplit(':', 1)[0]}@{digest}"
+        for wanted in (image["ref"], by_digest):
+            done = subprocess.run(["ctr", "--address", str(fresh_containerd.socket), "-n",
+                                   "k8s.io", "images", "pull", "--user", f"{USER}:{PASSWORD}",
+                                   "--hosts-dir", str(project / "certs.d"), wanted],
+                                  capture_output=True, text=True, check=False,
+                                  env={**os.environ})
+            assert done.returncode == 0, done.stderr
+            pulled = node.images()[wanted]
+            # day 2 yields the very image day 1 side-loaded: the same manifest, so the same
+            # digest (a digest-pinned chart pulls it too) and config digest
+            assert pulled.manifest_digest == digest
+            assert node.image_id(pulled.manifest_digest) == image["image_id"]
 
 
 def test_sigterm_during_push_leaves_no_credentials_behind(project: Path,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
 from kiln.localengine import Daemon, start_containerd
@@ -40,6 +41,40 @@ def test_imports_every_image_under_its_ref_and_a_rerun_is_a_no_op(node: Node) ->
     assert len(node.server.requests) == requests  # nothing downloaded
     check = node.run("--check")
     assert check.returncode == 0 and "all 2 images present" in check.stderr
+
+
+def test_a_missing_digest_name_is_restored_and_another_manifest_is_replaced(
+        node: Node, docker_client: docker.DockerClient) -> None:
+    """A node whose containerd lost the repo@sha256 record (an older kiln imported the ref
+    only): --check fails naming it, and a run names it again without a download. A node that
+    holds the same image under another manifest (a `docker save` archive imported by hand:
+    containerd writes its own manifest) is imported again, so a digest-pinned pod finds it."""
+    assert node.run().returncode == 0, node.logs[-1]
+    small = next(i for i in node.lock.images if i.name == "small")
+    big = next(i for i in node.lock.images if i.name == "big")
+    assert small.digest_ref is not None
+    node.ctr.run("images", "rm", small.digest_ref)
+    check = node.run("--check")
+    assert check.returncode == 1
+    assert f"small: missing-digest-ref {small.ref}" in check.stderr
+    requests = len(node.server.requests)
+    again = node.run()
+    assert again.returncode == 0, again.stderr
+    assert f"small: named {small.digest_ref}" in again.stderr
+    assert len(node.server.requests) == requests  # nothing downloaded
+    assert_imported(node, {"small", "big"})
+
+    saved = b"".join(docker_client.api.get_image(big.ref))  # the engine still has it
+    node.ctr.run("images", "import", "-", stdin=saved)
+    resaved = node.ctr.images()[big.ref]
+    assert resaved.manifest_digest != big.manifest_digest
+    assert node.ctr.image_id(resaved.manifest_digest) == big.image_id  # the same image
+    assert node.run("--check").returncode == 1
+    fixed = node.run()
+    assert fixed.returncode == 0, fixed.stderr
+    assert f"big: {big.ref} is {resaved.manifest_digest}" in fixed.stderr
+    assert node.server.requests.count(big.key) == 2  # imported again from the store
+    assert_imported(node, {"small", "big"})
 
 
 def without_openssl(folder: Path) -> dict[str, str]:

@@ -64,11 +64,37 @@ def default_namespace(node: Node, docker_client: docker.DockerClient, tmp_path: 
     ctr(node, "-n", "default", "images", "import", "-", stdin=archive)
 
 
+def drop_digest_name(node: Node, docker_client: docker.DockerClient, tmp_path: Path) -> None:
+    small = next(i for i in node.lock.images if i.name == "small")
+    assert small.digest_ref is not None
+    ctr(node, "-n", "k8s.io", "images", "rm", small.digest_ref)
+
+
+def unpin_digest_name(node: Node, docker_client: docker.DockerClient, tmp_path: Path) -> None:
+    small = next(i for i in node.lock.images if i.name == "small")
+    assert small.digest_ref is not None
+    ctr(node, "-n", "k8s.io", "images", "label", small.digest_ref, "io.cri-containerd.pinned=")
+
+
+def resaved(node: Node, docker_client: docker.DockerClient, tmp_path: Path) -> None:
+    """The same image (config) under another manifest: the engine's `docker save` of it,
+    imported by hand (containerd writes its own manifest for such an archive)."""
+    small = next(i for i in node.lock.images if i.name == "small")
+    docker_client.api.tag(small.image_id, "kiln-test/resaved", "v1")
+    archive = b"".join(docker_client.api.get_image("kiln-test/resaved:v1"))
+    ctr(node, "-n", "k8s.io", "images", "import", "-", stdin=archive)
+    ctr(node, "-n", "k8s.io", "images", "tag", "--force", "docker.io/kiln-test/resaved:v1",
+        small.ref)
+
+
 @pytest.mark.parametrize(("damage", "state"), [
     (delete, "missing"),
     (other_image, "wrong-image-id"),
     (unpin, "not-pinned"),
     (default_namespace, "not-visible-to-cri"),
+    (drop_digest_name, "missing-digest-ref"),
+    (unpin_digest_name, "not-pinned"),
+    (resaved, "wrong-digest"),
 ])
 def test_each_wrong_state_is_reported(
         imported: Node, docker_client: docker.DockerClient, tmp_path: Path,

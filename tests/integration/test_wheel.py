@@ -75,14 +75,16 @@ def test_kiln_lint_and_render_run_from_the_wheel(installed: Path,
     assert result.returncode == 0, result.stderr
     result = kiln(installed, "render", "--env", "dev", cwd=tmp_path)
     assert result.returncode == 1 and "no lock for dev" in result.stderr, result.stderr
-    lock = {"version": 2, "environment": "dev", "registry": "registry.example.com",
+    lock = {"version": 3, "environment": "dev", "registry": "registry.example.com",
             "images": [{"name": "dex", "ref": "registry.example.com/foundation/dex:v2.41.1",
                         "image_id": "sha256:" + "d" * 64, "platform": "linux/amd64",
                         "sha256": SHA, "size": 10, "uncompressed_size": 20,
                         "compression": "zstd", "compression_level": 1,
                         "key": f"blobs/sha256/{SHA}", "roles": [], "source": "build",
-                        "upstream": None}],
-            "bundles": [], "store": {}}
+                        "upstream": None,
+                        "manifest_digests": {"linux/amd64": "sha256:" + "e" * 64},
+                        "index_digest": None}],
+            "store": {}}
     (tmp_path / "dist/dev").mkdir(parents=True)
     (tmp_path / "dist/dev/images.lock.json").write_text(json.dumps(lock))
     (tmp_path / "nodes.yaml").write_text("nodes:\n  - {hostname: w-1, roles: [worker]}\n")
@@ -93,4 +95,5 @@ def test_kiln_lint_and_render_run_from_the_wheel(installed: Path,
     assert importer.read_bytes() == (ROOT / "templates/import-images.sh").read_bytes()
     data = (tmp_path / "dist/dev/node/images.data").read_text()
     assert f"http://127.0.0.1:8080/blobs/sha256/{SHA}" in data
+    assert f"registry.example.com/foundation/dex@sha256:{'e' * 64}" in data
     assert (tmp_path / "dist/dev/nodes/w-1/meta-data").exists()

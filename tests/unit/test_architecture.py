@@ -15,14 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 EDGE_LIBRARIES = ("docker", "boto3", "botocore", "requests", "s3transfer")
 # Core modules: pure, testable without engines (DESIGN.md, "Which part may know which").
-CORE = ("refs", "config", "yamlio", "grammar", "errors", "lock", "files", "ociarchive",
+CORE = ("refs", "config", "yamlio", "grammar", "errors", "lock", "files", "ociarchive", "copied",
         "manifests", "ports", "project", "inventory", "pem", "cloudconfig", "render", "verify",
         "diff", "model", "schema", "environments", "locators", "buildinputs", "tarstream",
         "lint/__init__", "lint/charts", "lint/context", "lint/rules/__init__", "lint/values",
         "lint/conventions")
 FORBIDDEN_IN_CORE = (*EDGE_LIBRARIES, "subprocess", "kiln.cli", "kiln.commands",
                      "kiln.engine", "kiln.containerd", "kiln.localengine", "kiln.vm",
-                     "kiln.stores.s3", "kiln.registry")
+                     "kiln.stores.s3", "kiln.registry", "kiln.upstream")
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -16,7 +16,7 @@ import pytest
 from kiln import config as config_mod
 from kiln import lock as lockfile
 from kiln.bake import BakeError, Baker
-from kiln.config import ArchiveSource, BuildSource, Compression, PullSource
+from kiln.config import ArchiveSource, BuildSource, Compression
 from kiln.engine import EngineError, ImageInfo
 from kiln.errors import Cancelled, KilnError
 from kiln.ociarchive import describe
@@ -48,14 +48,11 @@ class FakeEngine:
     def build(self, source: BuildSource, ref: str, platform: str) -> str:
         return self._make(source.context.name, (source.context / "payload").read_bytes())
 
-    def pull(self, source: PullSource, platform: str) -> str:
-        return self._make(source.ref, source.ref.encode() * 100)
-
     def load(self, source: ArchiveSource, ref: str) -> str:
+        if source.path.name in self.fail:
+            raise EngineError(self.fail[source.path.name])
         data = source.path.read_bytes()
-        if data[257:262] != b"ustar":
-            return self._make(source.path.name, data)
-        # a `docker save` archive (bake writes one from a stored object): its one image
+        # a `docker save` archive: its one image
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore
         (entry,) = json.loads(files["manifest.json"])
@@ -96,12 +93,14 @@ environments:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    return write_tree(tmp_path, {
+    write_tree(tmp_path, {
         "images.yaml": IMAGES_YAML,
         "ctx-a/payload": "a" * 5000,
         "ctx-b/payload": "b" * 7000,
-        "c.tar": "c" * 3000,
     })
+    (tmp_path / "c.tar").write_bytes(
+        docker_save([("vendor.example.com/c:1", [layer_tar({"payload": b"c" * 3000})])]))
+    return tmp_path
 
 
 def run(project: Path, engine: FakeEngine, jobs: int = 2) -> tuple[Baker, Any]:
@@ -436,9 +435,12 @@ def test_a_lock_from_an_older_kiln_is_named_and_everything_is_stored_again(
     engine = FakeEngine()
     run(project, engine)
     path = project / "dist/dev/images.lock.json"
-    path.write_text(path.read_text().replace('"version": 2', '"version": 1'))
-    with pytest.raises(lockfile.OldLock, match=r"older kiln \(lock version 1\); bake this"):
-        lockfile.read(path)
+    current = path.read_text()
+    for version in (1, 2):  # 2: no manifest digests recorded
+        path.write_text(current.replace('"version": 3', f'"version": {version}'))
+        with pytest.raises(lockfile.OldLock,
+                           match=rf"older kiln \(lock version {version}\); bake this"):
+            lockfile.read(path)
     engine.exports.clear()
     _, result = run(project, engine)
     assert len(engine.exports) == 3

@@ -35,7 +35,8 @@ SHA = "a" * 64
 IMAGE = LockedImage(
     name="dex", ref="registry.example.com/foundation/dex:v2", image_id="sha256:" + "b" * 64,
     platform="linux/amd64", sha256=SHA, size=10, uncompressed_size=20, compression="zstd",
-    compression_level=1, key=f"blobs/sha256/{SHA}", roles=("worker",), source="build")
+    compression_level=1, key=f"blobs/sha256/{SHA}", roles=("worker",), source="build",
+    manifest_digests=(("linux/amd64", "sha256:" + "c" * 64),))
 LOCK = Lock("dev", "registry.example.com", images=(IMAGE,))
 
 BASE = """\
@@ -480,7 +481,8 @@ def test_any_value_is_refused_with_a_position_or_arrives_exactly(field: str, val
     [env] = config.environments.values()
     [image] = config.images
     lock = Lock(env.name, env.registry, images=(replace(
-        IMAGE, name=image.name, platform=image.platform, roles=image.roles),))
+        IMAGE, name=image.name, platform=image.platform, roles=image.roles,
+        manifest_digests=((image.platform, "sha256:" + "c" * 64),)),))
     url = env.store.url
     assert url is not None
     render(env, lock, folder / "dist", PlainLocator(url), nodes=nodes)
@@ -493,8 +495,8 @@ def test_any_value_is_refused_with_a_position_or_arrives_exactly(field: str, val
     [line] = [row for row in data["write_files"][1]["content"].splitlines()
               if row.startswith("image ")]
     fields = line.split()
-    assert fields[1] == image.name and fields[8] == image.platform
-    assert fields[9] == url.rstrip("/") + "/" + IMAGE.key
+    assert fields[1] == image.name and fields[9] == image.platform
+    assert fields[10] == url.rstrip("/") + "/" + IMAGE.key
     [seed] = nodes
     meta = yaml.safe_load((base / "nodes" / seed.hostname / "meta-data").read_text())
     assert meta == {"instance-id": f"{env.name}-{host}", "local-hostname": host}
@@ -567,6 +569,10 @@ def test_golden_is_a_command_with_the_exit_contract(tmp_path: Path,
     ("key", "../../VICTIM.txt"), ("key", "/etc/passwd"), ("key", f"other/blobs/sha256/{SHA}x"),
     ("key", "blobs/sha256/" + "b" * 64), ("sha256", "A" * 64), ("image_id", "sha256:1"),
     ("size", -1), ("roles", ["worker\nx"]), ("name", "Dex"),
+    ("manifest_digests", {"linux/amd64": "sha256:1"}), ("manifest_digests", {}),
+    ("manifest_digests", {"linux/amd64\nx": "sha256:" + "c" * 64}),
+    ("manifest_digests", {"linux/arm64": "sha256:" + "c" * 64}),
+    ("manifest_digests", ["sha256:" + "c" * 64]), ("index_digest", "sha256:" + "C" * 64),
 ])
 def test_a_lock_value_kiln_would_not_write_is_refused_when_read(tmp_path: Path, field: str,
                                                                 value: object) -> None:
@@ -579,7 +585,8 @@ def test_a_lock_value_kiln_would_not_write_is_refused_when_read(tmp_path: Path, 
     data = json.loads(path.read_text())
     data["images"][0][field] = value
     path.write_text(json.dumps(data))
-    with pytest.raises(KilnError, match=r"is not what kiln writes|is not a size"):
+    with pytest.raises(KilnError, match=r"is not what kiln writes|is not a size|no manifest "
+                                        r"digest for its platform|not a kiln lock file"):
         lockfile.read(path)
 
 

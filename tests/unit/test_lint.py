@@ -217,7 +217,8 @@ def test_lint_with_a_lock_says_where_each_chart_image_comes_from(
 
     image = LockedImage("registry", "registry.example.com/foundation/registry:v0.4.2",
                         "sha256:" + "1" * 64, "linux/amd64", "2" * 64, 1, 1, "zstd", 1,
-                        "blobs/sha256/" + "2" * 64, (), "build")
+                        "blobs/sha256/" + "2" * 64, (), "build",
+                        manifest_digests=(("linux/amd64", "sha256:" + "3" * 64),))
     lockfile.write(tree / "l.json", Lock("dev", "registry.example.com", images=(image,)))
     main(["lint", "--env", "dev", "--lock", "l.json", "--format", "json"])
     sources = {(f["file"], f["line"]): (f["level"], f["message"])

@@ -56,7 +56,8 @@ def locked(name: str, roles: tuple[str, ...], n: int) -> LockedImage:
         name=name, ref=f"registry.example.com/foundation/{name}:v{n}",
         image_id="sha256:" + f"{n}" * 64, platform="linux/amd64", sha256=f"{n + 1}" * 64,
         size=1000 * n, uncompressed_size=5000 * n, compression="zstd", compression_level=1,
-        key=f"blobs/sha256/{f'{n + 1}' * 64}", roles=roles, source="build")
+        key=f"blobs/sha256/{f'{n + 1}' * 64}", roles=roles, source="build",
+        manifest_digests=(("linux/amd64", "sha256:" + f"{n + 5}" * 64),))
 
 
 def PACKER(tmp_path: Path) -> Path:

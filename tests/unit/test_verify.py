@@ -4,29 +4,53 @@ from __future__ import annotations
 
 from kiln.containerd import ContainerdImage
 from kiln.lock import Lock, LockedImage
-from kiln.verify import MISSING, NOT_PINNED, NOT_VISIBLE, PRESENT, WRONG_ID, verify_node
+from kiln.verify import (
+    MISSING,
+    MISSING_DIGEST_REF,
+    NOT_PINNED,
+    NOT_VISIBLE,
+    PRESENT,
+    WRONG_DIGEST,
+    WRONG_ID,
+    verify_node,
+)
 
 
 def locked(name: str, n: int, roles: tuple[str, ...] = ()) -> LockedImage:
     return LockedImage(name, f"r.example.com/f/{name}:v1", f"sha256:{n}", "linux/amd64", "s", 1,
-                       2, "zstd", 1, "k", roles, "build")
+                       2, "zstd", 1, "k", roles, "build",
+                       manifest_digests=(("linux/amd64", f"m{n}"),))
 
 
 LOCK = Lock("dev", "r.example.com", images=(
     locked("a", 1), locked("b", 2), locked("c", 3), locked("d", 4), locked("e", 5),
-    locked("w", 6, ("worker",))))
+    locked("w", 6, ("worker",)), locked("g", 7), locked("h", 8), locked("u", 9)))
 GOOD = {"io.cri-containerd.image": "managed", "io.cri-containerd.pinned": "pinned"}
+
+
+def both(name: str, manifest: str, labels: dict[str, str], digest_labels: dict[str, str] | None
+         = None) -> dict[str, ContainerdImage]:
+    """The ref and its digest name, as the importer leaves them."""
+    ref = f"r.example.com/f/{name}:v1"
+    digest_ref = f"r.example.com/f/{name}@{manifest}"
+    return {ref: ContainerdImage(ref, manifest, labels),
+            digest_ref: ContainerdImage(digest_ref, manifest,
+                                        labels if digest_labels is None else digest_labels)}
 
 
 class Fake:
     def __init__(self) -> None:
         self.spaces = {
             "k8s.io": {
-                "r.example.com/f/a:v1": ContainerdImage("r.example.com/f/a:v1", "m1", GOOD),
-                "r.example.com/f/b:v1": ContainerdImage("r.example.com/f/b:v1", "m9", GOOD),
-                "r.example.com/f/c:v1": ContainerdImage(
-                    "r.example.com/f/c:v1", "m3", {"io.cri-containerd.image": "managed"}),
-                "r.example.com/f/w:v1": ContainerdImage("r.example.com/f/w:v1", "m6", GOOD),
+                **both("a", "m1", GOOD),
+                **both("b", "m9", GOOD),  # another image under the ref
+                **both("c", "m3", {"io.cri-containerd.image": "managed"}),
+                **both("w", "m6", GOOD),
+                # the same image (config sha256:7) under another manifest: a docker save import
+                **both("g", "m7-resaved", GOOD),
+                # the ref alone: an older kiln's import, no digest name
+                "r.example.com/f/h:v1": ContainerdImage("r.example.com/f/h:v1", "m8", GOOD),
+                **both("u", "m9", GOOD, {"io.cri-containerd.image": "managed"}),
             },
             "default": {"r.example.com/f/d:v1": ContainerdImage("r.example.com/f/d:v1", "m4",
                                                                 {})},
@@ -39,16 +63,22 @@ class Fake:
         return self.spaces[namespace]
 
     def image_id(self, namespace: str, manifest_digest: str, platform: str) -> str:
-        return f"sha256:{manifest_digest[1:]}"
+        return f"sha256:{manifest_digest[1:].removesuffix('-resaved')}"
 
 
 def test_every_state_is_named() -> None:
     found = {f.name: f for f in verify_node(LOCK, Fake())}
     assert found["a"].state == PRESENT and found["a"].ok
+    assert "r.example.com/f/a@m1" in found["a"].detail
     assert found["b"].state == WRONG_ID and found["b"].found == "sha256:9"
     assert found["c"].state == NOT_PINNED
     assert found["d"].state == NOT_VISIBLE and "namespace default" in found["d"].detail
     assert found["e"].state == MISSING
+    assert found["g"].state == WRONG_DIGEST and found["g"].found_digest == "m7-resaved"
+    assert found["h"].state == MISSING_DIGEST_REF and "r.example.com/f/h@m8" in found["h"].detail
+    # the ref pinned, the digest name not: kubelet's GC may still take the record
+    assert found["u"].state == NOT_PINNED
+    assert "f/u@m9" in found["u"].detail and "f/u:v1" not in found["u"].detail
     fake = Fake()
     fake.spaces["k8s.io"]["r.example.com/f/a:v1"] = ContainerdImage(
         "r.example.com/f/a:v1", "m1", {"io.cri-containerd.pinned": "pinned"})
@@ -58,5 +88,5 @@ def test_every_state_is_named() -> None:
 
 def test_role_selects_images() -> None:
     names = [f.name for f in verify_node(LOCK, Fake(), "control-plane")]
-    assert names == ["a", "b", "c", "d", "e"]
+    assert names == ["a", "b", "c", "d", "e", "g", "h", "u"]
     assert "w" in [f.name for f in verify_node(LOCK, Fake(), "worker")]

@@ -16,7 +16,8 @@ from kiln.vm import BEGIN, END, Trial, TryError, guest_url, store_for_guest
 from tests.helpers import write_tree
 
 IMAGE = LockedImage("dex", "r.example.com/f/dex:v1", "sha256:" + "1" * 64, "linux/amd64",
-                    "2" * 64, 10, 20, "zstd", 1, "blobs/sha256/" + "2" * 64, (), "build")
+                    "2" * 64, 10, 20, "zstd", 1, "blobs/sha256/" + "2" * 64, (), "build",
+                    manifest_digests=(("linux/amd64", "sha256:" + "3" * 64),))
 LOCK = Lock("dev", "r.example.com", images=(IMAGE,))
 
 
@@ -51,9 +52,10 @@ def trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Trial:
     return Trial(env, LOCK, tmp_path / "base.raw", timeout=3, log=lambda _: None)
 
 
-def report(state: str, image_id: str) -> str:
+def report(state: str, image_id: str, digest_ref: str | None = IMAGE.digest_ref) -> str:
     check = {"ok": state == "present", "images": [
-        {"name": "dex", "ref": IMAGE.ref, "image_id": image_id, "state": state}]}
+        {"name": "dex", "ref": IMAGE.ref, "digest_ref": digest_ref, "image_id": image_id,
+         "state": state}]}
     return (f"boot noise\n{BEGIN}\nstatus: {json.dumps(check)}\ncheck: {json.dumps(check)}\n"
             f"unit: Before=kubelet.service\n{END}\n")
 
@@ -69,6 +71,10 @@ def test_a_wrong_image_id_or_state_is_not(trial: Trial, tmp_path: Path) -> None:
     fake_tools(tmp_path / "bin", report("present", "sha256:" + "9" * 64), exit_after=True)
     assert not trial.run().ok
     fake_tools(tmp_path / "bin", report("unpinned", IMAGE.image_id), exit_after=True)
+    assert not trial.run().ok
+    # a node rendered from another lock: the same image ID under another manifest digest
+    other = f"r.example.com/f/dex@sha256:{'8' * 64}"
+    fake_tools(tmp_path / "bin", report("present", IMAGE.image_id, other), exit_after=True)
     assert not trial.run().ok
 
 
@@ -165,9 +171,10 @@ url = re.search(r"ds=nocloud-net;s=(\S+)", line).group(1).replace("10.0.2.2", "1
 meta = yaml.safe_load(urllib.request.urlopen(url + "meta-data").read())
 user = yaml.safe_load(urllib.request.urlopen(url + "user-data").read())
 data = next(f["content"] for f in user["write_files"] if f["path"].endswith("images.data"))
-refs = [l.split()[2] for l in data.splitlines() if l.startswith("image ")]
-check = {{"ok": True, "images": [{{"ref": r, "image_id": "{image_id}", "state": "present"}}
-                                 for r in refs]}}
+lines = [l.split() for l in data.splitlines() if l.startswith("image ")]
+refs = [l[2] for l in lines]
+check = {{"ok": True, "images": [{{"ref": l[2], "digest_ref": l[3], "image_id": l[4],
+                                  "state": "present"}} for l in lines]}}
 with open(console, "a") as out:
     out.write("KILN-TRY-BEGIN\nhostname: %s\n" % meta["local-hostname"])
     out.write("check: %s\nctr: REF TYPE\n" % json.dumps(check))
@@ -186,7 +193,7 @@ def test_the_pxe_path_boots_the_nodes_own_seed_over_http(
 
     fake_tools(tmp_path / "bin", "", exit_after=True)
     qemu = tmp_path / "bin/qemu-system-x86_64"
-    qemu.write_text(PXE_QEMU.format(python=sys.executable, image_id=IMAGE.image_id))
+    qemu.write_text(PXE_QEMU.format(python=sys.executable))
     other = replace(IMAGE, name="reg", ref="r.example.com/f/reg:v1", roles=("control-plane",))
     lock = Lock("dev", "r.example.com", images=(IMAGE, other))
     (tmp_path / "vmlinuz").write_text("kernel")
