@@ -79,7 +79,7 @@ osd pool default pg autoscale mode = off
 osd crush chooseleaf type = 0
 osd objectstore = memstore
 memstore device bytes = {memory}
-rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
+rgw frontends = beast endpoint=127.0.0.1:{rgw_port}{tls}
 """
 # ceph.conf expands $ and reads # and ; as comments: a folder path takes none of them
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
@@ -99,6 +99,8 @@ class Cluster:
     writer: Keys  # creates buckets, writes and deletes objects
     reader: Keys  # GET only, on buckets made by create_bucket (what nodes need)
     region: str = REGION
+    tls_endpoint: str | None = None  # the same radosgw over HTTPS (start(tls=True))
+    ca_bundle: Path | None = None  # its self-signed certificate, for clients to trust
 
     def client(self, keys: Keys | None = None) -> Any:
         """A boto3 S3 client for the writer, or for ``keys``."""
@@ -234,12 +236,14 @@ def stop(base: Path, remove: bool = True, timeout: float = 10.0) -> None:
 # -- start ----------------------------------------------------------------------------------------
 
 
-def start(base: Path, *, port: int = 0, memory: int = 4 << 30, timeout: float = 120.0) -> Cluster:
-    """Start a fresh cluster under ``base`` (wiped first); radosgw on ``port`` (0: any free)."""
+def start(base: Path, *, port: int = 0, memory: int = 4 << 30, tls: bool = False,
+          timeout: float = 120.0) -> Cluster:
+    """Start a fresh cluster under ``base`` (wiped first); radosgw on ``port`` (0: any free),
+    and with ``tls`` on another port too, over HTTPS with a self-signed certificate."""
     base = base.resolve()
     if not SAFE_PATH.fullmatch(str(base)):
         raise KilnError(f"{base}: a dev store folder takes letters, digits and _./+- only")
-    missing = missing_tools()
+    missing = missing_tools() + (["openssl"] if tls and not shutil.which("openssl") else [])
     if missing:
         raise KilnError(f"{', '.join(missing)} not installed: apt-get install {PACKAGES} "
                         "(or sh .ci/install-packages store)")
@@ -251,8 +255,11 @@ def start(base: Path, *, port: int = 0, memory: int = 4 << 30, timeout: float = 
     for sub in ("run", "log", "pids", "mon", "osd", "mgr/ceph-x", "rgw", "crash"):
         (base / sub).mkdir(parents=True)
     rgw_port, mon_addr, fsid = port or free_port(), f"127.0.0.1:{free_port()}", str(uuid.uuid4())
+    tls_port = free_port() if tls else 0
+    frontend = (f" ssl_endpoint=127.0.0.1:{tls_port} ssl_certificate={_certificate(base)}"
+                if tls else "")
     _conf(base).write_text(CONF.format(fsid=fsid, mon_addr=mon_addr, base=base, memory=memory,
-                                       rgw_port=rgw_port))
+                                       rgw_port=rgw_port, tls=frontend))
     try:
         _start_daemons(base, fsid, mon_addr)
         endpoint = f"http://127.0.0.1:{rgw_port}"
@@ -262,7 +269,23 @@ def start(base: Path, *, port: int = 0, memory: int = 4 << 30, timeout: float = 
     except BaseException:
         stop(base, remove=False)  # the logs stay for a look
         raise
-    return Cluster(base, endpoint, writer, reader)
+    return Cluster(base, endpoint, writer, reader,
+                   tls_endpoint=f"https://127.0.0.1:{tls_port}" if tls else None,
+                   ca_bundle=base / "tls" / "cert.pem" if tls else None)
+
+
+def _certificate(base: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1; beast reads it with its key from one file."""
+    folder = base / "tls"
+    folder.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "7",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
+                   capture_output=True, check=True, stdin=subprocess.DEVNULL)
+    both = folder / "rgw.pem"
+    both.touch(mode=0o600)
+    both.write_bytes((folder / "cert.pem").read_bytes() + (folder / "key.pem").read_bytes())
+    return both
 
 
 def _start_daemons(base: Path, fsid: str, mon_addr: str) -> None:
