@@ -116,11 +116,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def ceph(engine_root: Path) -> Iterator[cephdev.Cluster]:
-    """A real S3 server: one single-node Ceph with radosgw for the session (kiln.cephdev).
-    boto3's chain (what bake, diff and presigning use) gets the writer's keys."""
-    _require(*cephdev.TOOLS)
+    """A real S3 server: one single-node Ceph with radosgw for the session (kiln.cephdev),
+    over HTTP and HTTPS. boto3's chain (what bake, diff and presigning use) gets the writer's
+    keys."""
+    _require(*cephdev.TOOLS, "openssl")
     began = time.monotonic()
-    cluster = cephdev.start(engine_root / "ceph")
+    cluster = cephdev.start(engine_root / "ceph", tls=True)
     sys.stderr.write(f"\nceph: radosgw at {cluster.endpoint} in "
                      f"{time.monotonic() - began:.1f}s\n")
     os.environ.update({"AWS_ACCESS_KEY_ID": cluster.writer.access_key,
