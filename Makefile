@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KILN := $(PY) bake.py
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: packages-bake packages-test venv bake lint render verify push verify-registry diff try golden demo test unit integration check bench bench-bake bench-node bench-render bench-lint clean
+.PHONY: packages-bake packages-test venv store store-stop bake lint render verify push verify-registry diff try golden demo test unit integration check bench bench-bake bench-node bench-render bench-lint clean
 
 venv: $(STAMP)
 
@@ -55,6 +55,15 @@ golden: venv
 # Day 2 (see README): make verify ENV=prod CONTAINERD_ADDRESS=/run/containerd/containerd.sock
 verify: venv
 	$(KILN) verify --env $(ENV) --containerd-address $(or $(CONTAINERD_ADDRESS),/run/containerd/containerd.sock)
+
+# A real S3 server on this machine to try the S3 path: a single-node Ceph with radosgw under
+# .run/ceph (objects in memory). Prints the images.yaml environment and the keys to export.
+store: venv
+	@sh .ci/install-packages store
+	$(PY) -m kiln.cephdev start .run/ceph --port $(or $(STORE_PORT),7480)
+
+store-stop: venv
+	$(PY) -m kiln.cephdev stop .run/ceph
 
 push verify-registry diff: venv
 	$(KILN) $@ --env $(ENV)

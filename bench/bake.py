@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark: `kiln bake` against `docker save IMAGE | aws s3 cp - s3://...` on one endpoint.
 
-Everything runs here, in one process tree: a private containerd + dockerd, moto's S3 server
-over HTTP on loopback, and a docker-registry the images are pulled from (pinned by digest;
-kiln copies them from there with skopeo, as served, while the baseline saves them from the
-engine: not yet the like-for-like pull-source case issue 13 asks for).
+Everything runs here, in one process tree: a private containerd + dockerd, a single-node Ceph
+whose radosgw is the S3 server on loopback (kiln.cephdev), and a docker-registry the images
+are pulled from (pinned by digest; kiln copies them from there with skopeo, as served, while
+the baseline saves them from the engine: not yet the like-for-like pull-source case issue 13
+asks for).
 Three images of ~165 MB each share a ~100 MB base; their layers mix real system binaries,
 generated text and random bytes (partly compressible, as real images are).
 
@@ -31,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.content import MB, REG, make_context  # noqa: E402
-from kiln import localengine  # noqa: E402
-from tests.integration.conftest import free_port, moto_server  # noqa: E402
+from kiln import cephdev, localengine  # noqa: E402
+from kiln.cephdev import free_port  # noqa: E402
 
 CPU: dict[str, float] = {}  # seconds of CPU per party, summed over the current contender
 
@@ -47,7 +48,7 @@ def daemon_cpu() -> dict[str, float]:
             stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        name = next((n for n in ("moto", "dockerd", "containerd") if
+        name = next((n for n in ("radosgw", "ceph-osd", "dockerd", "containerd") if
                      any(n.encode() in part for part in cmd[:3])), None)
         if name:
             found[name] = found.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / tick
@@ -108,26 +109,30 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-", dir="/var/tmp"))
     containerd = localengine.start_containerd(work / "engine")
     dockerd = localengine.start_dockerd(work / "engine", containerd)
-    env = {**os.environ, "DOCKER_HOST": dockerd.address, "AWS_ACCESS_KEY_ID": "bench",
-           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                           "AWS_DEFAULT_REGION")})
     registry_port = free_port()
     # skopeo (kiln's pulls) reaches the plain-HTTP registry through its per-user config
     (work / "home/.config/containers").mkdir(parents=True)
     (work / "home/.config/containers/registries.conf").write_text(
         f'[[registry]]\nlocation = "127.0.0.1:{registry_port}"\ninsecure = true\n')
-    env["HOME"] = str(work / "home")
     (work / "registry.yml").write_text(
         f"version: 0.1\nstorage: {{filesystem: {{rootdirectory: {work / 'registry'}}}}}\n"
         f"http: {{addr: '127.0.0.1:{registry_port}'}}\nlog: {{level: error}}\n")
     registry = subprocess.Popen(["docker-registry", "serve", str(work / "registry.yml")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with moto_server(work / "moto.log") as endpoint:
-            return run(args, work, env, endpoint, f"127.0.0.1:{registry_port}", aws)
+        # the OSD keeps every object in memory, deleted ones too until radosgw's garbage
+        # collection (hours later): room for every round
+        ceph = cephdev.start(work / "ceph", memory=12 << 30)
+        env = {**os.environ, "DOCKER_HOST": dockerd.address,
+               "AWS_ACCESS_KEY_ID": ceph.writer.access_key,
+               "AWS_SECRET_ACCESS_KEY": ceph.writer.secret_key,
+               "AWS_DEFAULT_REGION": ceph.region, "HOME": str(work / "home")}
+        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                               "AWS_DEFAULT_REGION")})
+        return run(args, work, env, ceph.endpoint, f"127.0.0.1:{registry_port}", aws)
     finally:
         registry.terminate()
+        cephdev.stop(work / "ceph")
         dockerd.stop()
         containerd.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)

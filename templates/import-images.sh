@@ -378,6 +378,9 @@ download() {
     { printf 'url = %s\n' "$(curl_quote "$url")"
       if [ -n "$sigv4" ]; then
         printf 'user = %s\n' "$(curl_quote "$sigv4_user")"
+        # S3 (radosgw, AWS) refuses a SigV4 request without this header, which curl 7.88
+        # (Debian 12) does not add; curl signs it with the others
+        printf 'header = %s\n' "$(curl_quote "x-amz-content-sha256: UNSIGNED-PAYLOAD")"
         if [ -n "$sigv4_token" ]; then
           printf 'header = %s\n' "$(curl_quote "x-amz-security-token: $sigv4_token")"
         fi

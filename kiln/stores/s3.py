@@ -200,6 +200,11 @@ class S3ObjectStore:
                 retries={"max_attempts": 5, "mode": "standard"},
                 max_pool_connections=UPLOAD_THREADS * 4,
                 connect_timeout=10, read_timeout=120,
+                # by default botocore >= 1.36 sends each upload over HTTPS as aws-chunked with
+                # a trailing checksum, which S3 servers short of the newest refuse (radosgw 16:
+                # MissingContentLength): checksums only where the operation requires one
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
             )
             client = boto3.session.Session().client(
                 "s3", endpoint_url=settings.endpoint, region_name=settings.region,

@@ -1,4 +1,5 @@
-"""Real engines for the integration tier: a private containerd and dockerd, and S3 over HTTP.
+"""Real engines for the integration tier: a private containerd and dockerd, a Ceph radosgw
+(real S3 over HTTP) and a docker-registry.
 
 Everything lives under a fresh temp folder (short path: unix sockets are limited to 108
 bytes) and is stopped by PID at the end of the session. These fixtures need root and the
@@ -10,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,11 +21,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import docker
 import pytest
 
-from kiln import localengine
+from kiln import cephdev, localengine
 from kiln.cli import main
 from kiln.containerd import Ctr
 
@@ -89,10 +88,7 @@ def fresh_containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local
     shutil.rmtree(base, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+free_port = cephdev.free_port
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
@@ -119,38 +115,33 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-@contextlib.contextmanager
-def moto_server(log: Path, **env: str) -> Iterator[str]:
-    """moto's S3 API as a separate process over real HTTP on loopback."""
-    port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, **env},
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(url + "/", proc, "moto server", log)
-        yield url
-    finally:
-        _stop(proc)
+@pytest.fixture(scope="session")
+def ceph(engine_root: Path) -> Iterator[cephdev.Cluster]:
+    """A real S3 server: one single-node Ceph with radosgw for the session (kiln.cephdev),
+    over HTTP and HTTPS. boto3's chain (what bake, diff and presigning use) gets the writer's
+    keys."""
+    _require(*cephdev.TOOLS, "openssl")
+    began = time.monotonic()
+    cluster = cephdev.start(engine_root / "ceph", tls=True)
+    sys.stderr.write(f"\nceph: radosgw at {cluster.endpoint} in "
+                     f"{time.monotonic() - began:.1f}s\n")
+    os.environ.update({"AWS_ACCESS_KEY_ID": cluster.writer.access_key,
+                       "AWS_SECRET_ACCESS_KEY": cluster.writer.secret_key,
+                       "AWS_DEFAULT_REGION": cluster.region})
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(engine_root: Path) -> Iterator[str]:
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ.setdefault(key, value)
-    with moto_server(engine_root / "moto.log") as url:
-        yield url
+def s3_endpoint(ceph: cephdev.Cluster) -> str:
+    return ceph.endpoint
 
 
 @pytest.fixture
-def bucket(s3_endpoint: str) -> str:
-    """A new, empty bucket for one test."""
+def bucket(ceph: cephdev.Cluster) -> str:
+    """A new, empty bucket for one test; the reader's keys may GET its objects."""
     name = f"kiln-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    ceph.create_bucket(name)
     return name
 
 

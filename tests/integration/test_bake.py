@@ -17,6 +17,7 @@ import boto3
 import docker
 import pytest
 
+from kiln import cephdev
 from kiln.cli import main
 from kiln.containerd import Ctr
 from kiln.localengine import Daemon
@@ -238,18 +239,24 @@ def test_store_unreachable(tmp_path: Path, engine_env: str,
     assert_nothing_published(config)
 
 
-def test_store_access_denied(tmp_path: Path, engine_env: str,
+@pytest.mark.parametrize("keys", ["nodes' read-only keys", "wrong secret", "unknown key"])
+def test_store_access_denied(tmp_path: Path, engine_env: str, ceph: cephdev.Cluster,
+                             bucket: str, keys: str, monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.integration.conftest import moto_server
-
+    access, secret = {
+        "nodes' read-only keys": (ceph.reader.access_key, ceph.reader.secret_key),
+        "wrong secret": (ceph.writer.access_key, "W" * 40),
+        "unknown key": ("NOSUCHKEY0000000000X", ceph.writer.secret_key)}[keys]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     scratch_context(tmp_path / "ctx", "x")
-    with moto_server(tmp_path / "moto.log", INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
-        config = write_config(tmp_path, f"  - {{name: x, ref: {REG}/f/x:v1, build: ctx}}\n",
-                              s3_store(endpoint, "locked"))
-        assert bake(config) == 1
+    config = write_config(tmp_path, f"  - {{name: x, ref: {REG}/f/x:v1, build: ctx}}\n",
+                          s3_store(ceph.endpoint, bucket))
+    assert bake(config) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert "access denied" in err[-1]
+    assert err[-1].startswith(f"kiln: error: bucket '{bucket}' at {ceph.endpoint}: access denied")
     assert_nothing_published(config)
+    assert ceph.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0
 
 
 def test_disk_full_leaves_no_partial_object(tmp_path: Path, engine_env: str,
