@@ -287,7 +287,11 @@ def test_interrupt_mid_upload_leaves_the_store_as_it_was(
     proc = subprocess.Popen([sys.executable, str(REPO / "bake.py"), "bake", "--env", "it",
                              "--config", str(config)], stderr=subprocess.PIPE,
                             env={**os.environ, "DOCKER_HOST": engine_env,
-                                 "KILN_MULTIPART_THRESHOLD": str(16 << 20)})
+                                 "KILN_MULTIPART_THRESHOLD": str(16 << 20)},
+                            # a shell starting the tests in the background (`make test &`)
+                            # ignores SIGINT, and so would the bake: the Ctrl-C a user's
+                            # terminal sends is what is tested
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     deadline = time.monotonic() + 120
     while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
