@@ -34,7 +34,8 @@ def test_try_imports_every_image_before_kubelet(dev_project: Path, base_image: B
     assert any(line.startswith("kubelet: After=") and "kiln-import.service" in line
                for line in report)
     saw = [line for line in report if line.startswith("kubelet-saw: ")]
-    assert saw and saw[0].endswith(f"images={len(lock['images'])}"), report
+    # kubelet's start saw both names of every image (ref and repo@sha256:<digest>)
+    assert saw and saw[0].endswith(f"images={2 * len(lock['images'])}"), report
     assert any(line.startswith("ctr: registry.example.com/foundation/") for line in report)
 
 
@@ -88,7 +89,7 @@ def test_a_store_down_at_boot_recovers_without_anyone_logging_in(
     restarts = [line for line in report if line.startswith("unit: NRestarts=")]
     assert restarts and int(restarts[0].split("=", 1)[1]) >= 1, report  # systemd retried it
     saw = [line for line in report if line.startswith("kubelet-saw: ")]
-    assert saw and saw[0].endswith(f"images={len(lock.images)}"), report
+    assert saw and saw[0].endswith(f"images={2 * len(lock.images)}"), report  # both names
     assert len([r for r in server.requests if r]) > len(lock.images)  # it did meet the 503s
 
 
