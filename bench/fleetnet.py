@@ -169,11 +169,12 @@ def remove_stale() -> list[str]:
 
 @contextlib.contextmanager
 def signals_end_the_run() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the run as Ctrl-C does: through every finally block."""
+    """SIGINT (even where a shell left it ignored), SIGTERM and SIGHUP end the run as Ctrl-C
+    does: through every finally block."""
     def stop(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
