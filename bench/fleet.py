@@ -191,11 +191,14 @@ def one_fleet(s: Setup, n: int) -> fleetreport.Result:
         t0 = time.time() + 1.0
         run.proxy = start_proxy(s, n, t0, floor, log)
         cpu = fleetreport.Cpu.now([run.proxy.pid, s.store_pid])
+        tcp = fleetnet.tcp_counters(s.net.store)
         time.sleep(max(0.0, t0 - time.time()))
         launch(s, n, run)
         print(f"bench: {n} nodes booted; floor {floor:.1f}s", flush=True)
         node_cpu = wait_all(run, t0 + deadline_s)
         cpu = cpu.since([run.proxy.pid, s.store_pid], node_cpu)
+        after = fleetnet.tcp_counters(s.net.store)
+        tcp = {k: after.get(k, 0) - v for k, v in tcp.items()}
         run.proxy.send_signal(signal.SIGTERM)
         run.proxy.wait(60)
         real = [fleetreport.check_containerd(d) for d in run.containerds]
@@ -204,7 +207,7 @@ def one_fleet(s: Setup, n: int) -> fleetreport.Result:
     proxy_log = json.loads(log.read_text())
     outcomes = [fleetnode.outcome(s.work / "nodes" / f"n{i}") for i in range(n)]
     return fleetreport.result(n, t0, floor, a, s.node_bytes, s.images, proxy_log, outcomes,
-                              real, cpu)
+                              real, cpu, tcp)
 
 
 def prepare(work: Path, args: argparse.Namespace, net: fleetnet.Fleet, store: Backend) -> Setup:

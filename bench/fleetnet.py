@@ -128,6 +128,20 @@ class Fleet:
         self.made = []
 
 
+def tcp_counters(ns: str) -> dict[str, int]:
+    """The namespace's TCP counters: OutSegs, RetransSegs (snmp) and TCPTimeouts (netstat)."""
+    found: dict[str, int] = {}
+    for table in ("snmp", "netstat"):
+        done = subprocess.run(["ip", "netns", "exec", ns, "cat", f"/proc/net/{table}"],
+                              capture_output=True, text=True, check=False)
+        lines = done.stdout.splitlines()
+        for names, values in zip(lines[::2], lines[1::2], strict=False):
+            for name, value in zip(names.split()[1:], values.split()[1:], strict=False):
+                if name in ("OutSegs", "RetransSegs", "TCPTimeouts") and value.isdigit():
+                    found[name] = int(value)
+    return found
+
+
 def pids_inside(ns: str) -> list[int]:
     done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
                           check=False)

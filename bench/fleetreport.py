@@ -79,6 +79,8 @@ class Result:
     cpu: Cpu
     real: list[str]
     busy_after: float | None  # share of the store's rate used from the outage's end to the last
+    last_byte: float  # seconds after boot when the store sent its last byte
+    tcp: dict[str, int]  # the store's TCP counters over the run
 
     @property
     def last(self) -> float | None:
@@ -87,7 +89,7 @@ class Result:
 
 def result(n: int, t0: float, floor: float, args: argparse.Namespace, node_bytes: int,
            images: int, log: dict[str, Any], outcomes: list[Outcome], real: list[str],
-           cpu: Cpu) -> Result:
+           cpu: Cpu, tcp: dict[str, int]) -> Result:
     index = {fleetnet.node_ip(i): i for i in range(n)}
     per_node = Counter(index[r["client"]] for r in log["requests"] if r["client"] in index)
     hit = {index[r["client"]] for r in log["requests"]
@@ -109,7 +111,8 @@ def result(n: int, t0: float, floor: float, args: argparse.Namespace, node_bytes
         imports=len(imports), unverified=sum(1 for imp in imports if not imp["verified"]),
         failed_runs=sum(o.failed_runs for o in outcomes),
         sent=sum(r["bytes"] for r in log["requests"]), needed=n * node_bytes, cpu=cpu,
-        real=real, busy_after=busy)
+        real=real, busy_after=busy, tcp=tcp,
+        last_byte=max((r["end"] for r in log["requests"] if r["bytes"]), default=t0) - t0)
 
 
 def delivered(requests: list[dict[str, Any]], start: float, end: float) -> float:
@@ -143,14 +146,15 @@ def table(results: list[Result], args: argparse.Namespace) -> None:
           f" (Retry-After {args.retry_after}s), reset {args.reset:.0%}, stall {args.stall:.0%} "
           f"({args.stall_seconds:.0f}s), outage {args.outage:.0f}s at {args.outage_at:.0%} "
           "of the floor")
-    head = ("N", "floor s", "+outage s", "ready s", "x floor", "x (floor+outage)", "req/node",
+    head = ("N", "floor s", "+outage s", "last byte s", "ready s", "x floor", "x (floor+outage)",
+            "req/node",
             "retries/node (max)", "peak conns", "recovered", "unverified")
     rows = [head]
     for r in results:
         with_outage = r.floor + r.outage
         retries = [q - r.images for q in r.requests]
         rows.append((
-            str(r.n), f"{r.floor:.1f}", f"{with_outage:.1f}",
+            str(r.n), f"{r.floor:.1f}", f"{with_outage:.1f}", f"{r.last_byte:.1f}",
             f"{r.last:.1f}" if r.last is not None else f"{len(r.ready)}/{r.n} ready",
             _ratio(r.last, r.floor), _ratio(r.last, with_outage),
             f"{sum(r.requests) / r.n:.1f}",
@@ -168,7 +172,9 @@ def table(results: list[Result], args: argparse.Namespace) -> None:
               f"CPU {c.busy / max(c.wall, 1e-9) * 50:.0f}% of 2 cores over {c.wall:.0f}s "
               f"({procs}); ready p50 {_pct(r.ready, 50)} p90 {_pct(r.ready, 90)}; the store "
               f"sent at {_share(r.busy_after)} of its rate from the outage's end to the last "
-              "node ready")
+              f"node ready; store TCP: {r.tcp.get('OutSegs', 0)} segments out, "
+              f"{r.tcp.get('RetransSegs', 0)} retransmitted, {r.tcp.get('TCPTimeouts', 0)} "
+              "timeouts")
 
 
 def _share(value: float | None) -> str:
