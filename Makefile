@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KILN := $(PY) bake.py
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: packages-bake packages-test venv store store-stop bake lint render verify push verify-registry diff try golden demo test unit integration check bench bench-bake bench-node bench-render bench-lint clean
+.PHONY: packages-bake packages-test venv store store-stop bake lint render verify push verify-registry diff try golden demo test unit integration check bench bench-bake bench-node bench-render bench-lint bench-fleet clean
 
 venv: $(STAMP)
 
@@ -74,7 +74,7 @@ render: venv
 check: venv
 	$(PY) -m ruff check kiln tests bench bake.py
 	$(PY) -m mypy --strict kiln
-	shellcheck -s sh templates/*.sh .ci/install-packages
+	shellcheck -s sh templates/*.sh bench/*.sh .ci/install-packages
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
@@ -101,6 +101,10 @@ bench-render: venv
 
 bench-lint: venv
 	$(PY) bench/lint.py
+
+# A rack boots at once (as root: network namespaces, veths, tc; everything removed after).
+bench-fleet: venv
+	$(PY) bench/fleet.py $(if $(NODES),--nodes $(NODES),)
 
 clean:
 	rm -rf dist .run

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""The store behind bench/fleet.py's proxy: which one is a backend, chosen in one place.
+
+A backend holds the run's objects (a kiln store folder with the lock's keys under it) and
+gives the URL its objects are read from, in the machine's own network namespace (the proxy
+reaches it there):
+
+- ``dir`` (the default): the folder served over HTTP on 127.0.0.1 by this file (`serve`):
+  GET and HEAD with byte ranges (curl resumes with `Range: bytes=N-`), sendfile, and
+  `Cache-Control: public, max-age=31536000, immutable` (objects are content-addressed);
+- ``url``: objects already served at ``--store-url`` under the same keys (a radosgw or MinIO
+  bucket with anonymous read, nginx, a cache in front of a store): nothing is started.
+
+A radosgw backend (kiln/cephdev.py, branch ceph-store) is a third entry in BACKENDS: start the
+cluster, upload the folder's objects to a bucket, and return the bucket's URL (presigned URLs
+go through the proxy unchanged: it sets `Host` to the origin they were signed for).
+
+    fleetstore.py serve FOLDER [--port 0]     # prints "listening PORT"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.server
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Protocol
+
+
+class Backend(Protocol):
+    def start(self, folder: Path, log: Path) -> str:
+        """Serve the objects under ``folder``; the base URL their keys are appended to."""
+        ...
+
+    def pid(self) -> int | None:
+        """The process serving them, when this backend started one (for its CPU time)."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class DirBackend:
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, folder: Path, log: Path) -> str:
+        with log.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "serve", str(folder)], stdout=subprocess.PIPE,
+                stderr=err, text=True, start_new_session=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "listening":
+            self.stop()
+            raise RuntimeError(f"the store server did not start: see {log}")
+        return f"http://127.0.0.1:{line[1]}/"
+
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class UrlBackend:
+    def __init__(self, url: str) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+
+    def start(self, folder: Path, log: Path) -> str:
+        return self.url
+
+    def pid(self) -> int | None:
+        return None
+
+    def stop(self) -> None:
+        pass
+
+
+def backend(name: str, url: str | None) -> Backend:
+    """The one place a store backend is chosen (add radosgw here)."""
+    if url:
+        return UrlBackend(url)
+    if name == "dir":
+        return DirBackend()
+    raise SystemExit(f"fleet: unknown store backend {name!r} (dir, or --store-url URL)")
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    root = Path(".")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.answer(body=False)
+
+    def do_GET(self) -> None:
+        self.answer(body=True)
+
+    def answer(self, body: bool) -> None:
+        path = (self.root / self.path.split("?", 1)[0].lstrip("/")).resolve()
+        if self.root not in path.parents or not path.is_file():
+            self.send_error(404)
+            return
+        size = path.stat().st_size
+        start = 0
+        ranged = self.headers.get("Range", "")
+        if ranged.startswith("bytes=") and ranged.endswith("-") and ranged[6:-1].isdigit():
+            start = int(ranged[6:-1])
+            if start >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(size - start))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Cache-Control", "public, max-age=31536000, immutable")
+        self.end_headers()
+        if body:
+            self.wfile.flush()
+            with path.open("rb") as src:
+                offset = start
+                while offset < size:
+                    sent = os.sendfile(self.connection.fileno(), src.fileno(), offset,
+                                       size - offset)
+                    if sent == 0:
+                        break
+                    offset += sent
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 4096  # the listen backlog: a rack connects at once
+
+
+def serve(folder: Path, port: int) -> None:
+    RangeHandler.root = folder.resolve()
+    server = Server(("127.0.0.1", port), RangeHandler)
+    print(f"listening {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("serve",))
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(args.folder, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
