@@ -3,6 +3,7 @@
 # It answers what kiln's importer asks, from a folder of its own ($FLEET_CTR_STATE):
 #   ctr version | ctr images import --help
 #   ctr -n NS images ls name==REF | images label REF K=V | images rm REF | content get DIGEST
+#   ctr -n NS images tag [--force] REF NEW   (the digest name: the same record under NEW)
 #   ctr -n NS images import [--platform P] FILE   (bench/fleetctr.py checks the whole archive)
 set -eu
 state=${FLEET_CTR_STATE:?}
@@ -26,6 +27,14 @@ case "${1:-} ${2:-}" in
     read -r ref kind digest size platform _ < "$file"
     echo "$ref $kind $digest $size $platform $4" > "$file.tmp" && mv "$file.tmp" "$file"
     echo "$3" ;;
+  "images tag")
+    shift 2
+    if [ "${1:-}" = --force ]; then shift; fi
+    file="$state/images/$(record "$1")"
+    [ -f "$file" ] || { echo "ctr: image \"$1\": not found" >&2; exit 1; }
+    read -r _ kind digest size platform _ < "$file"
+    echo "$2 $kind $digest $size $platform -" > "$state/images/$(record "$2")"
+    echo "$2" ;;
   "images rm") rm -f "$state/images/$(record "$3")"; echo "$3" ;;
   "content get") cat "$state/content/$3" ;;
   *) echo "ctr (fleet stand-in): not supported: $*" >&2; exit 1 ;;

@@ -122,7 +122,8 @@ def make_store(work: Path, sizes_mb: list[float], seed: int, node: dict[str, str
                 sha256=done.sha256, size=done.size, uncompressed_size=len(raw),
                 compression=env.compression.algorithm, compression_level=env.compression.level,
                 key=done.key, roles=(), source="archive",
-                upstream=hashlib.sha256(raw).hexdigest()))
+                upstream=hashlib.sha256(raw).hexdigest(),
+                manifest_digests=(("linux/amd64", done.manifests[ref]),)))
     finally:
         store.close()
     lock = lockfile.Lock(ENV, REG, tuple(entries), store=store.facts())
