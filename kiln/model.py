@@ -37,6 +37,7 @@ RULE_IDS = (
     "chart-upstream",
     "chart-unreachable",
     "chart-invalid-ref",
+    "chart-digest-mismatch",
 )
 _DURATION_RE = re.compile(r"([0-9]{1,9})([smhd]?)", re.ASCII)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

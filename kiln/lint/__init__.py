@@ -47,7 +47,7 @@ def run(config: Config, env: Environment, lock: Lock | None = None) -> list[Find
         else:
             chart_refs += (item,)
     ctx = LintContext(config=config, env=env, images=config.images_for(env),
-                      chart_refs=tuple(plain) + chart_refs, unresolved=unresolved)
+                      chart_refs=tuple(plain) + chart_refs, unresolved=unresolved, lock=lock)
     findings: set[Finding] = set()
     for rule in RULES:
         level = env.lint.levels.get(rule.ID, rule.LEVEL)

@@ -279,18 +279,27 @@ class Match:
 def classify(text: str, images: tuple[Image, ...], registry: str) -> Match:
     """Compare a chart reference with the declared images of an environment.
 
-    ``declared``: the very string of a declared ref.  ``mismatch``: the same repository
-    as a declared image (or, for a short name, the same last path component) written
-    differently.  ``undeclared``: on the environment's registry but not in images.yaml.
-    ``foreign``: somewhere else entirely.  ``invalid``: not a reference.
+    ``declared``: the very string of a declared ref, or it pinned to a digest
+    (``ref@sha256:…``, ``repo@sha256:…``: chart-digest-mismatch checks the digest against a
+    lock).  ``mismatch``: the same repository as a declared image (or, for a short name, the
+    same last path component) written differently.  ``undeclared``: on the environment's
+    registry but not in images.yaml.  ``foreign``: somewhere else entirely.  ``invalid``: not
+    a reference.
     """
     for image in images:
         if image.ref == text:
             return Match("declared", image)
     try:
         normal = refs.normalize(text)
+        parsed = refs.parse(text)
     except refs.ReferenceError:
         return Match("invalid")
+    if parsed.digest is not None:  # ref@sha256:… or repo@sha256:…: the digest is checked
+        bare = parsed.repository + (f":{parsed.tag}" if parsed.tag else "")  # against a lock
+        for image in images:
+            if image.ref == bare or (parsed.tag is None and
+                                     refs.parse(image.ref).repository == parsed.repository):
+                return Match("declared", image)
     short = not refs.is_fully_qualified(text) and refs.parse(text).domain is None
     for image in images:
         declared = refs.normalize(image.ref)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.lint.charts import ChartRef
+from kiln.lock import Lock
 from kiln.model import Config, Environment, Image, Location
 
 
@@ -15,6 +16,7 @@ class LintContext:
     images: tuple[Image, ...]  # refs resolved for env
     chart_refs: tuple[ChartRef, ...]
     unresolved: tuple[tuple[Location, str], ...] = ()  # (where, why): images lint cannot see
+    lock: Lock | None = None  # given to `lint --lock`: digests pinned by charts are checked
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ def test_every_rule_fires_at_its_place(tree: Path) -> None:
     cfg = config.load(Path("images.yaml"), "images.yaml")
     findings = lint.run(cfg, cfg.environment("dev"))
     assert [(f.file, f.line, f.column, f.level, f.rule) for f in findings] == EXPECTED
-    assert {rule for *_, rule in EXPECTED} == set(RULE_IDS)
+    # chart-digest-mismatch needs a lock: tests/unit/test_lint_digests.py
+    assert {rule for *_, rule in EXPECTED} == set(RULE_IDS) - {"chart-digest-mismatch"}
 
 
 def test_messages_say_what_to_write(tree: Path) -> None:

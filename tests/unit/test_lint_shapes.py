@@ -215,9 +215,10 @@ def test_sha_is_a_digest(tmp_path: Path) -> None:
         """}
     images = [f"{REG}/team/operator:v0.80.0"]
     assert lint_chart(tmp_path, chart, "{}\n", images) == []
-    assert lint_chart(tmp_path, chart, f"operator: {{image: {{sha: {digest}}}}}\n", images) == [
-        ("v.yaml", 1, 25, "error", "chart-mismatch")]
-    assert f"@sha256:{digest}" in messages(tmp_path)[0]
+    pinned = f"operator: {{image: {{sha: {digest}, tag: v0.80.1}}}}\n"
+    assert lint_chart(tmp_path, chart, pinned, images) == [
+        ("v.yaml", 1, 96, "error", "chart-mismatch")]
+    assert f"v0.80.1@sha256:{digest}'" in messages(tmp_path)[0]
 
 
 def test_a_flag_given_an_image_without_image_in_its_name(tmp_path: Path) -> None:

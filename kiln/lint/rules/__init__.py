@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol, cast
 
 from kiln.lint.rules import (
+    chart_digest_mismatch,
     chart_invalid,
     chart_mismatch,
     chart_undeclared,
@@ -42,5 +43,5 @@ class Rule(Protocol):
 RULES: tuple[Rule, ...] = tuple(cast(Rule, module) for module in (
     not_fully_qualified, mutable_tag, registry_mismatch, duplicate_ref, duplicate_name,
     unpinned_upstream, chart_undeclared, chart_mismatch, pull_policy_always,
-    image_unresolved, chart_upstream, chart_unreachable, chart_invalid,
+    image_unresolved, chart_upstream, chart_unreachable, chart_invalid, chart_digest_mismatch,
 ))
