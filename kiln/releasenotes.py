@@ -39,7 +39,8 @@ class Row:
 
 def _same(old: LockedImage, new: LockedImage | Image) -> bool:
     if isinstance(new, LockedImage):
-        return (old.ref, old.image_id, old.sha256) == (new.ref, new.image_id, new.sha256)
+        return ((old.ref, old.image_id, old.manifest_digest, old.sha256)
+                == (new.ref, new.image_id, new.manifest_digest, new.sha256))
     return old.ref == new.ref
 
 
@@ -87,7 +88,7 @@ def _cell(image: LockedImage | Image | None) -> str:
     if image is None:
         return "-"
     if isinstance(image, LockedImage):
-        return f"`{image.ref}`<br>`{image.image_id}`"
+        return f"`{image.ref}`<br>`{image.manifest_digest or image.image_id}`"
     return f"`{image.ref}`<br>(not baked yet)"
 
 

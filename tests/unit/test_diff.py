@@ -212,7 +212,7 @@ def test_release_notes_per_role(project: Path,  # noqa: F811
     locked = {i.name: i for i in lockfile.read(project / "dist/dev/images.lock.json").images}
     worker = after.split("### role `worker`")[1]
     assert worker.startswith(": 3 change(s)")  # a bumped, d added, c removed: every node; b same
-    assert f"`{locked['a'].ref}`<br>`{locked['a'].image_id}` |" in worker
+    assert f"`{locked['a'].ref}`<br>`{locked['a'].manifest_digest}` |" in worker
     assert "| removed | c |" in worker and "| added | d |" in worker and "| b |" not in worker
     from kiln.progress import human
     # d is c renamed: nodes hold its ref and image ID already, so only a is fetched
