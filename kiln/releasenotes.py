@@ -1,8 +1,8 @@
 """Release notes for operators: what a bake changes on each role's nodes, as Markdown.
 
 Two locks (the one in force and the one a bake wrote) give everything: per role, the images
-added, bumped (same name, other content or ref) and removed, with old and new refs and image
-IDs, and the bytes each node of the role downloads (the objects of added and bumped images;
+added, bumped (same name, other content or ref) and removed, with old and new refs and manifest
+digests, and the bytes each node of the role downloads (the objects of added and bumped images;
 an image a node already holds is skipped by the importer). Without a new lock (before a
 bake), images.yaml stands in for it: refs are known, digests and sizes only once baked.
 """
