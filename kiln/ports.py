@@ -20,6 +20,9 @@ from kiln.model import ArchiveSource, BuildSource
 K8S_NAMESPACE = "k8s.io"  # the containerd namespace kubelet (through the CRI) sees
 PIN_LABEL = "io.cri-containerd.pinned"
 MANAGED_LABEL = "io.cri-containerd.image"
+OWNER_LABEL = "io.kiln.environment"  # the node importer's, on every name it pins
+LOCK_LABEL = "io.kiln.lock"  # the sha256 of the lock the name was last pinned from
+NAME_LABEL = "io.kiln.name"  # the name itself: a `ctr images tag` copy keeps labels, not names
 
 
 # -- the image engine (build, pull, load, export) --------------------------------------------

@@ -9,6 +9,7 @@ render does not pass fails instead of writing an empty string onto a node.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from typing import Any
 import jinja2
 
 from kiln import cloudconfig, grammar, pem
+from kiln import lock as lockfile
 from kiln.files import write_atomic
 from kiln.inventory import Node
 from kiln.locators import (
@@ -68,7 +70,7 @@ DATA_FIELDS: dict[str, re.Pattern[str]] = {
 # ... and of each `set` line kiln writes.
 SETTING_VALUES: dict[str, re.Pattern[str]] = {
     "stall_timeout": grammar.COUNT, "import_budget": grammar.COUNT, "retries": grammar.COUNT,
-    "retry_max_delay": grammar.COUNT,
+    "retry_max_delay": grammar.COUNT, "lock": grammar.SHA256_HEX,
     "sigv4": re.compile(rf"aws:amz:{grammar.REGION.pattern}:s3"),
     "sigv4_user": grammar.CREDENTIAL, "sigv4_token": grammar.CREDENTIAL,
 }
@@ -155,6 +157,8 @@ class Renderer:
                     ("import_budget", str(node.import_budget)),
                     ("retries", str(node.retries)),
                     ("retry_max_delay", str(node.retry_max_delay)),
+                    # the lock the images come from: nodes label what they pin with it
+                    ("lock", hashlib.sha256(lockfile.to_json(self.lock).encode()).hexdigest()),
                     *self.locator.settings()]
         for key, value in settings:
             if not grammar.matches(SETTING_VALUES[key], value):

@@ -12,7 +12,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from kiln.lock import Lock, LockedImage, images_for_roles, node_roles
-from kiln.ports import K8S_NAMESPACE, MANAGED_LABEL, PIN_LABEL, Containerd, ContainerdImage
+from kiln.ports import (
+    K8S_NAMESPACE,
+    MANAGED_LABEL,
+    NAME_LABEL,
+    OWNER_LABEL,
+    PIN_LABEL,
+    Containerd,
+    ContainerdImage,
+)
 
 PRESENT = "present"
 MISSING = "missing"
@@ -21,6 +29,7 @@ WRONG_DIGEST = "wrong-digest"
 MISSING_DIGEST_REF = "missing-digest-ref"
 NOT_PINNED = "not-pinned"
 NOT_VISIBLE = "not-visible-to-cri"
+STALE_PIN = "stale-pin"  # kiln pinned it for this environment; the lock no longer lists it
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,22 @@ def verify_node(lock: Lock, client: Containerd, role: str | None = None) -> list
         state, detail = _judge(image, found, have, k8s.get(image.digest_ref or ""))
         out.append(NodeImage(image.name, image.ref, state, image.image_id, have, detail,
                              image.manifest_digest, found.manifest_digest))
-    return out
+    return out + stale_pins(lock, k8s, role)
+
+
+def stale_pins(lock: Lock, k8s: dict[str, ContainerdImage], role: str | None
+               ) -> list[NodeImage]:
+    """Names the importer pinned for this environment that the lock (for this role) no longer
+    lists: an earlier release's, which kubelet's image GC can never reclaim while pinned. The
+    importer releases them after its next successful run."""
+    listed = {n for i in images_for_roles(lock, node_roles(role)) for n in (i.ref, i.digest_ref)}
+    return [NodeImage("", name, STALE_PIN, "", None,
+                      f"pinned by kiln for {lock.environment}, no longer in the lock: the next "
+                      "import run releases it", None, found.manifest_digest)
+            for name, found in sorted(k8s.items())
+            if found.labels.get(OWNER_LABEL) == lock.environment
+            and found.labels.get(NAME_LABEL) == name
+            and found.labels.get(PIN_LABEL) == "pinned" and name not in listed]
 
 
 def _judge(image: LockedImage, found: ContainerdImage, have: str,

@@ -24,6 +24,12 @@ set -eu
 PROG=kiln-import
 NS=k8s.io
 PIN=io.cri-containerd.pinned
+# On every name kiln pins: the environment, the lock it came from, and the name itself (a
+# copy made with `ctr images tag` keeps the labels, not the name: it is not kiln's). Images
+# without these are not kiln's and are never touched.
+OWNER=io.kiln.environment
+FROM=io.kiln.lock
+NAMED=io.kiln.name
 here=$(cd "$(dirname "$0")" && pwd)
 
 data="${KILN_DATA:-$here/images.data}"
@@ -91,7 +97,9 @@ retries=8
 stall_timeout=60
 import_budget=1800
 retry_max_delay=300
+lock_id=""
 count=0
+released="" stale_pins=""  # names whose pin this run released; stale pins --check found
 
 [ -r "$data" ] || die "cannot read the data file $data (render it with: python bake.py render)"
 # shellcheck disable=SC2034 # c..j are read by the eval below
@@ -109,6 +117,7 @@ while read -r kind a b c d e f g h i j rest; do
         stall_timeout) stall_timeout="$b" ;;
         import_budget) import_budget="$b" ;;
         retry_max_delay) retry_max_delay="$b" ;;
+        lock) lock_id="$b" ;;
         sigv4) sigv4="$b" ;;
         sigv4_user) sigv4_user="$b" ;;
         sigv4_token) sigv4_token="$b" ;;
@@ -189,10 +198,12 @@ config_of() {
     sed -n 's/.*"config":{[^}]*"digest":"\(sha256:[0-9a-f]\{64\}\)".*/\1/p'
 }
 
-is_pinned() {
+has_label() {
   ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $NF; exit }' |
-    tr ',' '\n' | grep -qx "$PIN=pinned"
+    tr ',' '\n' | grep -qxF -- "$2"
 }
+
+is_pinned() { has_label "$1" "$PIN=pinned"; }
 
 # What containerd holds of image N: present (ref and digest name both on the lock's manifest,
 # whose config is the lock's image ID), missing, wrong-image-id, wrong-digest (the same image
@@ -209,18 +220,53 @@ state_of() {
 }
 
 # Name image N's manifest repo@sha256:<digest> too (from its ref, already checked), and pin
-# both names.
+# both names, with kiln's labels (the environment, the lock).
 name_and_pin() {
   np_ref=$(get ref "$1") np_dref=$(get dref "$1")
   if [ "$(target_of "$np_dref")" != "${np_dref##*@}" ]; then
     ctr_ images tag --force "$np_ref" "$np_dref" >/dev/null 2>&1 || return 1
   fi
-  ctr_ images label "$np_ref" "$PIN=pinned" >/dev/null 2>&1 &&
-    ctr_ images label "$np_dref" "$PIN=pinned" >/dev/null 2>&1
+  for np_name in "$np_ref" "$np_dref"; do
+    ctr_ images label "$np_name" "$PIN=pinned" "$OWNER=$env_name" "$FROM=${lock_id:-unknown}" \
+      "$NAMED=$np_name" >/dev/null 2>&1 || return 1
+  done
+}
+
+# The names kiln pinned for this environment that the data file no longer lists, one a line:
+# an earlier release's. Images kiln did not pin (no $OWNER label) are never listed.
+stale_pins() {
+  [ -n "$env_name" ] || return 0
+  ctr_ images ls -q "labels.\"$OWNER\"==$env_name" 2>/dev/null | while IFS= read -r sp_name; do
+    if ! printf '%s\n' "$listed" | grep -qxF -- "$sp_name" && is_pinned "$sp_name" &&
+        has_label "$sp_name" "$NAMED=$sp_name"; then
+      printf '%s\n' "$sp_name"
+    fi
+  done
+}
+
+# Release the pin of each stale name: never the image itself (a running pod may use it);
+# kubelet's image GC reclaims it when nothing does. Logged, and listed in the status file.
+release_stale() {
+  released=$(stale_pins)
+  for rs_name in $released; do
+    if ctr_ images label "$rs_name" "$PIN=" >/dev/null 2>&1; then
+      log "$rs_name: no longer in the lock: pin released (kubelet's image GC may reclaim it)"
+    else
+      log "warning: $rs_name: no longer in the lock, and its pin could not be released"
+    fi
+  done
 }
 
 # -- status: one JSON file, written atomically -------------------------------------------------
 json_escape() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
+
+# `, "KEY": ["a", "b"]`
+json_list() {
+  printf ', "%s": [' "$1"; shift
+  jl_sep=""
+  for jl_name in "$@"; do printf '%s"%s"' "$jl_sep" "$(json_escape "$jl_name")"; jl_sep=", "; done
+  printf ']'
+}
 
 write_status() {
   [ -n "$status_file" ] || return 0
@@ -238,7 +284,12 @@ write_status() {
         "$(json_escape "$(get dref "$ws_n")")" "$(get id "$ws_n")" "$(get state "$ws_n")"
       ws_n=$((ws_n + 1))
     done
-    printf ']}\n'
+    printf ']'
+    # shellcheck disable=SC2086 # one name a word: names have no white space or glob
+    json_list released $released
+    # shellcheck disable=SC2086
+    json_list stale_pins $stale_pins
+    printf '}\n'
   } > "$tmp" 2>/dev/null || { rm -f "$tmp"; log "warning: cannot write $status_file"; return 0; }
   mv -f "$tmp" "$status_file"
 }
@@ -264,6 +315,8 @@ until ctr version >/dev/null 2>&1; do
 done
 
 # -- what is already there ----------------------------------------------------------------------
+listed=$(n=1; while [ "$n" -le "$count" ]; do get ref "$n"; echo; get dref "$n"; echo
+         n=$((n + 1)); done)
 missing=0
 need_list=""
 n=1
@@ -300,12 +353,17 @@ if [ "$check_only" = 1 ]; then
   for n in $need_list; do
     missing=$((missing + 1)); log "$(get name "$n"): $(get state "$n") $(get ref "$n")"
   done
+  stale_pins=$(stale_pins)
+  for n in $stale_pins; do
+    missing=$((missing + 1)); log "$n: stale-pin: kiln pinned it for $env_name, the lock no longer lists it"
+  done
   if [ "$missing" -eq 0 ]; then write_status check true; log "all $count images present";
   else write_status check false; log "$missing of $count images not as the lock says"; exit 1; fi
   exit 0
 fi
 
 if [ -z "$need_list" ]; then
+  release_stale
   write_status import true
   log "all $count images present: nothing to do"
   exit 0
@@ -547,6 +605,7 @@ done
 while [ "$running" -gt 0 ]; do collect_one; done
 
 if [ "$missing" -eq 0 ]; then
+  release_stale  # only once every listed image is here: a failed upgrade keeps the old pinned
   write_status import true
   log "all $count images present"
 else

@@ -90,3 +90,27 @@ def test_role_selects_images() -> None:
     names = [f.name for f in verify_node(LOCK, Fake(), "control-plane")]
     assert names == ["a", "b", "c", "d", "e", "g", "h", "u"]
     assert "w" in [f.name for f in verify_node(LOCK, Fake(), "worker")]
+
+
+def test_stale_pins_are_kilns_own_only() -> None:
+    """A name the importer pinned for this environment that the lock no longer lists is a
+    stale pin; a copy of it under another name (labels copied by `ctr images tag`), another
+    environment's, or an unpinned one is not."""
+    from kiln.verify import STALE_PIN
+
+    def kilns(name: str, env: str = "dev", pinned: bool = True) -> dict[str, str]:
+        return {**GOOD, "io.kiln.environment": env, "io.kiln.name": name,
+                **({} if pinned else {"io.cri-containerd.pinned": ""})}
+
+    fake = Fake()
+    old = "r.example.com/f/a:v0"
+    fake.spaces["k8s.io"].update({
+        old: ContainerdImage(old, "m0", kilns(old)),
+        "r.example.com/x/copy:v1": ContainerdImage("r.example.com/x/copy:v1", "m0", kilns(old)),
+        "r.example.com/f/z:v1": ContainerdImage("r.example.com/f/z:v1", "m0",
+                                                kilns("r.example.com/f/z:v1", env="prod")),
+        "r.example.com/f/y:v1": ContainerdImage("r.example.com/f/y:v1", "m0",
+                                                kilns("r.example.com/f/y:v1", pinned=False)),
+    })
+    stale = [f for f in verify_node(LOCK, fake) if f.state == STALE_PIN]
+    assert [(f.ref, f.ok) for f in stale] == [(old, False)]
