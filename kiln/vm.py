@@ -130,6 +130,9 @@ class Trial:
     # hold-kubelet node's join step does; False: it comes after the first run, whatever it did
     wait_for_import: bool = False
     node: Node | None = None  # an inventory node: boot its per-node seed over HTTP (PXE path)
+    # kept between runs when given (a node booted again, e.g. with a new release's user-data);
+    # else a throwaway overlay of the base image
+    overlay: Path | None = None
     log: Callable[[str], None] = print
 
     @property
@@ -169,7 +172,8 @@ class Trial:
             port = server.server_address[1]
             return None, f"http://{GUEST_HOST}:{port}/nodes/{self.node.hostname}/"
         (work / "user-data").write_bytes(self.user_data(base_url))
-        (work / "meta-data").write_text(f"instance-id: kiln-try-{os.getpid()}\n"
+        # a new instance every boot: cloud-init applies this user-data even on a kept overlay
+        (work / "meta-data").write_text(f"instance-id: kiln-try-{os.getpid()}-{time.time_ns()}\n"
                                         "local-hostname: kiln-try\n")
         disk = work / "seed.img"
         subprocess.run(["cloud-localds", str(disk), str(work / "user-data"),
@@ -216,10 +220,11 @@ class Trial:
                 url = served.enter_context(store_for_guest(self.env.store))
             base_url = url or f"http://{GUEST_HOST}:9/"  # nothing listens: no store reachable
             seed, seed_url = self.seed(work, base_url, served)
-            overlay = work / "overlay.qcow2"
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
-                            str(self.base_image.resolve()), str(overlay)], check=True,
-                           capture_output=True)
+            overlay = self.overlay or work / "overlay.qcow2"
+            if not overlay.exists():
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
+                                str(self.base_image.resolve()), str(overlay)], check=True,
+                               capture_output=True)
             argv = self.qemu_argv(work, overlay, seed, seed_url)
             self.log(f"kiln: try: booting {self.base_image} (overlay; accel "
                      f"{argv[argv.index('-accel') + 1]}), store at {base_url}"

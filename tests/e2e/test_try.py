@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,43 @@ def test_the_pxe_path_boots_each_nodes_own_seed(dev_project: Path, base_image: B
     role = "control-plane" if host == "cp-1" else "worker"
     assert held == sorted(i["ref"] for i in lock["images"] if role in i["roles"])
     assert {i["state"] for i in result["status"]["images"]} == {"imported"}
+
+
+def test_a_release_on_a_node_booted_again(dev_project: Path, base_image: BaseImage,
+                                          tmp_path: Path) -> None:
+    """The same node (its disk kept) boots again with the next release's user-data: dex
+    v2.41.1 -> v2.41.2. The new one is imported and pinned; the old one stays on disk with its
+    pin released (kubelet's GC decides); registry, unchanged, is not downloaded again."""
+    from kiln import config as config_mod
+    from kiln import lock as lockfile
+    from kiln.vm import Trial
+
+    disk = tmp_path / "node.qcow2"  # the node's own disk, kept between the two boots
+
+    def boot() -> tuple[lockfile.Lock, dict[str, Any], list[str]]:
+        env = config_mod.load(dev_project / "images.yaml").environment("dev")
+        lock = lockfile.read(lockfile.lock_path(dev_project / "dist", "dev"))
+        assert lock is not None
+        result = Trial(env, lock, base_image.disk, kernel=base_image.kernel,
+                       initrd=base_image.initrd, overlay=disk, log=lambda _: None).run()
+        assert result.ok, result.lines
+        return lock, result.status, [line for line in result.lines if line.startswith("ctr: ")]
+
+    first, _, _ = boot()
+    old = next(i for i in first.images if i.name == "dex")
+    for name in ("images.yaml", "deploy/manifests/dex.yaml",
+                 "deploy/charts/foundation/values.yaml"):
+        path = dev_project / name
+        path.write_text(path.read_text().replace("v2.41.1", "v2.41.2"))
+    (dev_project / "images/dex/rootfs/release").write_text("v2.41.2\n")
+    assert main(["bake", "--env", "dev", "--config", str(dev_project / "images.yaml"),
+                 "--quiet"]) == 0
+    second, status, held = boot()
+    new = next(i for i in second.images if i.name == "dex")
+    assert new.ref.endswith(":v2.41.2") and new.image_id != old.image_id
+    assert set(status["released"]) == {old.ref, old.digest_ref}, status
+    states = {i["name"]: i["state"] for i in status["images"]}
+    assert states == {"dex": "imported", "registry": "present"}  # registry: no download
+    rows = {line.split()[1]: line for line in held}
+    assert "io.cri-containerd.pinned=pinned" not in rows[old.ref]  # still there, let go
+    assert "io.cri-containerd.pinned=pinned" in rows[new.ref]
