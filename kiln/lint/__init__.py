@@ -73,17 +73,6 @@ def _qualified(level: str, hit: Hit) -> tuple[str, str]:
     if soft:
         return ("warning" if level == "error" else level), f"{message} ({soft})"
     return level, message
-    if ref.origin:
-        message += f" (values: {ref.origin})"
-    soft = ""
-    if ref.indirect:
-        soft = f"in an {ref.indirect}"
-    elif ref.tag_guessed:
-        soft = ("the tag is the chart's appVersion, which its templates may render otherwise: "
-                "set the tag in values, or lint the rendered chart")
-    if soft:
-        return ("warning" if level == "error" else level), f"{message} ({soft})"
-    return level, message
 
 
 def release_refs(env: Environment
