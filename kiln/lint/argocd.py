@@ -46,11 +46,11 @@ def _source(source: dict[str, yaml.Node], named: dict[str, dict[str, yaml.Node]]
     helm = _fields(source.get("helm"))
     if not helm:
         return
-    base = root / _text(source.get("path"))
+    base = _inside(root, root / _text(source.get("path")))
     overrides: list[Value] = []
     files = helm.get("valueFiles")
     for item in files.value if isinstance(files, yaml.SequenceNode) else []:
-        found = _value_file(_text(item), base, named, root)
+        found = _value_file(_text(item), base, named, root) if base is not None else None
         if found is None or not found.is_file():
             if _text(helm.get("ignoreMissingValueFiles")).lower() != "true":
                 yield Unresolved(_at(manifest, item), f"valueFiles {_text(item)!r} is not in "
@@ -70,7 +70,7 @@ def _source(source: dict[str, yaml.Node], named: dict[str, dict[str, yaml.Node]]
     if isinstance(helm.get("valuesObject"), yaml.MappingNode):
         overrides.append(tree(helm["valuesObject"], manifest.shown, True))
     overrides.extend(_parameters(helm.get("parameters"), manifest))
-    if (base / "Chart.yaml").is_file() and _text(source.get("path")):
+    if base is not None and (base / "Chart.yaml").is_file() and _text(source.get("path")):
         chart = load_release(base, [], overrides)
     else:  # a chart from a Helm repository: what the Application sets is all there is
         merged: Value | None = None
@@ -88,8 +88,19 @@ def _value_file(name: str, base: Path, named: dict[str, dict[str, yaml.Node]], r
         return None
     if name.startswith("$"):
         ref, _, rest = name[1:].partition("/")
-        return root / rest if ref in named else None
-    return base / name
+        return _inside(root, root / rest) if ref in named else None
+    return _inside(root, base / name)
+
+
+def _inside(root: Path, path: Path) -> Path | None:
+    """``path`` if it stays inside the repository ``root`` (after ``..`` and symlinks), else
+    None: lint reads only the repository it was given, never a path a manifest points out of
+    it (``../../etc``, a symlink to elsewhere)."""
+    try:
+        found = path.resolve()
+        return found if found.is_relative_to(root.resolve()) else None
+    except (OSError, RuntimeError, ValueError):
+        return None
 
 
 def _embedded(node: yaml.Node, manifest: Application) -> list[Value]:

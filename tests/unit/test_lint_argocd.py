@@ -192,3 +192,28 @@ def test_a_templated_values_string_that_is_not_yaml_yet_is_a_warning(tmp_path: P
     assert templated != APPLICATION_SET
     assert run(tmp_path, {"apps/set.yaml": templated}) == [
         ("apps/set.yaml", 18, 19, "warning", "image-unresolved")]
+
+
+def test_paths_out_of_the_repository_are_not_read(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest may name `../..` or a symlink to elsewhere: lint reads only the repository it
+    was given, so such a file is unresolved (a warning), never judged or read."""
+    outside = tmp_path / "elsewhere"
+    write_tree(outside, {"values.yaml": "image:\n  repository: docker.io/evil/app\n  tag: x\n",
+                         "chart/Chart.yaml": "name: app\n",
+                         "chart/values.yaml": "image:\n  repository: docker.io/evil/app\n"})
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    (repo / "linked.yaml").symlink_to(outside / "values.yaml")
+    escapes = APPLICATION.replace("- values-prod.yaml", "- values-prod.yaml\n"
+                                  "            - ../../../elsewhere/values.yaml\n"
+                                  "            - ../../linked.yaml")
+    db = MULTI_SOURCE.replace("$values/values/pg.yaml", "$values/../elsewhere/values.yaml")
+    found = run(repo, {"apps/app.yaml": escapes, "apps/db.yaml": db})
+    assert found == [("apps/app.yaml", 14, 11, "warning", "image-unresolved"),
+                     ("apps/app.yaml", 15, 11, "warning", "image-unresolved"),
+                     ("apps/db.yaml", 12, 13, "warning", "image-unresolved")]
+    chart = APPLICATION.replace("path: charts/app", "path: ../elsewhere/chart")
+    assert not any(f[0].startswith("..") or "elsewhere" in f[0]
+                   for f in run(repo, {"apps/app.yaml": chart}))
