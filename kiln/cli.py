@@ -96,7 +96,9 @@ def _day2(commands: Any, with_dist: argparse.ArgumentParser) -> None:
                                  help="check a containerd against the lock")
     verify.add_argument("--containerd-address", required=True,
                         help="the containerd socket, e.g. /run/containerd/containerd.sock")
-    verify.add_argument("--role", help="only the images of this role")
+    verify.add_argument("--role", action="append", default=[], dest="roles",
+                        help="a role of this node (repeat for each): only the images of its "
+                             "roles; a name kiln pinned for another role counts as stale")
     verify.add_argument("--json", action="store_true")
 
     push = commands.add_parser("push", parents=[with_dist],
@@ -203,7 +205,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kiln.commands.verify import verify_cmd
 
         return verify_cmd(args.config, args.env, address=args.containerd_address,
-                          role=args.role, as_json=args.json, dist=args.dist)
+                          roles=args.roles, as_json=args.json, dist=args.dist)
     if args.command == "push":
         from kiln.commands.day2 import push_cmd
 

@@ -9,9 +9,10 @@ only sees what the CRI plugin has taken in).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from kiln.lock import Lock, LockedImage, images_for_roles, node_roles
+from kiln.lock import Lock, LockedImage, images_for_roles
 from kiln.ports import (
     K8S_NAMESPACE,
     MANAGED_LABEL,
@@ -48,11 +49,14 @@ class NodeImage:
         return self.state == PRESENT
 
 
-def verify_node(lock: Lock, client: Containerd, role: str | None = None) -> list[NodeImage]:
+def verify_node(lock: Lock, client: Containerd, roles: Sequence[str] = ()) -> list[NodeImage]:
+    """Each image a node of ``roles`` gets (every role's: none given) as containerd holds it,
+    then the stale pins: names kiln pinned for this environment that such a node no longer
+    gets (the node's roles are all of them: a name of a role not given counts as stale)."""
     k8s = client.images(K8S_NAMESPACE)
     others: dict[str, dict[str, ContainerdImage]] | None = None
     out = []
-    for image in images_for_roles(lock, node_roles(role)):
+    for image in images_for_roles(lock, roles or None):
         found = k8s.get(image.ref)
         if found is None:
             if others is None:
@@ -71,22 +75,31 @@ def verify_node(lock: Lock, client: Containerd, role: str | None = None) -> list
         state, detail = _judge(image, found, have, k8s.get(image.digest_ref or ""))
         out.append(NodeImage(image.name, image.ref, state, image.image_id, have, detail,
                              image.manifest_digest, found.manifest_digest))
-    return out + stale_pins(lock, k8s, role)
+    return out + stale_pins(lock, k8s, roles)
 
 
-def stale_pins(lock: Lock, k8s: dict[str, ContainerdImage], role: str | None
+def stale_pins(lock: Lock, k8s: dict[str, ContainerdImage], roles: Sequence[str] = ()
                ) -> list[NodeImage]:
-    """Names the importer pinned for this environment that the lock (for this role) no longer
+    """Names the importer pinned for this environment that the lock (for ``roles``) no longer
     lists: an earlier release's, which kubelet's image GC can never reclaim while pinned. The
     importer releases them after its next successful run."""
-    listed = {n for i in images_for_roles(lock, node_roles(role)) for n in (i.ref, i.digest_ref)}
-    return [NodeImage("", name, STALE_PIN, "", None,
-                      f"pinned by kiln for {lock.environment}, no longer in the lock: the next "
-                      "import run releases it", None, found.manifest_digest)
+    listed = {n for i in images_for_roles(lock, roles or None) for n in (i.ref, i.digest_ref)}
+    everywhere = {n: i for i in lock.images for n in (i.ref, i.digest_ref)}
+    return [NodeImage("", name, STALE_PIN, "", None, _stale_why(lock, everywhere.get(name)),
+                      None, found.manifest_digest)
             for name, found in sorted(k8s.items())
             if found.labels.get(OWNER_LABEL) == lock.environment
             and found.labels.get(NAME_LABEL) == name
             and found.labels.get(PIN_LABEL) == "pinned" and name not in listed]
+
+
+def _stale_why(lock: Lock, other: LockedImage | None) -> str:
+    if other is None:
+        return (f"pinned by kiln for {lock.environment}, no longer in the lock: the next import "
+                "run releases it")
+    return (f"pinned by kiln for {lock.environment}; the lock lists it for role "
+            f"{', '.join(other.roles)} only: give every role of this node (--role, repeated), "
+            "or the next import run releases it")
 
 
 def _judge(image: LockedImage, found: ContainerdImage, have: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 
 from kiln.commands.common import load_with_lock
 from kiln.containerd import CtrContainerd
@@ -11,10 +12,10 @@ from kiln.errors import EXIT_FAILED, EXIT_OK
 from kiln.verify import as_dicts, verify_node
 
 
-def verify_cmd(config_path: str, env_name: str | None, *, address: str, role: str | None,
-               as_json: bool = False, dist: str | None = None) -> int:
+def verify_cmd(config_path: str, env_name: str | None, *, address: str,
+               roles: Sequence[str] = (), as_json: bool = False, dist: str | None = None) -> int:
     _, _, lock = load_with_lock(config_path, env_name, dist)
-    found = verify_node(lock, CtrContainerd(address), role)
+    found = verify_node(lock, CtrContainerd(address), roles)
     if as_json:
         print(json.dumps(as_dicts(found), indent=2))
     else:

@@ -87,9 +87,28 @@ def test_every_state_is_named() -> None:
 
 
 def test_role_selects_images() -> None:
-    names = [f.name for f in verify_node(LOCK, Fake(), "control-plane")]
+    names = [f.name for f in verify_node(LOCK, Fake(), ("control-plane",))]
     assert names == ["a", "b", "c", "d", "e", "g", "h", "u"]
-    assert "w" in [f.name for f in verify_node(LOCK, Fake(), "worker")]
+    assert "w" in [f.name for f in verify_node(LOCK, Fake(), ("worker",))]
+
+
+def test_a_node_of_several_roles_names_them_all() -> None:
+    """A name kiln pinned for a role the node was not checked for is stale only if the node
+    lacks that role: give every role, and nothing is stale; give one, and the detail says why."""
+    def kilns(name: str) -> dict[str, str]:
+        return {**GOOD, "io.kiln.environment": "dev", "io.kiln.name": name}
+
+    lock = Lock("dev", "r.example.com", images=(locked("a", 1), locked("w", 6, ("worker",)),
+                                                 locked("c", 3, ("control-plane",))))
+    fake = Fake()
+    for name, found in both("c", "m3", GOOD).items():
+        fake.spaces["k8s.io"][name] = ContainerdImage(name, found.manifest_digest, kilns(name))
+    stale = [f for f in verify_node(lock, fake, ("worker", "control-plane"))
+             if f.state == "stale-pin"]
+    assert stale == []
+    stale = [f for f in verify_node(lock, fake, ("worker",)) if f.state == "stale-pin"]
+    assert [f.ref for f in stale] == ["r.example.com/f/c:v1", "r.example.com/f/c@m3"]
+    assert "for role control-plane only" in stale[0].detail and "--role" in stale[0].detail
 
 
 def test_stale_pins_are_kilns_own_only() -> None:
