@@ -2,7 +2,8 @@
 # bench/fleet.py's stand-in for `ctr` on simulated nodes (no containerd runs there).
 # It answers what kiln's importer asks, from a folder of its own ($FLEET_CTR_STATE):
 #   ctr version | ctr images import --help
-#   ctr -n NS images ls name==REF | images label REF K=V | images rm REF | content get DIGEST
+#   ctr -n NS images ls [-q] [name==REF][,labels."K"==V] | images label REF K=V... (K= unsets)
+#   ctr -n NS images rm REF | content get DIGEST
 #   ctr -n NS images tag [--force] REF NEW   (the digest name: the same record under NEW)
 #   ctr -n NS images import [--platform P] FILE   (bench/fleetctr.py checks the whole archive)
 set -eu
@@ -17,16 +18,41 @@ case "${1:-} ${2:-}" in
     shift 2
     exec "${FLEET_PYTHON:-python3}" -I -S "${FLEET_CTR_CHECKER:?}" check "$@" ;;
   "images ls")
-    echo "REF TYPE DIGEST SIZE PLATFORMS LABELS"
-    file="$state/images/$(record "${3#name==}")"
-    if [ -f "$file" ]; then cat "$file"; fi
+    shift 2
+    quiet=0
+    if [ "${1:-}" = -q ]; then quiet=1; shift; fi
+    filter=${1:-}
+    name="" label=""
+    case "$filter" in
+      name==*,labels.*) name=${filter%%,labels.*}; name=${name#name==}; label=${filter#*,labels.} ;;
+      name==*) name=${filter#name==} ;;
+      labels.*) label=${filter#labels.} ;;
+    esac
+    label=$(printf '%s' "$label" | tr -d '"')  # "K"==V -> K==V
+    [ "$quiet" = 1 ] || echo "REF TYPE DIGEST SIZE PLATFORMS LABELS"
+    for file in "$state"/images/*; do
+      [ -f "$file" ] || continue
+      read -r ref _ _ _ _ labels < "$file"
+      if [ -n "$name" ] && [ "$ref" != "$name" ]; then continue; fi
+      if [ -n "$label" ] &&
+          ! printf '%s\n' "$labels" | tr ',' '\n' | grep -qxF -- "${label%%==*}=${label#*==}"; then
+        continue
+      fi
+      if [ "$quiet" = 1 ]; then echo "$ref"; else cat "$file"; fi
+    done
     exit 0 ;;
   "images label")
     file="$state/images/$(record "$3")"
     [ -f "$file" ] || { echo "ctr: image \"$3\": not found" >&2; exit 1; }
-    read -r ref kind digest size platform _ < "$file"
-    echo "$ref $kind $digest $size $platform $4" > "$file.tmp" && mv "$file.tmp" "$file"
-    echo "$3" ;;
+    read -r ref kind digest size platform labels < "$file"
+    shift 3
+    for pair in "$@"; do  # K=V sets K, K= removes it
+      labels=$(printf '%s\n' "$labels" | tr ',' '\n' | grep -v -e '^-$' -e "^${pair%%=*}=" || :)
+      if [ -n "${pair#*=}" ]; then labels=$(printf '%s\n%s\n' "$labels" "$pair"); fi
+      labels=$(printf '%s\n' "$labels" | grep -v '^$' | sort | paste -sd, -)
+    done
+    echo "$ref $kind $digest $size $platform ${labels:--}" > "$file.tmp" && mv "$file.tmp" "$file"
+    echo "$ref" ;;
   "images tag")
     shift 2
     if [ "${1:-}" = --force ]; then shift; fi

@@ -32,19 +32,7 @@ class Ctr:
 
     def images(self) -> dict[str, ContainerdImage]:
         """Every image in the namespace by ref (`ctr images ls`, parsed)."""
-        out = self.run("images", "ls").decode()
-        found = {}
-        for line in out.splitlines()[1:]:
-            cols = line.split()
-            if len(cols) < 6:
-                continue
-            labels: dict[str, str] = {}
-            if cols[-1] != "-":
-                for pair in cols[-1].split(","):
-                    key, _, value = pair.partition("=")
-                    labels[key] = value
-            found[cols[0]] = ContainerdImage(cols[0], cols[2], labels)
-        return found
+        return parse_images(self.run("images", "ls").decode())
 
     def image_id(self, manifest_digest: str, platform: str = "linux/amd64") -> str:
         """The config digest (the image ID Docker reports) behind a manifest or index."""
@@ -75,6 +63,36 @@ class Ctr:
             err = proc.stderr.read().decode(errors="replace").strip()
         if proc.returncode != 0:
             raise KilnError(f"ctr images import: {err.splitlines()[-1] if err else 'failed'}")
+
+
+def parse_images(out: str) -> dict[str, ContainerdImage]:
+    """`ctr images ls` output by ref. Its columns are aligned (Go's tabwriter): LABELS, the
+    last, starts where its header does, and its value may hold spaces (another tool's label);
+    labels are sorted ``k=v`` pairs joined by commas, so a part without ``=`` belongs to the
+    value before it."""
+    lines = out.splitlines()
+    if not lines or "LABELS" not in lines[0]:
+        return {}
+    at = lines[0].index("LABELS")
+    found = {}
+    for line in lines[1:]:
+        cols = line[:at].split()
+        if len(cols) < 3:
+            continue
+        found[cols[0]] = ContainerdImage(cols[0], cols[2], _labels(line[at:].strip()))
+    return found
+
+
+def _labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    key = None
+    for part in [] if text in ("", "-") else text.split(","):
+        if "=" in part or key is None:
+            key, _, value = part.partition("=")
+            labels[key] = value
+        else:
+            labels[key] += "," + part
+    return labels
 
 
 class CtrContainerd:

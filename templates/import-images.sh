@@ -198,9 +198,10 @@ config_of() {
     sed -n 's/.*"config":{[^}]*"digest":"\(sha256:[0-9a-f]\{64\}\)".*/\1/p'
 }
 
+# Does image $1 carry label $2 (KEY=VALUE)? Asked through a filter, not by parsing the LABELS
+# column, which is ambiguous when another tool's label value holds a space or a comma.
 has_label() {
-  ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $NF; exit }' |
-    tr ',' '\n' | grep -qxF -- "$2"
+  ctr_ images ls -q "name==$1,labels.\"${2%%=*}\"==${2#*=}" 2>/dev/null | grep -qxF -- "$1"
 }
 
 is_pinned() { has_label "$1" "$PIN=pinned"; }
@@ -246,12 +247,16 @@ stale_pins() {
 
 # Release the pin of each stale name: never the image itself (a running pod may use it);
 # kubelet's image GC reclaims it when nothing does. Logged, and listed in the status file.
+# The status lists only the pins actually released; one that could not be is logged, left
+# in stale_pins (--check and verify keep reporting it) and tried again at the next run.
 release_stale() {
-  released=$(stale_pins)
-  for rs_name in $released; do
-    if ctr_ images label "$rs_name" "$PIN=" >/dev/null 2>&1; then
+  released="" stale_pins=""
+  for rs_name in $(stale_pins); do
+    if ctr_ images label "$rs_name" "$PIN=" >/dev/null 2>&1 && ! is_pinned "$rs_name"; then
+      released="$released $rs_name"
       log "$rs_name: no longer in the lock: pin released (kubelet's image GC may reclaim it)"
     else
+      stale_pins="$stale_pins $rs_name"
       log "warning: $rs_name: no longer in the lock, and its pin could not be released"
     fi
   done
@@ -353,13 +358,20 @@ if [ "$check_only" = 1 ]; then
   for n in $need_list; do
     missing=$((missing + 1)); log "$(get name "$n"): $(get state "$n") $(get ref "$n")"
   done
-  stale_pins=$(stale_pins)
+  stale_pins=$(stale_pins) stale=0
   for n in $stale_pins; do
-    missing=$((missing + 1)); log "$n: stale-pin: kiln pinned it for $env_name, the lock no longer lists it"
+    stale=$((stale + 1)); log "$n: stale-pin: kiln pinned it for $env_name, the lock no longer lists it"
   done
-  if [ "$missing" -eq 0 ]; then write_status check true; log "all $count images present";
-  else write_status check false; log "$missing of $count images not as the lock says"; exit 1; fi
-  exit 0
+  if [ "$missing" -eq 0 ] && [ "$stale" -eq 0 ]; then
+    write_status check true; log "all $count images present"; exit 0
+  fi
+  write_status check false
+  if [ "$stale" -gt 0 ]; then
+    log "$missing of $count images not as the lock says; $stale stale pins"
+  else
+    log "$missing of $count images not as the lock says"
+  fi
+  exit 1
 fi
 
 if [ -z "$need_list" ]; then

@@ -133,3 +133,26 @@ def test_stale_pins_are_kilns_own_only() -> None:
     })
     stale = [f for f in verify_node(LOCK, fake) if f.state == STALE_PIN]
     assert [(f.ref, f.ok) for f in stale] == [(old, False)]
+
+
+def test_ctr_listing_with_spaces_and_commas_in_label_values() -> None:
+    """`ctr images ls` aligns its columns; another tool's label value may hold a space (SIZE
+    does too) or a comma: kiln's own labels are still read exactly."""
+    from kiln.containerd import parse_images
+
+    digest = "sha256:" + "a" * 64
+    rows = [("REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"),
+            ("r.example.com/f/a:v1", "application/vnd.oci.image.manifest.v1+json", digest,
+             "1.2 MiB", "linux/amd64",
+             "io.cri-containerd.pinned=pinned,io.kiln.name=r.example.com/f/a:v1,"
+             "zz.note=held by ops, see ticket 7"),
+            ("r.example.com/f/b:v1", "application/vnd.oci.image.manifest.v1+json", digest,
+             "512.0 KiB", "linux/amd64,linux/arm64", "-")]
+    widths = [max(len(r[i]) for r in rows) + 1 for i in range(6)]
+    text = "".join("".join(c.ljust(w) for c, w in zip(r, widths)) + "\n" for r in rows)
+    found = parse_images(text)
+    assert found["r.example.com/f/a:v1"].labels == {
+        "io.cri-containerd.pinned": "pinned", "io.kiln.name": "r.example.com/f/a:v1",
+        "zz.note": "held by ops, see ticket 7"}
+    assert found["r.example.com/f/a:v1"].manifest_digest == digest
+    assert found["r.example.com/f/b:v1"].labels == {}
