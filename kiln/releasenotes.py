@@ -44,10 +44,18 @@ def _same(old: LockedImage, new: LockedImage | Image) -> bool:
     return old.ref == new.ref
 
 
-def rows(old: Lock | None, new: Lock | tuple[Image, ...]) -> list[Row]:
-    before = {i.name: i for i in (old.images if old else ())}
+def _gets(image: LockedImage | Image, role: str) -> bool:
+    """Does a node of ``role`` get ``image`` (the one role rule: no roles, every node)?"""
+    return not image.roles or role == EVERY_NODE or role in image.roles
+
+
+def rows(old: Lock | None, new: Lock | tuple[Image, ...], role: str = EVERY_NODE) -> list[Row]:
+    """What changes on a node of ``role``: an image moved to or from the role is added or
+    removed there; an image a node of the role already holds (same ref and image ID, e.g. a
+    rename) costs it nothing."""
+    before = {i.name: i for i in (old.images if old else ()) if _gets(i, role)}
     after: dict[str, LockedImage | Image] = {
-        i.name: i for i in (new.images if isinstance(new, Lock) else new)}
+        i.name: i for i in (new.images if isinstance(new, Lock) else new) if _gets(i, role)}
     held = {(i.ref, i.image_id) for i in before.values()}
 
     def row(kind: str, name: str) -> Row:
@@ -62,26 +70,10 @@ def rows(old: Lock | None, new: Lock | tuple[Image, ...]) -> list[Row]:
     return out
 
 
-def _roles(row: Row) -> tuple[str, ...]:
-    """The roles whose nodes the row touches (old and new roles both: a move is a change)."""
-    found: set[str] = set()
-    for image in (row.old, row.new):
-        if image is not None:
-            found.update(image.roles or (EVERY_NODE,))
-    return tuple(sorted(found))
-
-
-def by_role(changes: list[Row], roles: set[str]) -> dict[str, list[Row]]:
-    """Each role's rows: a row for every node goes to each named role (or to EVERY_NODE when
-    the fleet has no roles)."""
-    named = sorted(roles) or [EVERY_NODE]
-    out: dict[str, list[Row]] = {role: [] for role in named}
-    for row in changes:
-        touched = _roles(row)
-        for role in named:
-            if EVERY_NODE in touched or role in touched:
-                out[role].append(row)
-    return out
+def by_role(old: Lock | None, new: Lock | tuple[Image, ...], roles: set[str]
+            ) -> dict[str, list[Row]]:
+    """Each role's rows (EVERY_NODE's when the fleet has no roles)."""
+    return {role: rows(old, new, role) for role in sorted(roles) or [EVERY_NODE]}
 
 
 def _cell(image: LockedImage | Image | None) -> str:
@@ -95,7 +87,6 @@ def _cell(image: LockedImage | Image | None) -> str:
 def markdown(env: str, registry: str, old: Lock | None, new: Lock | tuple[Image, ...],
              against: str) -> str:
     """The notes; ``against`` says what the old side is (a lock's path)."""
-    changes = rows(old, new)
     roles = {r for lock in (old, new) if isinstance(lock, Lock)
              for i in lock.images for r in i.roles}
     if not isinstance(new, Lock):
@@ -105,31 +96,37 @@ def markdown(env: str, registry: str, old: Lock | None, new: Lock | tuple[Image,
                                       if isinstance(new, Lock) else
                                       "Not baked yet: new digests and sizes come with the bake."),
              ""]
-    if not changes:
+    changed = {role: found for role, found in by_role(old, new, roles).items() if found}
+    if not changed:
         return "\n".join([*lines, "No image changes.", ""])
-    for role, role_rows in by_role(changes, roles).items():
+    for role, role_rows in changed.items():
         known = [r.download for r in role_rows]
         total = (human(sum(k for k in known if k is not None))
                  if None not in known else "known after the bake")
         title = f"role `{role}`" if role else "every node"
-        lines += [f"### {title}: {len(role_rows)} change(s), each node downloads {total}", ""]
-        if not role_rows:
-            lines += ["Nothing changes on these nodes.", ""]
-            continue
-        lines += ["| change | image | before | after | download |", "|---|---|---|---|---|"]
+        lines += [f"### {title}: {len(role_rows)} change(s), each node downloads {total}", "",
+                  "| change | image | before | after | download |", "|---|---|---|---|---|"]
         for row in role_rows:
             size = "-" if row.download is None else human(row.download)
             lines.append(f"| {row.kind} | {row.name} | {_cell(row.old)} | {_cell(row.new)} "
                          f"| {size} |")
         lines.append("")
+    same = sorted(set(roles) - changed.keys())
+    if same:
+        lines += ["Nothing changes on nodes of role " + ", ".join(f"`{r}`" for r in same) + ".",
+                  ""]
     lines += ["Removed images stay on nodes until kubelet's image GC reclaims them; nodes "
               "never delete an image a pod may use.", ""]
     return "\n".join(lines)
 
 
-def read_lock(path_text: str) -> Lock:
-    """The old side given by ``--since``: a lock file (any place, e.g. from git history)."""
+def read_lock(path_text: str, env: str) -> Lock:
+    """The old side given by ``--since``: a lock file of environment ``env`` (any place, e.g.
+    from git history)."""
     found = lockfile.read(Path(path_text))
     if found is None:
         raise UsageError(f"--since {path_text}: no such lock file")
+    if found.environment != env:
+        raise UsageError(f"--since {path_text}: a lock of environment {found.environment!r}, "
+                         f"not {env!r}")
     return found

@@ -117,8 +117,9 @@ def notes_cmd(config_path: str, env_name: str | None, *, since: str | None,
     if since is not None:
         if lock is None:
             raise UsageError(f"--since: there is no new lock at {path} to compare (bake first)")
-        print(releasenotes.markdown(project.env.name, project.env.registry,
-                                    releasenotes.read_lock(since), lock, f"`{since}`"), end="")
+        old = releasenotes.read_lock(since, project.env.name)
+        print(releasenotes.markdown(project.env.name, project.env.registry, old, lock,
+                                    f"`{since}`"), end="")
     else:
         images = project.config.images_for(project.env)
         print(releasenotes.markdown(project.env.name, project.env.registry, lock, images,

@@ -11,6 +11,7 @@ import pytest
 
 from kiln import lock as lockfile
 from kiln.cli import main
+from kiln.errors import UsageError
 from tests.unit.test_bake import FakeEngine, project, run  # noqa: F401  (fixture)
 
 
@@ -223,3 +224,37 @@ def test_release_notes_per_role(project: Path,  # noqa: F811
         main(["diff", "--env", "dev", "--format", "yaml"])
     assert main(["diff", "--env", "dev", "--config", str(project / "images.yaml"),
                  "--since", str(project / "nope.json"), "--format", "markdown"]) == 2
+
+
+def test_release_notes_follow_each_role(tmp_path: Path) -> None:
+    """A role move with the same content is added on one role and removed on the other; an
+    image is free only where that role's nodes already hold it; roles nothing touches are
+    named once, not given an empty table."""
+    from dataclasses import replace
+
+    from kiln import releasenotes
+    from kiln.lock import Lock, LockedImage
+
+    def image(name: str, roles: tuple[str, ...], n: int = 1) -> LockedImage:
+        digest = "sha256:" + f"{name}{n}".encode().hex().ljust(64, "0")
+        return LockedImage(name, f"r.example.com/f/{name}:v{n}", digest, "linux/amd64",
+                           "5" * 64, 1000 * n, 2000, "zstd", 3, "blobs/sha256/" + "5" * 64,
+                           roles, "build", manifest_digests=(("linux/amd64", digest),))
+
+    old = Lock("dev", "r.example.com", images=(image("ingress", ("control-plane",)),
+                                               image("idp", ("control-plane",)),
+                                               image("logs", ("storage",))))
+    moved = replace(old, images=(image("ingress", ("worker",)), image("idp", ("control-plane",)),
+                                 image("logs", ("storage",))))
+    text = releasenotes.markdown("dev", "r.example.com", old, moved, "`old`")
+    cp = text.split("### role `control-plane`")[1].split("###")[0]
+    worker = text.split("### role `worker`")[1].split("Nothing")[0]
+    assert "| removed | ingress |" in cp and "each node downloads 0 B" in cp
+    # worker nodes never held ingress: they download it, though control-plane nodes hold it
+    assert "| added | ingress |" in worker and worker.rstrip().endswith("| 1000 B |")
+    assert "### role `storage`" not in text
+    assert "Nothing changes on nodes of role `storage`." in text
+    with pytest.raises(UsageError, match="environment 'prod', not 'dev'"):
+        path = tmp_path / "prod.lock.json"
+        path.write_text(lockfile.to_json(replace(old, environment="prod")))
+        releasenotes.read_lock(str(path), "dev")
