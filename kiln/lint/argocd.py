@@ -59,7 +59,11 @@ def _source(source: dict[str, yaml.Node], named: dict[str, dict[str, yaml.Node]]
         value = file_tree(found, override=True)
         if value is not None:
             overrides.append(value)
-    if "values" in helm:
+    if isinstance(helm.get("values"), yaml.MappingNode):
+        yield Unresolved(_at(manifest, helm["values"]), "helm.values is a mapping; Argo CD "
+                         "takes a string there (valuesObject takes a mapping): its images are "
+                         "not checked")
+    elif "values" in helm:
         try:
             overrides.extend(_embedded(helm["values"], manifest))
         except ConfigError:

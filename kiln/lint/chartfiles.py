@@ -67,8 +67,11 @@ def from_folder(folder: Path, shown: str) -> ChartFiles:
     for name in _WANTED:
         _read_into(files, name, folder / name, shown)
     charts = folder / "charts"
-    for here, dirs, names in os.walk(charts):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "templates")
+    seen: set[str] = set()  # a subchart may be a symlink (as Helm follows it); never a loop
+    for here, dirs, names in os.walk(charts, followlinks=True):
+        seen.add(os.path.realpath(here))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "templates"
+                         and os.path.realpath(os.path.join(here, d)) not in seen)
         for name in sorted(names):
             relative = (Path(here) / name).relative_to(folder).as_posix()
             if _wanted(relative):

@@ -217,3 +217,12 @@ def test_paths_out_of_the_repository_are_not_read(tmp_path: Path,
     chart = APPLICATION.replace("path: charts/app", "path: ../elsewhere/chart")
     assert not any(f[0].startswith("..") or "elsewhere" in f[0]
                    for f in run(repo, {"apps/app.yaml": chart}))
+
+
+def test_values_as_a_mapping_is_a_warning_not_silence(tmp_path: Path) -> None:
+    mapped = APPLICATION.replace("values: |\n", "values:\n")
+    assert mapped != APPLICATION
+    # the warning points at the mapping; the chart's own default is judged without it
+    assert run(tmp_path, {"apps/app.yaml": mapped}) == [
+        ("apps/app.yaml", 15, 9, "warning", "image-unresolved"),
+        ("charts/app/values.yaml", 2, 15, "error", "chart-mismatch")]

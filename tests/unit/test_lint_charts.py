@@ -247,3 +247,19 @@ def test_hostile_chart_values_are_refused_where_written(
     (tmp_path / "vendor/app/values.yaml").write_text(values)
     assert main(["lint", "--env", "dev"]) == 2
     assert capsys.readouterr().err.startswith(said)
+
+
+def test_a_symlinked_subchart_is_read_and_a_loop_ends(tmp_path: Path) -> None:
+    """Monorepos link a shared subchart into charts/ (Helm follows the link); a link that
+    points back up must not loop."""
+    write_tree(tmp_path, CHART)
+    folder = tmp_path / "vendor/app/charts/postgresql-15.5.0"
+    shared = tmp_path / "shared/postgresql"
+    shared.parent.mkdir()
+    folder.rename(shared)
+    folder.symlink_to(shared)
+    (shared / "charts").mkdir()
+    (shared / "charts/loop").symlink_to(shared)
+    wrong = RIGHT.replace("    tag: 16.4.0\n", "")
+    assert run(tmp_path, {}, values=wrong, chart=False) == [
+        ("vendor/app/charts/postgresql-15.5.0/values.yaml", 4, 8, "error", "chart-mismatch")]
