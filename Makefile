@@ -104,7 +104,7 @@ bench-lint: venv
 
 # A rack boots at once (as root: network namespaces, veths, tc; everything removed after).
 bench-fleet: venv
-	$(PY) bench/fleet.py $(if $(NODES),--nodes $(NODES),)
+	$(PY) bench/fleet.py $(if $(NODES),--nodes $(NODES),) $(if $(STORE),--store $(STORE),)
 
 clean:
 	rm -rf dist .run

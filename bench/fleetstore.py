@@ -11,9 +11,10 @@ reaches it there):
 - ``url``: objects already served at ``--store-url`` under the same keys (a radosgw or MinIO
   bucket with anonymous read, nginx, a cache in front of a store): nothing is started.
 
-A radosgw backend (kiln/cephdev.py, branch ceph-store) is a third entry in BACKENDS: start the
-cluster, upload the folder's objects to a bucket, and return the bucket's URL (presigned URLs
-go through the proxy unchanged: it sets `Host` to the origin they were signed for).
+- ``radosgw``: a real S3 server (kiln/cephdev.py: a single-node Ceph, objects in the OSD's
+  memory) started under the run's folder; the objects are uploaded to a bucket whose policy
+  lets anyone GET them (nodes in `url_mode: plain` against a public-read bucket, a real
+  deployment's choice for content-addressed objects), and the proxy forwards to radosgw.
 
     fleetstore.py serve FOLDER [--port 0]     # prints "listening PORT"
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -85,13 +87,49 @@ class UrlBackend:
         pass
 
 
+class RadosgwBackend:
+    BUCKET = "fleet"
+
+    def __init__(self) -> None:
+        self.base: Path | None = None
+
+    def start(self, folder: Path, log: Path) -> str:
+        from kiln import cephdev
+
+        self.base = folder.parent / "ceph"
+        cluster = cephdev.start(self.base, memory=1 << 30)
+        client = cluster.client()
+        client.create_bucket(Bucket=self.BUCKET)
+        client.put_bucket_policy(Bucket=self.BUCKET, Policy=json.dumps({
+            "Version": "2012-10-17", "Statement": [{
+                "Sid": "anyone-reads", "Effect": "Allow", "Principal": "*",
+                "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::{self.BUCKET}/*"]}]}))
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            client.upload_file(str(path), self.BUCKET, path.relative_to(folder).as_posix())
+        log.write_text(f"radosgw {cluster.endpoint}, bucket {self.BUCKET}\n")
+        return f"{cluster.endpoint}/{self.BUCKET}/"
+
+    def pid(self) -> int | None:
+        from kiln import cephdev
+
+        return cephdev.pids(self.base).get("rgw") if self.base else None
+
+    def stop(self) -> None:
+        from kiln import cephdev
+
+        if self.base is not None:
+            cephdev.stop(self.base)
+
+
 def backend(name: str, url: str | None) -> Backend:
-    """The one place a store backend is chosen (add radosgw here)."""
+    """The one place a store backend is chosen."""
     if url:
         return UrlBackend(url)
     if name == "dir":
         return DirBackend()
-    raise SystemExit(f"fleet: unknown store backend {name!r} (dir, or --store-url URL)")
+    if name == "radosgw":
+        return RadosgwBackend()
+    raise SystemExit(f"fleet: unknown store backend {name!r} (dir, radosgw, or --store-url URL)")
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):

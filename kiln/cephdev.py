@@ -183,6 +183,11 @@ def _recorded(base: Path) -> dict[str, int]:
     return found
 
 
+def pids(base: Path) -> dict[str, int]:
+    """The daemons of the cluster under ``base`` that still run: name -> PID."""
+    return _recorded(base.resolve())
+
+
 def _spawn(base: Path, name: str, *argv: str) -> int:
     """Start one daemon in the foreground of its own session; record its PID."""
     with (base / "log" / f"{name}.out").open("ab") as out:
