@@ -68,7 +68,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--node", action="append", default=[], metavar="KEY=VALUE",
                    help="a node: setting of the environment (retries=8, retry_max_delay=300, ...)")
     p.add_argument("--real-containerd", type=int, default=2, help="nodes with a real containerd")
-    p.add_argument("--store", default="dir", choices=("dir", "radosgw"),
+    p.add_argument("--store", default="radosgw", choices=("dir", "radosgw"),
                    help="store backend: a folder over HTTP, or a real radosgw (bench/fleetstore.py)")
     p.add_argument("--store-url", help="objects already served here (the url backend)")
     p.add_argument("--deadline", type=float, help="seconds a fleet may take (default: ample)")
@@ -80,14 +80,19 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def preflight() -> str | None:
+def preflight(store: str) -> str | None:
     """Why this machine cannot run the bench, or None."""
     if os.geteuid() != 0:
         return ("bench-fleet needs root: it makes network namespaces, veth pairs, tc qdiscs "
                 "and iptables rules (all removed at the end). Run it as root.")
     missing = [t for t in TOOLS if shutil.which(t) is None]
+    if store == "radosgw":
+        from kiln import cephdev
+
+        missing += cephdev.missing_tools()
     if missing:
-        return f"missing {', '.join(missing)}: apt-get install iproute2 iptables curl containerd"
+        return (f"missing {', '.join(missing)}: apt-get install iproute2 iptables curl containerd"
+                + (" ceph-mon ceph-mgr ceph-osd radosgw" if store == "radosgw" else ""))
     return None
 
 
@@ -227,7 +232,7 @@ def prepare(work: Path, args: argparse.Namespace, net: fleetnet.Fleet, store: Ba
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
-    problem = preflight()
+    problem = preflight(args.store)
     if problem:
         sys.stderr.write(f"bench: {problem}\n")
         return 2
