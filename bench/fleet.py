@@ -69,7 +69,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                    help="a node: setting of the environment (retries=8, retry_max_delay=300, ...)")
     p.add_argument("--real-containerd", type=int, default=2, help="nodes with a real containerd")
     p.add_argument("--store", default="radosgw", choices=("dir", "radosgw"),
-                   help="store backend: a folder over HTTP, or a real radosgw (bench/fleetstore.py)")
+                   help="store backend: a real radosgw, or a folder over HTTP "
+                        "(bench/fleetstore.py)")
     p.add_argument("--store-url", help="objects already served here (the url backend)")
     p.add_argument("--deadline", type=float, help="seconds a fleet may take (default: ample)")
     p.add_argument("--seed", type=int, default=1)

@@ -149,7 +149,7 @@ def test_ctr_listing_with_spaces_and_commas_in_label_values() -> None:
             ("r.example.com/f/b:v1", "application/vnd.oci.image.manifest.v1+json", digest,
              "512.0 KiB", "linux/amd64,linux/arm64", "-")]
     widths = [max(len(r[i]) for r in rows) + 1 for i in range(6)]
-    text = "".join("".join(c.ljust(w) for c, w in zip(r, widths)) + "\n" for r in rows)
+    text = "".join("".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + "\n" for r in rows)
     found = parse_images(text)
     assert found["r.example.com/f/a:v1"].labels == {
         "io.cri-containerd.pinned": "pinned", "io.kiln.name": "r.example.com/f/a:v1",
