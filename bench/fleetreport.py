@@ -143,7 +143,8 @@ def table(results: list[Result], args: argparse.Namespace) -> None:
           f"{args.real_containerd} import into a ctr stand-in that checks but does not unpack)")
     store = "radosgw (a real S3 server)" if args.store == "radosgw" else "a folder over HTTP"
     print(f"store {store}, egress {args.store_rate / 1e6:.0f} Mbit/s; links "
-          f"{args.link_rate / 1e6:.0f} Mbit/s, {args.link_delay} ms, {args.link_loss}% loss; faults: 503 {args.slowdown:.0%}"
+          f"{args.link_rate / 1e6:.0f} Mbit/s, {args.link_delay} ms, {args.link_loss}% loss; "
+          f"faults: 503 {args.slowdown:.0%}"
           f" (Retry-After {args.retry_after}s), reset {args.reset:.0%}, stall {args.stall:.0%} "
           f"({args.stall_seconds:.0f}s), outage {args.outage:.0f}s at {args.outage_at:.0%} "
           "of the floor")
