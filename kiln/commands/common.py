@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from kiln.lock import Lock
 from kiln.model import Config, Environment
-from kiln.project import Project
+from kiln.project import NoLock, Project
+
+
+def trusted_lock(project: Project) -> Lock:
+    """The environment's lock (NoLock when there is none); with ``lock_public_key``, only
+    once its detached signature verifies with that key (kiln/locksign.py)."""
+    key = project.env.lock_public_key
+    if key is None:
+        return project.lock()
+    from kiln import locksign
+
+    lock = locksign.trusted(project.lock_path, key)
+    if lock is None:
+        return project.lock()  # raises NoLock, with what to run
+    return lock
 
 
 def load_with_lock(config_path: str, env_name: str | None, dist: str | None
                    ) -> tuple[Config, Environment, Lock]:
-    """images.yaml, the environment, and dist/<env>/images.lock.json (which must exist)."""
+    """images.yaml, the environment, and dist/<env>/images.lock.json (which must exist and,
+    with lock_public_key, be signed)."""
     project = Project.load(config_path, env_name, dist)
-    return project.config, project.env, project.lock()
+    return project.config, project.env, trusted_lock(project)
+
+
+__all__ = ["NoLock", "load_with_lock", "trusted_lock"]

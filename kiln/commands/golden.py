@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from kiln.commands.common import trusted_lock
 from kiln.errors import EXIT_OK, KilnError, UsageError
 from kiln.project import Project
 from kiln.render import PlainLocator, render
@@ -32,7 +33,7 @@ def golden_cmd(config_path: str, env_name: str | None, variables: list[str], *,
             raise UsageError(f"--var {variable!r}: expected NAME=VALUE")
     if shutil.which("packer") is None:
         raise KilnError("packer is not installed (apt-get install packer)")
-    lock = project.lock()
+    lock = trusted_lock(project)
     work = Path(tempfile.mkdtemp(prefix="kiln-golden-"))
     try:
         with store_for_guest(env.store) as url:  # served until packer is done

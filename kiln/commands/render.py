@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from kiln.commands.common import trusted_lock
 from kiln.errors import EXIT_OK, ConfigError, Problem
 from kiln.inventory import Node, load_inventory
 from kiln.lock import Lock, images_for_roles
@@ -49,7 +50,7 @@ def render_env(config: Config, env: Environment, dist: Path, inventory: str | No
     if missing and after_bake:  # a bake into a store nodes cannot read yet is still a bake
         sys.stderr.write(f"kiln: warning: node files not rendered: {missing}\n")
         return EXIT_OK
-    lock = Project(config, env, dist).lock()
+    lock = trusted_lock(Project(config, env, dist))
     nodes = load_inventory(Path(inventory), inventory) if inventory else None
     if nodes is not None and inventory is not None:
         check_nodes_get_images(nodes, lock, inventory)

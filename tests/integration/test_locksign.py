@@ -1,0 +1,95 @@
+"""A signed lock: bake signs it with the team's key; push, verify, render and golden trust
+it only while its signature verifies with lock_public_key (openssl, as anyone can check)."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kiln.cli import main
+from kiln.localengine import Daemon
+from tests.integration.conftest import REG, scratch_context
+
+IMAGES = """version: 1
+images:
+  - {{name: app, ref: {reg}/foundation/app:v1, build: app}}
+environments:
+  it:
+    registry: {reg}
+    store: {{type: dir, path: store, url: 'http://127.0.0.1:1/'}}
+    lock_public_key: {key}
+"""
+
+
+def keypair(folder: Path, name: str, passphrase: str | None = None) -> tuple[Path, Path]:
+    key, pub = folder / f"{name}.pem", folder / f"{name}.pub"
+    argv = ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-out", str(key)]
+    if passphrase:
+        argv += ["-aes-256-cbc", "-pass", f"pass:{passphrase}"]
+    subprocess.run(argv, check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub),
+                    *(["-passin", f"pass:{passphrase}"] if passphrase else [])],
+                   check=True, capture_output=True)
+    return key, pub
+
+
+def kiln(folder: Path, *args: str) -> int:
+    return main([args[0], "--env", "it", "--config", str(folder / "images.yaml"), *args[1:]])
+
+
+def test_a_signed_lock_is_trusted_and_a_changed_one_is_not(
+        tmp_path: Path, dockerd: Daemon, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    scratch_context(tmp_path / "app", "app v1")
+    key, pub = keypair(tmp_path, "team", passphrase="s3cret pass")
+    other, _ = keypair(tmp_path, "other")
+    (tmp_path / "images.yaml").write_text(IMAGES.format(reg=REG, key="team.pub"))
+    monkeypatch.setenv("DOCKER_HOST", dockerd.address)
+
+    # no signing key: refused before any work
+    monkeypatch.delenv("KILN_LOCK_SIGNING_KEY", raising=False)
+    assert kiln(tmp_path, "bake", "--quiet") == 2
+    assert "KILN_LOCK_SIGNING_KEY" in capsys.readouterr().err
+    assert not (tmp_path / "dist/it/images.lock.json").exists()
+
+    # the wrong key: the lock is left unsigned, exit 1
+    monkeypatch.setenv("KILN_LOCK_SIGNING_KEY", str(other))
+    assert kiln(tmp_path, "bake", "--quiet") == 1
+    assert "not the pair of lock_public_key" in capsys.readouterr().err
+    assert not (tmp_path / "dist/it/images.lock.json.sig").exists()
+    assert kiln(tmp_path, "render") == 1  # an unsigned lock is not trusted
+    assert "is not signed" in capsys.readouterr().err
+
+    passfile = tmp_path / "passphrase"
+    passfile.write_text("s3cret pass\n")
+    monkeypatch.setenv("KILN_LOCK_SIGNING_KEY", str(key))
+    monkeypatch.setenv("KILN_LOCK_SIGNING_PASSPHRASE_FILE", str(passfile))
+    assert kiln(tmp_path, "bake", "--quiet") == 0
+    lock = tmp_path / "dist/it/images.lock.json"
+    sig = tmp_path / "dist/it/images.lock.json.sig"
+    checked = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature",
+                              str(sig), str(lock)], capture_output=True, text=True)
+    assert checked.stdout.strip() == "Verified OK"
+    assert (tmp_path / "store/locks/it/images.lock.json.sig").read_bytes() == sig.read_bytes()
+    before = sig.read_bytes()
+    assert kiln(tmp_path, "bake", "--quiet") == 0
+    assert sig.read_bytes() == before  # nothing changed: the same signature file
+    assert kiln(tmp_path, "render") == 0
+    for path in (tmp_path / "dist").rglob("*"):  # no key material goes anywhere
+        data = path.read_bytes() if path.is_file() else b""
+        data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        assert b"s3cret" not in data and b"PRIVATE KEY" not in data, path
+
+    # one changed digit: refused by every command that trusts the lock, before any work
+    original = lock.read_text()
+    lock.write_text(original.replace('"size": ', '"size": 1', 1))
+    capsys.readouterr()
+    for args in (["render"], ["push"], ["verify", "--containerd-address",
+                                        str(tmp_path / "no.sock")]):
+        assert kiln(tmp_path, *args) == 1, args
+        err = capsys.readouterr().err
+        assert "signature does not verify" in err, (args, err)

@@ -1,0 +1,66 @@
+"""lock_public_key in images.yaml, and the signature itself (real openssl, no engine)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kiln import config as config_mod
+from kiln import locksign
+from kiln.errors import ConfigError
+from tests.helpers import write_tree
+
+IMAGES = """
+    version: 1
+    images:
+      - {{name: a, ref: r.example.com/f/a:v1, build: ctx}}
+    environments:
+      dev:
+        registry: r.example.com
+        store: {{type: dir, path: store}}
+        lock_public_key: {key}
+    """
+
+
+def pair(folder: Path) -> tuple[Path, Path]:
+    key, pub = folder / "k.pem", folder / "k.pub"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-out", str(key)], check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True,
+                   capture_output=True)
+    return key, pub
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("k.pem", "holds a private key"), ("other.txt", "not a PEM public key"),
+    ("nope.pub", "cannot read")])
+def test_lock_public_key_is_a_public_key(tmp_path: Path, name: str, message: str) -> None:
+    pair(tmp_path)
+    (tmp_path / "other.txt").write_text("hello\n")
+    write_tree(tmp_path, {"images.yaml": IMAGES.format(key=name)})
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(tmp_path / "images.yaml", "images.yaml")
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.column) == (8, 22) and message in problem.message
+
+
+def test_sign_and_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key, pub = pair(tmp_path)
+    lock = tmp_path / "images.lock.json"
+    lock.write_text('{"version": 3, "environment": "dev", "registry": "r.example.com", '
+                    '"store": {}, "images": []}\n')
+    monkeypatch.delenv(locksign.PASSPHRASE_VARIABLE, raising=False)
+    monkeypatch.setenv(locksign.KEY_VARIABLE, str(key))
+    assert locksign.sign_file(lock, pub) == locksign.sig_path(lock)
+    assert locksign.trusted(lock, pub) is not None
+    lock.write_text(lock.read_text().replace("dev", "dew"))
+    with pytest.raises(locksign.SignatureError, match="does not verify"):
+        locksign.trusted(lock, pub)
+    locksign.sig_path(lock).write_bytes(b"\x00" * 72)  # garbage, not a DER signature
+    with pytest.raises(locksign.SignatureError, match="does not verify"):
+        locksign.trusted(lock, pub)
+    monkeypatch.setenv(locksign.KEY_VARIABLE, str(tmp_path / "missing.pem"))
+    with pytest.raises(locksign.UsageError, match="no such file"):
+        locksign.sign_file(lock, pub)
