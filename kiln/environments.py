@@ -146,7 +146,7 @@ class EnvironmentReader(NodeReader):
         if b"PRIVATE KEY" in head:
             self.error(node, f"lock_public_key: {path} holds a private key; give the public "
                              "key here (openssl pkey -in KEY -pubout) and the private key in "
-                             "KILN_LOCK_SIGNING_KEY at bake")
+                             "KILN_SIGNING_KEY at bake")
             return None
         if b"-----BEGIN PUBLIC KEY-----" not in head:
             self.error(node, f"lock_public_key: {path} is not a PEM public key "

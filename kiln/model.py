@@ -183,7 +183,7 @@ class Environment:
     registry_at: Location
     cloud_init: CloudInitSnippets = CloudInitSnippets()
     registry_ca: Path | None = None  # CA bundle of the registry, for push / verify-registry
-    # a lock is trusted only if its detached signature verifies with this key (kiln/locksign.py)
+    # a lock is trusted only if its detached signature verifies with this key (kiln/signing.py)
     lock_public_key: Path | None = None
     releases: tuple[ChartRelease, ...] = ()  # charts linted by their effective values
 

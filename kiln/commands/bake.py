@@ -6,7 +6,7 @@ import json
 import sys
 
 from kiln import lint as lint_mod
-from kiln import locksign
+from kiln import signing
 from kiln.bake import Baker
 from kiln.commands.render import check_golden_credentials, render_env
 from kiln.engine import DockerEngine
@@ -24,11 +24,11 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
     project = Project.load(config_path, env_name, dist)
     config, env = project.config, project.env
     check_golden_credentials(env, allow_credentials_in_golden_image)  # before any work
-    if env.lock_public_key is not None and locksign.signing_key() is None:
+    if env.lock_public_key is not None and signing.signing_key() is None:
         raise UsageError(f"environment {env.name} trusts only a signed lock (lock_public_key "
-                         f"{env.lock_public_key}): set {locksign.KEY_VARIABLE} to the private "
+                         f"{env.lock_public_key}): set {signing.KEY_VARIABLE} to the private "
                          "key's PEM file (and its passphrase file in "
-                         f"{locksign.PASSPHRASE_VARIABLE}); nothing was baked")
+                         f"{signing.PASSPHRASE_VARIABLE}); nothing was baked")
     findings = lint_mod.run(config, env)
     if findings and not (quiet and not lint_mod.has_errors(findings)):
         sys.stderr.write(lint_mod.format_text(findings))
@@ -45,7 +45,7 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
     finally:
         reporter.close()
         store.close()
-    signed = locksign.sign_file(baker.lock_path, env.lock_public_key)
+    signed = signing.sign_file(baker.lock_path, env.lock_public_key)
     if signed is not None:
         store = open_store(env.store)
         try:

@@ -9,13 +9,13 @@ from kiln.project import NoLock, Project
 
 def trusted_lock(project: Project) -> Lock:
     """The environment's lock (NoLock when there is none); with ``lock_public_key``, only
-    once its detached signature verifies with that key (kiln/locksign.py)."""
+    once its detached signature verifies with that key (kiln/signing.py)."""
     key = project.env.lock_public_key
     if key is None:
         return project.lock()
-    from kiln import locksign
+    from kiln import signing
 
-    lock = locksign.trusted(project.lock_path, key)
+    lock = signing.trusted(project.lock_path, key)
     if lock is None:
         return project.lock()  # raises NoLock, with what to run
     return lock

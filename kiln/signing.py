@@ -1,4 +1,5 @@
-"""The lock's detached signature, through `openssl` (an edge: it runs a program).
+"""Signatures through `openssl` (an edge: it runs a program): the lock's detached signature,
+and the ECDSA signatures of cosign's convention (kiln/provenance.py) kiln checks and makes.
 
 ``dist/<env>/images.lock.json.sig`` is ``openssl dgst -sha256 -sign KEY`` of the lock's bytes:
 an ECDSA (DER) or RSA (PKCS #1 v1.5) signature anyone checks with the public key alone:
@@ -7,8 +8,8 @@ an ECDSA (DER) or RSA (PKCS #1 v1.5) signature anyone checks with the public key
 
 An environment with ``lock_public_key`` trusts only a lock whose signature verifies with it:
 `push`, `verify`, `render`, `golden` and `try` check it before reading any digest from the
-lock. The private key never comes from images.yaml: ``KILN_LOCK_SIGNING_KEY`` names its PEM
-file, ``KILN_LOCK_SIGNING_PASSPHRASE_FILE`` a file holding its passphrase (when encrypted).
+lock. The private key never comes from images.yaml: ``KILN_SIGNING_KEY`` names its PEM
+file, ``KILN_SIGNING_PASSPHRASE_FILE`` a file holding its passphrase (when encrypted).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from kiln.errors import KilnError, UsageError
 from kiln.files import write_atomic
 from kiln.lock import Lock
 
-KEY_VARIABLE = "KILN_LOCK_SIGNING_KEY"
-PASSPHRASE_VARIABLE = "KILN_LOCK_SIGNING_PASSPHRASE_FILE"
+KEY_VARIABLE = "KILN_SIGNING_KEY"
+PASSPHRASE_VARIABLE = "KILN_SIGNING_PASSPHRASE_FILE"
 
 
 class SignatureError(KilnError):
@@ -71,6 +72,7 @@ def sign(data: bytes, key: Path, passphrase: Path | None) -> bytes:
 
 
 def verifies(data: bytes, signature: bytes, public_key: Path) -> bool:
+    """Does ``signature`` (DER) of sha256(``data``) verify with the PEM ``public_key``?"""
     with tempfile.NamedTemporaryFile(prefix="kiln-lock-sig-") as sig:
         sig.write(signature)
         sig.flush()

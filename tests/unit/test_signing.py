@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kiln import config as config_mod
-from kiln import locksign
+from kiln import signing
 from kiln.errors import ConfigError
 from tests.helpers import write_tree
 
@@ -51,16 +51,16 @@ def test_sign_and_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     lock = tmp_path / "images.lock.json"
     lock.write_text('{"version": 3, "environment": "dev", "registry": "r.example.com", '
                     '"store": {}, "images": []}\n')
-    monkeypatch.delenv(locksign.PASSPHRASE_VARIABLE, raising=False)
-    monkeypatch.setenv(locksign.KEY_VARIABLE, str(key))
-    assert locksign.sign_file(lock, pub) == locksign.sig_path(lock)
-    assert locksign.trusted(lock, pub) is not None
+    monkeypatch.delenv(signing.PASSPHRASE_VARIABLE, raising=False)
+    monkeypatch.setenv(signing.KEY_VARIABLE, str(key))
+    assert signing.sign_file(lock, pub) == signing.sig_path(lock)
+    assert signing.trusted(lock, pub) is not None
     lock.write_text(lock.read_text().replace("dev", "dew"))
-    with pytest.raises(locksign.SignatureError, match="does not verify"):
-        locksign.trusted(lock, pub)
-    locksign.sig_path(lock).write_bytes(b"\x00" * 72)  # garbage, not a DER signature
-    with pytest.raises(locksign.SignatureError, match="does not verify"):
-        locksign.trusted(lock, pub)
-    monkeypatch.setenv(locksign.KEY_VARIABLE, str(tmp_path / "missing.pem"))
-    with pytest.raises(locksign.UsageError, match="no such file"):
-        locksign.sign_file(lock, pub)
+    with pytest.raises(signing.SignatureError, match="does not verify"):
+        signing.trusted(lock, pub)
+    signing.sig_path(lock).write_bytes(b"\x00" * 72)  # garbage, not a DER signature
+    with pytest.raises(signing.SignatureError, match="does not verify"):
+        signing.trusted(lock, pub)
+    monkeypatch.setenv(signing.KEY_VARIABLE, str(tmp_path / "missing.pem"))
+    with pytest.raises(signing.UsageError, match="no such file"):
+        signing.sign_file(lock, pub)

@@ -51,13 +51,13 @@ def test_a_signed_lock_is_trusted_and_a_changed_one_is_not(
     monkeypatch.setenv("DOCKER_HOST", dockerd.address)
 
     # no signing key: refused before any work
-    monkeypatch.delenv("KILN_LOCK_SIGNING_KEY", raising=False)
+    monkeypatch.delenv("KILN_SIGNING_KEY", raising=False)
     assert kiln(tmp_path, "bake", "--quiet") == 2
-    assert "KILN_LOCK_SIGNING_KEY" in capsys.readouterr().err
+    assert "KILN_SIGNING_KEY" in capsys.readouterr().err
     assert not (tmp_path / "dist/it/images.lock.json").exists()
 
     # the wrong key: the lock is left unsigned, exit 1
-    monkeypatch.setenv("KILN_LOCK_SIGNING_KEY", str(other))
+    monkeypatch.setenv("KILN_SIGNING_KEY", str(other))
     assert kiln(tmp_path, "bake", "--quiet") == 1
     assert "not the pair of lock_public_key" in capsys.readouterr().err
     assert not (tmp_path / "dist/it/images.lock.json.sig").exists()
@@ -66,8 +66,8 @@ def test_a_signed_lock_is_trusted_and_a_changed_one_is_not(
 
     passfile = tmp_path / "passphrase"
     passfile.write_text("s3cret pass\n")
-    monkeypatch.setenv("KILN_LOCK_SIGNING_KEY", str(key))
-    monkeypatch.setenv("KILN_LOCK_SIGNING_PASSPHRASE_FILE", str(passfile))
+    monkeypatch.setenv("KILN_SIGNING_KEY", str(key))
+    monkeypatch.setenv("KILN_SIGNING_PASSPHRASE_FILE", str(passfile))
     assert kiln(tmp_path, "bake", "--quiet") == 0
     lock = tmp_path / "dist/it/images.lock.json"
     sig = tmp_path / "dist/it/images.lock.json.sig"
