@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kiln import buildinputs, copied, refs
+from kiln import buildinputs, copied, provenance, refs
 from kiln import lock as lockfile
 from kiln.errors import KilnError
 from kiln.files import spool_dir
@@ -58,8 +58,10 @@ class BakeResult:
 class Baker:
     def __init__(self, config: Config, env: Environment, engine: Engine, store: Store,
                  reporter: Reporter, dist: Path, jobs: int = 2,
-                 verify_store: bool = False, upstream: Upstream | None = None) -> None:
+                 verify_store: bool = False, upstream: Upstream | None = None,
+                 signatures: provenance.Verifier | None = None) -> None:
         self.config = config
+        self.signatures = signatures  # checks upstream signatures (kiln/signing.py)
         self.env = env
         self.engine = engine  # asked only for builds and `docker save` archives
         self.upstream = upstream  # copies pull sources and OCI archives as served
@@ -226,8 +228,12 @@ class Baker:
     def bake_copied(self, image: Image) -> LockedImage:
         source = image.source
         kept = self.pinned_in_lock(image)
-        if kept is not None:
+        if kept is not None:  # with a key: verified with this key when the lock was baked
+            policy = (provenance.policy_for(source, self.env.verify)
+                      if isinstance(source, PullSource) else None)
+            kept = kept if policy is not None and policy.key else provenance.recorded(kept, None)
             return self.unchanged(image, kept, "its pinned digest is the lock's")
+        verified = None
         if self.upstream is None:
             raise KilnError("no upstream client to copy images with")
         with tempfile.TemporaryDirectory(prefix="kiln-copy-", dir=spool_dir()) as work:
@@ -237,6 +243,7 @@ class Baker:
                     self.reporter.step(image.name, f"resolving {source.ref}")
                     raw = self.upstream.manifest(copied.lookup(source.ref))
                     served = copied.served(raw, source.ref, image.platform)
+                    verified = self.check_signature(image, source, served, Path(work))
                     kept = self.reusable_copy(image, served.manifest_digest)
                     if kept is None:
                         self.reporter.step(image.name, f"copying {source.ref}")
@@ -254,9 +261,24 @@ class Baker:
                     served = copied.Served(copied.layout_digest(layout), None)
                     kept = self.reusable_copy(image, served.manifest_digest)
             if kept is not None:
-                return self.unchanged(image, replace(kept, index_digest=served.index_digest),
-                                      "the lock's manifest digest")
-            return self.publish_copied(image, layout, served)
+                return provenance.recorded(self.unchanged(
+                    image, replace(kept, index_digest=served.index_digest),
+                    "the lock's manifest digest"), verified)
+            return provenance.recorded(self.publish_copied(image, layout, served), verified)
+
+    def check_signature(self, image: Image, source: PullSource, served: copied.Served,
+                        work: Path) -> provenance.Verified | None:
+        """With a key for this pull source, its upstream signature must verify before
+        anything is copied (provenance.NotVerified says why not: the image fails)."""
+        policy = provenance.policy_for(source, self.env.verify)
+        if policy is None or policy.key is None:
+            return None
+        if self.upstream is None or self.signatures is None:
+            raise KilnError("no signature checker to verify upstream signatures with")
+        self.reporter.step(image.name, f"checking the signature of {source.ref}")
+        digests = tuple(d for d in (served.index_digest, served.manifest_digest) if d)
+        return provenance.verify_pull(self.upstream, refs.parse(source.ref).repository,
+                                      digests, policy.key, self.signatures, work, self.cancel)
 
     def pinned_in_lock(self, image: Image) -> LockedImage | None:
         """The lock's entry when the pull source is pinned by a digest the lock holds (as the
@@ -264,6 +286,11 @@ class Baker:
         source = image.source
         old = self.previous.image(image.name) if self.previous else None
         pinned = refs.parse(source.ref).digest if isinstance(source, PullSource) else None
+        policy = (provenance.policy_for(source, self.env.verify)
+                  if isinstance(source, PullSource) else None)
+        if policy is not None and policy.key is not None and (
+                old is None or old.signed_by != provenance.key_fingerprint(policy.key)):
+            return None  # verified with another key, or never: ask the registry
         if (pinned is None or old is None or old.source != source.kind or old.ref != image.ref
                 or old.platform != image.platform
                 or pinned not in (old.index_digest, old.manifest_digest)):

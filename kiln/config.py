@@ -7,6 +7,7 @@ node; the loader collects all schema problems in one pass instead of stopping at
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -109,7 +110,8 @@ class _Reader(EnvironmentReader):
     def image(self, node: yaml.Node, registries: list[str]) -> Image | None:
         fields = self.mapping(
             node, "image",
-            ("name", "ref", "build", "pull", "archive", "platform", "roles"), ("name", "ref"),
+            ("name", "ref", "build", "pull", "archive", "platform", "roles", "verify"),
+            ("name", "ref"),
         )
         if fields is None:
             return None
@@ -141,6 +143,12 @@ class _Reader(EnvironmentReader):
         roles: tuple[str, ...] = ()
         if "roles" in fields:
             roles = self.roles(fields["roles"][1])
+        if "verify" in fields:
+            if isinstance(source, PullSource):
+                source = replace(source, verify=self.verify(fields["verify"][1]))
+            elif source is not None:
+                self.error(fields["verify"][0], "verify checks a pull source's upstream "
+                                                "signature: this image is not pulled")
         if name is None or ref is None or source is None:
             return None
         source_key = fields[sources[0]][0]

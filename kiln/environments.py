@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -94,7 +93,7 @@ class EnvironmentReader(NodeReader):
         fields = self.mapping(
             node, what,
             ("registry", "store", "node", "packer", "charts", "compression", "lint", "cloud_init",
-             "registry_ca", "lock_public_key"),
+             "registry_ca", "lock_public_key", "verify"),
             ("registry", "store"),
         )
         if fields is None:
@@ -133,26 +132,10 @@ class EnvironmentReader(NodeReader):
             cloud_init=snippets, releases=releases,
             registry_ca=(self.input_file(fields["registry_ca"][1], "registry_ca")
                          if "registry_ca" in fields else None),
-            lock_public_key=(self.public_key(fields["lock_public_key"][1])
+            lock_public_key=(self.public_key(fields["lock_public_key"][1], "lock_public_key")
                              if "lock_public_key" in fields else None),
+            verify=self.verify(fields["verify"][1]) if "verify" in fields else None,
         )
-
-    def public_key(self, node: yaml.Node) -> Path | None:
-        """A PEM public key file (not a private key: that never goes into images.yaml)."""
-        path = self.input_file(node, "lock_public_key")
-        if path is None:
-            return None
-        head = path.read_bytes()[:4096]
-        if b"PRIVATE KEY" in head:
-            self.error(node, f"lock_public_key: {path} holds a private key; give the public "
-                             "key here (openssl pkey -in KEY -pubout) and the private key in "
-                             "KILN_SIGNING_KEY at bake")
-            return None
-        if b"-----BEGIN PUBLIC KEY-----" not in head:
-            self.error(node, f"lock_public_key: {path} is not a PEM public key "
-                             "(-----BEGIN PUBLIC KEY-----)")
-            return None
-        return path
 
     def store(self, node: yaml.Node) -> Store | None:
         if not isinstance(node, yaml.MappingNode):

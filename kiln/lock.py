@@ -50,6 +50,11 @@ class LockedImage:
     # per image today; the mapping is there for images of several platforms.
     manifest_digests: tuple[tuple[str, str], ...] = ()
     index_digest: str | None = None  # pull: the upstream index the manifest was picked from
+    # pull with `verify: {key}`: the key that signed it (sha256 of its DER), the signature
+    # artifact's manifest digest, and the digest it signs (the index's or the manifest's)
+    signed_by: str | None = None
+    signature: str | None = None
+    signed: str | None = None
 
     @property
     def manifest_digest(self) -> str | None:
@@ -101,7 +106,8 @@ def _plain(entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-OPTIONAL = {"inputs"}  # written only when set: a lock without them reads as before
+# written only when set: a lock without them reads as before
+OPTIONAL = {"inputs", "signed_by", "signature", "signed"}
 
 
 def from_json(text: str, where: str = "lock") -> Lock:
@@ -157,6 +163,9 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
         *(("manifest_digests", digest, grammar.DIGEST) for _, digest in image.manifest_digests),
         *([("index_digest", image.index_digest, grammar.DIGEST)]
           if image.index_digest is not None else []),
+        *((name, value, grammar.DIGEST) for name, value in (
+            ("signed_by", image.signed_by), ("signature", image.signature),
+            ("signed", image.signed)) if value is not None),
     ]
     for field_name, value, pattern in rules:
         if not grammar.matches(pattern, value):

@@ -38,6 +38,7 @@ RULE_IDS = (
     "chart-unreachable",
     "chart-invalid-ref",
     "chart-digest-mismatch",
+    "unverified-pull",
 )
 _DURATION_RE = re.compile(r"([0-9]{1,9})([smhd]?)", re.ASCII)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -70,9 +71,18 @@ class BuildSource:
 
 
 @dataclass(frozen=True)
+class Verify:
+    """How a pull source's upstream signature is checked (kiln/provenance.py)."""
+
+    key: Path | None  # a PEM public key; None: `verify: none` (not checked, and lint says so)
+    at: Location
+
+
+@dataclass(frozen=True)
 class PullSource:
     ref: str
     kind: Literal["pull"] = "pull"
+    verify: Verify | None = None  # None: the environment's
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,7 @@ class Environment:
     registry_ca: Path | None = None  # CA bundle of the registry, for push / verify-registry
     # a lock is trusted only if its detached signature verifies with this key (kiln/signing.py)
     lock_public_key: Path | None = None
+    verify: Verify | None = None  # of pull sources that name none themselves
     releases: tuple[ChartRelease, ...] = ()  # charts linted by their effective values
 
 

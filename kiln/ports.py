@@ -76,6 +76,12 @@ class Upstream(Protocol):
         """The one image of the OCI archive ``archive`` into ``layout``, byte for byte."""
         ...
 
+    def copy_signature(self, repository: str, tag: str, layout: Path,
+                       cancel: threading.Event | None = None) -> bool:
+        """A signature artifact (cosign's ``sha256-H.sig`` tag) as served, into ``layout``;
+        False when the registry has no such tag."""
+        ...
+
 
 # -- a node's containerd ------------------------------------------------------------------------
 

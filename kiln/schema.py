@@ -15,7 +15,7 @@ import yaml
 
 from kiln import grammar
 from kiln.errors import Problem
-from kiln.model import Location, did_you_mean
+from kiln.model import Location, Verify, did_you_mean
 from kiln.yamlio import construct, mapping_items, position, scalar_value
 
 REMOVED_KEYS = {  # keys older kilns read: say why, not "did you mean"
@@ -172,6 +172,33 @@ class NodeReader:
             self.error(node, f"{what}: {path} is not a readable regular file")
             return None
         return path
+
+    def public_key(self, node: yaml.Node, what: str) -> Path | None:
+        """A PEM public key file (never a private key: that does not go into images.yaml)."""
+        path = self.input_file(node, what)
+        if path is None:
+            return None
+        head = path.read_bytes()[:4096]
+        if b"PRIVATE KEY" in head:
+            self.error(node, f"{what}: {path} holds a private key; give the public key here "
+                             "(openssl pkey -in KEY -pubout) and the private key in "
+                             "KILN_SIGNING_KEY where kiln signs")
+            return None
+        if b"-----BEGIN PUBLIC KEY-----" not in head:
+            self.error(node, f"{what}: {path} is not a PEM public key "
+                             "(-----BEGIN PUBLIC KEY-----)")
+            return None
+        return path
+
+    def verify(self, node: yaml.Node) -> Verify | None:
+        """``verify: {key: FILE}`` or ``verify: none``."""
+        if isinstance(node, yaml.ScalarNode) and node.value == "none":
+            return Verify(None, self.at(node))
+        fields = self.mapping(node, "verify (a mapping with key, or none)", ("key",), ("key",))
+        if fields is None or "key" not in fields:
+            return None
+        key = self.public_key(fields["key"][1], "verify key")
+        return None if key is None else Verify(key, self.at(node))
 
     def checked(self, node: yaml.Node, what: str, pattern: re.Pattern[str], shape: str,
                 *, empty: bool = False) -> str | None:

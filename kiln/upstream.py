@@ -20,6 +20,7 @@ from pathlib import Path
 from kiln.errors import Cancelled
 from kiln.ports import UpstreamError
 
+NOT_FOUND = re.compile(r"manifest unknown|not found|404", re.IGNORECASE)
 RETRIES = "2"  # skopeo's own retries of a failed request (a registry's hiccup)
 
 
@@ -70,3 +71,17 @@ class SkopeoUpstream:
                      cancel: threading.Event | None = None) -> None:
         self._run(["copy", "--quiet", "--preserve-digests", f"oci-archive:{archive}",
                    f"oci:{layout}:image"], f"copy of the OCI archive {archive} failed", cancel)
+
+    def copy_signature(self, repository: str, tag: str, layout: Path,
+                       cancel: threading.Event | None = None) -> bool:
+        """The signature artifact ``repository:tag`` (cosign's ``sha256-H.sig``) as served,
+        into ``layout``; False when the registry has no such tag (the image is not signed)."""
+        try:
+            self._run(["copy", "--quiet", "--preserve-digests", "--retry-times", RETRIES,
+                       f"docker://{repository}:{tag}", f"oci:{layout}:signature"],
+                      f"cannot read the signature {repository}:{tag}", cancel)
+        except UpstreamError as exc:
+            if NOT_FOUND.search(str(exc)):
+                return False
+            raise
+        return True

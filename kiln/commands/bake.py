@@ -39,7 +39,8 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
     store = open_store(env.store)
     # The engine connects on first use: a bake of pull sources and OCI archives needs none.
     baker = Baker(config, env, DockerEngine(), store, reporter, project.dist, jobs=jobs,
-                  verify_store=verify_store, upstream=SkopeoUpstream())
+                  verify_store=verify_store, upstream=SkopeoUpstream(),
+                  signatures=signing.verifies)
     try:
         result = baker.run()
     finally:

@@ -64,3 +64,22 @@ def test_sign_and_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv(signing.KEY_VARIABLE, str(tmp_path / "missing.pem"))
     with pytest.raises(signing.UsageError, match="no such file"):
         signing.sign_file(lock, pub)
+
+
+def test_verify_applies_to_pull_sources_only(tmp_path: Path) -> None:
+    pair(tmp_path)
+    write_tree(tmp_path, {"images.yaml": """
+        version: 1
+        images:
+          - {name: a, ref: r.example.com/f/a:v1, build: ctx, verify: {key: k.pub}}
+          - {name: b, ref: r.example.com/f/b:v1, pull: up.example.com/b:1, verify: {key: k.pem}}
+          - {name: c, ref: r.example.com/f/c:v1, pull: up.example.com/c:1, verify: maybe}
+        environments:
+          dev: {registry: r.example.com, store: {type: dir, path: store}}
+        """})
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(tmp_path / "images.yaml", "images.yaml")
+    found = [(p.line, p.message.split(":")[0]) for p in caught.value.problems]
+    assert found == [(3, "verify checks a pull source's upstream signature"),
+                     (4, "verify key"),
+                     (5, "verify (a mapping with key, or none) must be a mapping")]

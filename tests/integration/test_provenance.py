@@ -1,0 +1,156 @@
+"""Upstream signatures checked at bake (issue 15), with real parts: a TLS docker-registry as
+the upstream, keys made by openssl, signatures in cosign's convention (a `sha256-H.sig`
+artifact whose simple-signing payload names the digest, its ECDSA signature in an
+annotation) written here the way cosign writes them, and a bake with no Docker engine."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import ssl
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.cli import main
+from tests.helpers import registry_image
+from tests.integration.conftest import tls_registry_at
+
+USER, PASSWORD = "upstream", "up-s3cret"
+Registry = tuple[str, Path]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with tls_registry_at(tmp_path_factory.mktemp("upstream"), USER, PASSWORD) as served:
+        yield served
+
+
+def call(registry: Registry, method: str, url: str, body: bytes | None = None,
+         media_type: str = "application/octet-stream") -> urllib.request.addinfourl:
+    host, ca = registry
+    request = urllib.request.Request(url if url.startswith("https") else
+                                     f"https://{host}/v2/{url}", data=body, method=method)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    request.add_header("Content-Type", media_type)
+    return urllib.request.urlopen(request, timeout=30,
+                                  context=ssl.create_default_context(cafile=str(ca)))
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def put(registry: Registry, repo: str, tag: str, manifest: bytes, blobs: dict[str, bytes],
+        media_type: str) -> str:
+    """Blobs (monolithic uploads) and the manifest through the registry's API."""
+    for digest, data in blobs.items():
+        if data is manifest:
+            continue
+        with call(registry, "POST", f"{repo}/blobs/uploads/") as answer:
+            location = answer.headers["Location"]
+        joiner = "&" if "?" in location else "?"
+        call(registry, "PUT", f"{location}{joiner}digest={digest}", data).close()
+    with call(registry, "PUT", f"{repo}/manifests/{tag}", manifest, media_type) as answer:
+        return str(answer.headers["Docker-Content-Digest"])
+
+
+def keypair(folder: Path, name: str) -> tuple[Path, Path]:
+    key, pub = folder / f"{name}.pem", folder / f"{name}.pub"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-out", str(key)], check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub)],
+                   check=True, capture_output=True)
+    return key, pub
+
+
+def cosign_sign(registry: Registry, repo: str, digest: str, key: Path,
+                identity: str | None = None) -> str:
+    """What `cosign sign --key` pushes: the payload, its signature, as `sha256-H.sig`."""
+    payload = json.dumps({"critical": {
+        "identity": {"docker-reference": f"{registry[0]}/{identity or repo}"},
+        "image": {"docker-manifest-digest": digest},
+        "type": "cosign container image signature"}, "optional": None}).encode()
+    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=payload,
+                               check=True, capture_output=True).stdout
+    config = json.dumps({"architecture": "", "os": "", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [digest_of(payload)]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "size": len(config), "digest": digest_of(config)},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                    "size": len(payload), "digest": digest_of(payload), "annotations": {
+                        "dev.cosignproject.cosign/signature":
+                            base64.b64encode(signature).decode()}}]}).encode()
+    return put(registry, repo, digest.replace(":", "-") + ".sig", manifest,
+               {digest_of(payload): payload, digest_of(config): config},
+               "application/vnd.oci.image.manifest.v1+json")
+
+
+@pytest.fixture
+def home(upstream: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upstream's credentials and CA where skopeo looks by default (never images.yaml)."""
+    host, ca = upstream
+    (tmp_path / "home/.docker").mkdir(parents=True)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    (tmp_path / "home/.docker/config.json").write_text(json.dumps({"auths": {host: {"auth":
+                                                                                    token}}}))
+    certs = tmp_path / "home/.config/containers/certs.d" / host
+    certs.mkdir(parents=True)
+    shutil.copy(ca, certs / "ca.crt")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")  # none is needed
+
+
+def test_bake_accepts_what_the_key_signed_and_refuses_the_rest(
+        tmp_path: Path, upstream: Registry, home: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    host = upstream[0]
+    team = f"t{uuid.uuid4().hex[:8]}"
+    up_key, up_pub = keypair(tmp_path, "upstream")
+    other_key, _ = keypair(tmp_path, "other")
+    docker_media = "application/vnd.docker.distribution.manifest.v2+json"
+    digests, signatures = {}, {}
+    for name, key in (("good", up_key), ("unsigned", None), ("forged", other_key)):
+        manifest, blobs = registry_image(f"{team} {name}".encode())
+        digests[name] = put(upstream, f"{team}/{name}", "v1", manifest, blobs, docker_media)
+        if key is not None:
+            signatures[name] = cosign_sign(upstream, f"{team}/{name}", digests[name], key)
+    # the good key signed this digest, but as another repository's: not a signature of it
+    manifest, blobs = registry_image(f"{team} moved".encode())
+    digests["moved"] = put(upstream, f"{team}/moved", "v1", manifest, blobs, docker_media)
+    cosign_sign(upstream, f"{team}/moved", digests["moved"], up_key, f"{team}/elsewhere")
+
+    def bake(*names: str) -> int:
+        images = "".join(f"  - {{name: {n}, ref: 'r.example.com/{team}/{n}:v1', "
+                         f"pull: '{host}/{team}/{n}:v1'}}\n" for n in names)
+        (tmp_path / "images.yaml").write_text(
+            f"version: 1\nimages:\n{images}environments:\n  it:\n"
+            "    registry: r.example.com\n    verify: {key: upstream.pub}\n"
+            "    store: {type: dir, path: store, url: 'http://127.0.0.1:1/'}\n")
+        return main(["bake", "--env", "it", "--config", str(tmp_path / "images.yaml"),
+                     "--quiet"])
+
+    assert bake("good", "unsigned", "forged", "moved") == 1
+    err = capsys.readouterr().err
+    assert f"image 'unsigned': not signed: {host}/{team}/unsigned has no sha256-" in err
+    assert "image 'forged': not signed with" in err and "does not verify" in err
+    assert "image 'moved': not signed with" in err and f"{team}/elsewhere" in err
+    assert "image 'good'" not in err
+    assert not (tmp_path / "dist/it/images.lock.json").exists()
+
+    assert bake("good") == 0, capsys.readouterr().err
+    (entry,) = json.loads((tmp_path / "dist/it/images.lock.json").read_text())["images"]
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(up_pub), "-outform", "DER"],
+                         check=True, capture_output=True).stdout
+    assert entry["signed_by"] == digest_of(der)
+    assert entry["signature"] == signatures["good"]
+    assert entry["signed"] == digests["good"] == entry["manifest_digests"]["linux/amd64"]
