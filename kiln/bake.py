@@ -18,6 +18,7 @@ not exist.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import tempfile
 import threading
 from collections.abc import Callable
@@ -277,8 +278,16 @@ class Baker:
             raise KilnError("no signature checker to verify upstream signatures with")
         self.reporter.step(image.name, f"checking the signature of {source.ref}")
         digests = tuple(d for d in (served.index_digest, served.manifest_digest) if d)
-        return provenance.verify_pull(self.upstream, refs.parse(source.ref).repository,
-                                      digests, policy.key, self.signatures, work, self.cancel)
+        verified = provenance.verify_pull(self.upstream, refs.parse(source.ref).repository,
+                                          digests, policy.key, self.signatures, work,
+                                          self.cancel)
+        assert verified.layout is not None
+        data = provenance.archive(verified.layout)  # small: the store keeps it beside the image
+        sha256 = hashlib.sha256(data).hexdigest()
+        key = blob_key(self.store.prefix, sha256)
+        if not self.intact(key, sha256, len(data)):
+            self.store.put_bytes(key, data)
+        return replace(verified, stored=(key, sha256, len(data)))
 
     def pinned_in_lock(self, image: Image) -> LockedImage | None:
         """The lock's entry when the pull source is pinned by a digest the lock holds (as the

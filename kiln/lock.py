@@ -55,6 +55,10 @@ class LockedImage:
     signed_by: str | None = None
     signature: str | None = None
     signed: str | None = None
+    # the signature artifact, stored (an OCI archive `push` sends to the registry as is)
+    signature_key: str | None = None
+    signature_sha256: str | None = None
+    signature_size: int | None = None
 
     @property
     def manifest_digest(self) -> str | None:
@@ -107,7 +111,8 @@ def _plain(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 # written only when set: a lock without them reads as before
-OPTIONAL = {"inputs", "signed_by", "signature", "signed"}
+OPTIONAL = {"inputs", "signed_by", "signature", "signed", "signature_key", "signature_sha256",
+            "signature_size"}
 
 
 def from_json(text: str, where: str = "lock") -> Lock:
@@ -166,6 +171,11 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
         *((name, value, grammar.DIGEST) for name, value in (
             ("signed_by", image.signed_by), ("signature", image.signature),
             ("signed", image.signed)) if value is not None),
+        *([("signature_sha256", image.signature_sha256, grammar.SHA256_HEX),
+           ("signature_key", image.signature_key,
+            re.compile(grammar.PREFIX.pattern + "blobs/sha256/"
+                       + re.escape(str(image.signature_sha256))))]
+          if image.signature_key is not None or image.signature_sha256 is not None else []),
     ]
     for field_name, value, pattern in rules:
         if not grammar.matches(pattern, value):
@@ -174,8 +184,11 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
     if image.manifest_digest is None:
         raise KilnError(f"{where}: image {image.name!r}: no manifest digest for its platform "
                         f"{image.platform} (edited by hand?)")
-    for field_name, number in (("size", image.size), ("uncompressed_size",
-                                                      image.uncompressed_size)):
+    sizes: list[tuple[str, object]] = [("size", image.size),
+                                       ("uncompressed_size", image.uncompressed_size)]
+    if image.signature_key is not None:
+        sizes.append(("signature_size", image.signature_size))
+    for field_name, number in sizes:
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:
             raise KilnError(f"{where}: image {image.name!r}: {field_name} {number!r} is not a "
                             "size")
@@ -193,6 +206,8 @@ def object_names(text: str, where: str = "lock") -> dict[str, str]:
     try:
         data = json.loads(text)
         out = {str(e["key"]): f"image {e.get('name', '?')}" for e in data.get("images", [])}
+        out.update((str(e["signature_key"]), f"signature of image {e.get('name', '?')}")
+                   for e in data.get("images", []) if e.get("signature_key"))
         out.update((str(b["key"]), f"bundle {b.get('role', '?')}")
                    for b in data.get("bundles", []))
         return out

@@ -17,7 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
+import tarfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -49,6 +51,21 @@ class Verified:
     signed_by: str  # sha256:<hex> of the public key (DER SubjectPublicKeyInfo)
     signature: str  # the digest of the signature artifact's manifest
     signed: str  # the digest the signature names (the index's or the manifest's)
+    layout: Path | None = None  # the artifact as served (bake stores it; not in the lock)
+    stored: tuple[str, str, int] | None = None  # its object: key, sha256, size
+
+
+def archive(layout: Path) -> bytes:
+    """The artifact's OCI layout as one tar (an `oci-archive:` skopeo pushes), stable: the
+    same artifact is the same bytes, so its object is content-addressed like any other."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(p for p in layout.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(path.relative_to(layout).as_posix())
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 
 
 def signature_tag(digest: str) -> str:
@@ -177,7 +194,7 @@ def verify_pull(upstream: Upstream, repository: str, digests: tuple[str, ...], k
         if not upstream.copy_signature(repository, signature_tag(digest), layout, cancel):
             continue
         try:
-            return check(layout, digest, repository, key, verifies)
+            return replace(check(layout, digest, repository, key, verifies), layout=layout)
         except NotVerified as exc:
             reasons.append(str(exc))
     if reasons:
@@ -189,6 +206,9 @@ def verify_pull(upstream: Upstream, repository: str, digests: tuple[str, ...], k
 def recorded(entry: LockedImage, verified: Verified | None) -> LockedImage:
     """The lock entry with what was verified (or without it: no key, nothing claimed)."""
     if verified is None:
-        return replace(entry, signed_by=None, signature=None, signed=None)
+        return replace(entry, signed_by=None, signature=None, signed=None, signature_key=None,
+                       signature_sha256=None, signature_size=None)
+    key, sha256, size = verified.stored or (None, None, None)
     return replace(entry, signed_by=verified.signed_by, signature=verified.signature,
-                   signed=verified.signed)
+                   signed=verified.signed, signature_key=key, signature_sha256=sha256,
+                   signature_size=size)

@@ -94,6 +94,11 @@ class Registry:
             raise RegistryError(f"{ref}: {reason}")
         return done.stdout
 
+    def digest(self, ref: str) -> str | None:
+        """The digest of what ``ref`` serves (a signature artifact's manifest), or None."""
+        raw = self._inspect(ref)
+        return None if raw is None else "sha256:" + hashlib.sha256(raw).hexdigest()
+
     def served(self, ref: str, platform: str = "linux/amd64") -> ServedImage | None:
         """The manifest digest and image ID the registry serves for ``ref`` and ``platform``
         (through its index when the ref names one); None when it has no such ref."""

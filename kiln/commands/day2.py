@@ -8,12 +8,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from kiln import provenance, refs
 from kiln.commands.common import load_with_lock
 from kiln.errors import EXIT_FAILED, EXIT_OK, KilnError
 from kiln.lock import LockedImage
 from kiln.publish import fetch_to
 from kiln.registry import Registry, RegistryError, ServedImage
-from kiln.stores import open_store
+from kiln.stores import Store, open_store
 
 
 def _say(text: str, quiet: bool) -> None:
@@ -46,6 +47,7 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
                     _say(f"kiln: {image.name}: {image.ref} already served as "
                          f"{image.manifest_digest}", quiet)
                     report.append({"name": image.name, "ref": image.ref, "result": "present"})
+                    push_signature(image, store, registry, quiet)
                     continue
                 _say(f"kiln: {image.name}: pushing {image.ref} from {image.key}", quiet)
                 with tempfile.TemporaryDirectory(prefix="kiln-push-") as work:
@@ -60,6 +62,7 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
                         f"{served.manifest_digest if served else 'absent'}, not "
                         f"{image.manifest_digest}")
                 report.append({"name": image.name, "ref": image.ref, "result": "pushed"})
+                push_signature(image, store, registry, quiet)
             except KilnError as exc:
                 failures.append(f"image {image.name!r}: {exc}")
                 report.append({"name": image.name, "ref": image.ref, "result": "failed"})
@@ -71,6 +74,36 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
     for failure in failures:
         print(f"kiln: error: {failure}", file=sys.stderr)
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def signature_ref(image: LockedImage) -> str | None:
+    """Where the registry keeps the upstream signature of what it serves (cosign's tag), when
+    the lock carries one for the manifest the registry serves."""
+    if image.signature_key is None or image.signed is None:
+        return None
+    if image.signed != image.manifest_digest:
+        return None  # it signs the upstream index; the registry serves the platform manifest
+    return f"{refs.parse(image.ref).repository}:{provenance.signature_tag(image.signed)}"
+
+
+def push_signature(image: LockedImage, store: Store, registry: Registry, quiet: bool) -> None:
+    """The upstream signature, byte for byte, beside the image it signs: an in-cluster
+    verifier (cosign, policy-controller, Kyverno) checks the very digest nodes hold."""
+    ref = signature_ref(image)
+    if image.signature_key is not None and ref is None:
+        _say(f"kiln: warning: {image.name}: its signature signs the upstream index "
+             f"{image.signed}, which the registry does not serve: not pushed", quiet)
+    if ref is None or registry.digest(ref) == image.signature:
+        return
+    assert image.signature_key is not None and image.signature_sha256 is not None
+    _say(f"kiln: {image.name}: pushing its signature {ref}", quiet)
+    with tempfile.TemporaryDirectory(prefix="kiln-push-") as work:
+        archive = Path(work) / "signature.tar"
+        with store.open_read(image.signature_key) as stream:
+            fetch_to(stream, image.signature_sha256, archive)
+        registry.push(archive, ref)
+    if registry.digest(ref) != image.signature:
+        raise RegistryError(f"after the push {ref} is not the signature {image.signature}")
 
 
 def verify_registry_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
@@ -88,6 +121,10 @@ def verify_registry_cmd(config_path: str, env_name: str | None, *, dist: str | N
                           "want": image.image_id, "served": served.image_id if served else None,
                           "want_digest": image.manifest_digest,
                           "served_digest": served.manifest_digest if served else None})
+            ref = signature_ref(image)
+            if ref is not None and found[-1]["state"] == "ok" and registry.digest(
+                    ref) != image.signature:
+                found[-1]["state"] = "missing-signature"
     finally:
         registry.close()
     if as_json:
@@ -105,4 +142,6 @@ def _why(item: dict[str, str | None]) -> str:
     if item["state"] == "wrong-digest":
         return (f"  (serves manifest {item['served_digest']}, the lock says "
                 f"{item['want_digest']}: push again)")
+    if item["state"] == "missing-signature":
+        return "  (its upstream signature is not beside it: push again)"
     return "  (the registry has no such ref)" if item["state"] == "missing" else ""

@@ -40,6 +40,8 @@ def call(registry: Registry, method: str, url: str, body: bytes | None = None,
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     request.add_header("Authorization", f"Basic {token}")
     request.add_header("Content-Type", media_type)
+    request.add_header("Accept", "application/vnd.oci.image.manifest.v1+json, "
+                                 "application/vnd.docker.distribution.manifest.v2+json")
     return urllib.request.urlopen(request, timeout=30,
                                   context=ssl.create_default_context(cafile=str(ca)))
 
@@ -95,6 +97,12 @@ def cosign_sign(registry: Registry, repo: str, digest: str, key: Path,
                "application/vnd.oci.image.manifest.v1+json")
 
 
+@pytest.fixture(scope="module")
+def internal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with tls_registry_at(tmp_path_factory.mktemp("internal"), USER, PASSWORD) as served:
+        yield served
+
+
 @pytest.fixture
 def home(upstream: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The upstream's credentials and CA where skopeo looks by default (never images.yaml)."""
@@ -111,10 +119,11 @@ def home(upstream: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_bake_accepts_what_the_key_signed_and_refuses_the_rest(
-        tmp_path: Path, upstream: Registry, home: None,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, upstream: Registry, internal: Registry, home: None,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     host = upstream[0]
     team = f"t{uuid.uuid4().hex[:8]}"
+    shutil.copy(internal[1], tmp_path / "internal-ca.pem")
     up_key, up_pub = keypair(tmp_path, "upstream")
     other_key, _ = keypair(tmp_path, "other")
     docker_media = "application/vnd.docker.distribution.manifest.v2+json"
@@ -130,11 +139,12 @@ def test_bake_accepts_what_the_key_signed_and_refuses_the_rest(
     cosign_sign(upstream, f"{team}/moved", digests["moved"], up_key, f"{team}/elsewhere")
 
     def bake(*names: str) -> int:
-        images = "".join(f"  - {{name: {n}, ref: 'r.example.com/{team}/{n}:v1', "
+        images = "".join(f"  - {{name: {n}, ref: '${{registry}}/{team}/{n}:v1', "
                          f"pull: '{host}/{team}/{n}:v1'}}\n" for n in names)
         (tmp_path / "images.yaml").write_text(
             f"version: 1\nimages:\n{images}environments:\n  it:\n"
-            "    registry: r.example.com\n    verify: {key: upstream.pub}\n"
+            f"    registry: '{internal[0]}'\n    registry_ca: internal-ca.pem\n"
+            "    verify: {key: upstream.pub}\n"
             "    store: {type: dir, path: store, url: 'http://127.0.0.1:1/'}\n")
         return main(["bake", "--env", "it", "--config", str(tmp_path / "images.yaml"),
                      "--quiet"])
@@ -154,3 +164,30 @@ def test_bake_accepts_what_the_key_signed_and_refuses_the_rest(
     assert entry["signed_by"] == digest_of(der)
     assert entry["signature"] == signatures["good"]
     assert entry["signed"] == digests["good"] == entry["manifest_digests"]["linux/amd64"]
+    stored = tmp_path / "store" / entry["signature_key"]
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == entry["signature_sha256"]
+
+    # day 2: the internal registry serves the image and, beside it, the upstream signature
+    monkeypatch.setenv("KILN_REGISTRY_USERNAME", USER)
+    monkeypatch.setenv("KILN_REGISTRY_PASSWORD", PASSWORD)
+    assert main(["push", "--env", "it", "--config", str(tmp_path / "images.yaml"),
+                 "--quiet"]) == 0, capsys.readouterr().err
+    tag = digests["good"].replace(":", "-") + ".sig"
+    with call(internal, "GET", f"{team}/good/manifests/{tag}") as answer:
+        artifact = answer.read()
+        assert answer.headers["Docker-Content-Digest"] == signatures["good"]
+    # what `cosign verify --key upstream.pub` checks, done here by hand against the internal
+    # registry: the payload names the digest nodes hold, its signature verifies with the key
+    (layer,) = json.loads(artifact)["layers"]
+    with call(internal, "GET", f"{team}/good/blobs/{layer['digest']}") as answer:
+        payload = answer.read()
+    assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] == digests["good"]
+    (tmp_path / "sig.der").write_bytes(base64.b64decode(
+        layer["annotations"]["dev.cosignproject.cosign/signature"]))
+    checked = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(up_pub),
+                              "-signature", str(tmp_path / "sig.der")], input=payload,
+                             capture_output=True)
+    assert checked.stdout.strip() == b"Verified OK"
+    assert main(["verify-registry", "--env", "it", "--config", str(tmp_path / "images.yaml"),
+                 "--json"]) == 0
+    assert [r["state"] for r in json.loads(capsys.readouterr().out)] == ["ok"]
