@@ -212,3 +212,38 @@ def recorded(entry: LockedImage, verified: Verified | None) -> LockedImage:
     return replace(entry, signed_by=verified.signed_by, signature=verified.signature,
                    signed=verified.signed, signature_key=key, signature_sha256=sha256,
                    signature_size=size)
+
+
+def artifact(repository: str, digest: str, sign: Callable[[bytes], bytes]) -> bytes:
+    """A signature artifact of ``digest`` in ``repository`` as cosign writes one, signed by
+    ``sign`` (payload bytes -> DER signature), as an `oci-archive:` tar for `push`."""
+    payload = json.dumps({"critical": {"identity": {"docker-reference": repository},
+                                       "image": {"docker-manifest-digest": digest},
+                                       "type": SIGNATURE_TYPE}, "optional": None},
+                         sort_keys=True).encode()
+    signature = base64.b64encode(sign(payload)).decode()
+    config = json.dumps({"architecture": "", "os": "", "config": {}, "rootfs": {
+        "type": "layers", "diff_ids": [_digest(payload)]}}, sort_keys=True).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "size": len(config), "digest": _digest(config)},
+        "layers": [{"mediaType": SIMPLE_SIGNING, "size": len(payload), "digest":
+                    _digest(payload), "annotations": {SIGNATURE_ANNOTATION: signature}}]},
+        sort_keys=True).encode()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "size": len(manifest),
+        "digest": _digest(manifest)}]}).encode()
+    files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": index,
+             **{f"blobs/sha256/{_digest(b)[7:]}": b for b in (payload, config, manifest)}}
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -65,7 +65,7 @@ def sign(data: bytes, key: Path, passphrase: Path | None) -> bytes:
     if done.returncode != 0 or not done.stdout:
         lines = done.stderr.decode(errors="replace").strip().splitlines()
         reason = lines[0] if lines else f"exit {done.returncode}"
-        raise SignatureError(f"cannot sign the lock with {key} ({KEY_VARIABLE}): {reason} "
+        raise SignatureError(f"cannot sign with {key} ({KEY_VARIABLE}): {reason} "
                              "(an ECDSA or RSA private key in PEM; a passphrase in "
                              f"{PASSPHRASE_VARIABLE} if it is encrypted)")
     return done.stdout

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kiln import provenance, refs
+from kiln import provenance, refs, signing
 from kiln.commands.common import load_with_lock
 from kiln.errors import EXIT_FAILED, EXIT_OK, KilnError
 from kiln.lock import LockedImage
@@ -36,6 +36,7 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
              quiet: bool = False, as_json: bool = False) -> int:
     """Push every image of the lock that the registry does not already serve as locked."""
     _, env, lock = load_with_lock(config_path, env_name, dist)
+    team_key = signing.signing_key()  # signs what kiln built, beside it in the registry
     store = open_store(env.store)
     registry = Registry(env.registry, env.registry_ca)
     report: list[dict[str, str]] = []
@@ -48,6 +49,7 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
                          f"{image.manifest_digest}", quiet)
                     report.append({"name": image.name, "ref": image.ref, "result": "present"})
                     push_signature(image, store, registry, quiet)
+                    sign_built(image, registry, team_key, quiet)
                     continue
                 _say(f"kiln: {image.name}: pushing {image.ref} from {image.key}", quiet)
                 with tempfile.TemporaryDirectory(prefix="kiln-push-") as work:
@@ -63,6 +65,7 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
                         f"{image.manifest_digest}")
                 report.append({"name": image.name, "ref": image.ref, "result": "pushed"})
                 push_signature(image, store, registry, quiet)
+                sign_built(image, registry, team_key, quiet)
             except KilnError as exc:
                 failures.append(f"image {image.name!r}: {exc}")
                 report.append({"name": image.name, "ref": image.ref, "result": "failed"})
@@ -104,6 +107,25 @@ def push_signature(image: LockedImage, store: Store, registry: Registry, quiet: 
         registry.push(archive, ref)
     if registry.digest(ref) != image.signature:
         raise RegistryError(f"after the push {ref} is not the signature {image.signature}")
+
+
+def sign_built(image: LockedImage, registry: Registry, key: tuple[Path, Path | None] | None,
+               quiet: bool) -> None:
+    """With the team's key (KILN_SIGNING_KEY), an image kiln built gets a signature in
+    cosign's convention beside it (an image copied from upstream keeps the upstream's)."""
+    if key is None or image.source != "build" or image.manifest_digest is None:
+        return
+    repository = refs.parse(image.ref).repository
+    ref = f"{repository}:{provenance.signature_tag(image.manifest_digest)}"
+    if registry.digest(ref) is not None:
+        return  # signed already (a signature is never replaced: a ref never moves)
+    data = provenance.artifact(repository, image.manifest_digest,
+                               lambda payload: signing.sign(payload, *key))
+    _say(f"kiln: {image.name}: signing {image.ref} ({ref})", quiet)
+    with tempfile.TemporaryDirectory(prefix="kiln-push-") as work:
+        archive = Path(work) / "signature.tar"
+        archive.write_bytes(data)
+        registry.push(archive, ref)
 
 
 def verify_registry_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from kiln.cli import main
+from kiln.localengine import Daemon
 from tests.helpers import registry_image
-from tests.integration.conftest import tls_registry_at
+from tests.integration.conftest import scratch_context, tls_registry_at
 
 USER, PASSWORD = "upstream", "up-s3cret"
 Registry = tuple[str, Path]
@@ -191,3 +192,42 @@ def test_bake_accepts_what_the_key_signed_and_refuses_the_rest(
     assert main(["verify-registry", "--env", "it", "--config", str(tmp_path / "images.yaml"),
                  "--json"]) == 0
     assert [r["state"] for r in json.loads(capsys.readouterr().out)] == ["ok"]
+
+
+def test_push_signs_what_kiln_built_with_the_team_key(
+        tmp_path: Path, internal: Registry, dockerd: Daemon, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    team = f"t{uuid.uuid4().hex[:8]}"
+    key, pub = keypair(tmp_path, "team")
+    shutil.copy(internal[1], tmp_path / "internal-ca.pem")
+    scratch_context(tmp_path / "app", f"built {team}")
+    (tmp_path / "images.yaml").write_text(
+        f"version: 1\nimages:\n  - {{name: app, ref: '${{registry}}/{team}/app:v1', "
+        f"build: app}}\nenvironments:\n  it:\n    registry: '{internal[0]}'\n"
+        "    registry_ca: internal-ca.pem\n"
+        "    store: {type: dir, path: store, url: 'http://127.0.0.1:1/'}\n")
+    monkeypatch.setenv("DOCKER_HOST", dockerd.address)
+    monkeypatch.setenv("KILN_SIGNING_KEY", str(key))
+    monkeypatch.delenv("KILN_SIGNING_PASSPHRASE_FILE", raising=False)
+    monkeypatch.setenv("KILN_REGISTRY_USERNAME", USER)
+    monkeypatch.setenv("KILN_REGISTRY_PASSWORD", PASSWORD)
+    config = ["--env", "it", "--config", str(tmp_path / "images.yaml"), "--quiet"]
+    assert main(["bake", *config]) == 0, capsys.readouterr().err
+    assert main(["push", *config]) == 0, capsys.readouterr().err
+    (entry,) = json.loads((tmp_path / "dist/it/images.lock.json").read_text())["images"]
+    digest = entry["manifest_digests"]["linux/amd64"]
+    with call(internal, "GET", f"{team}/app/manifests/{digest.replace(':', '-')}.sig") as answer:
+        (layer,) = json.loads(answer.read())["layers"]
+    with call(internal, "GET", f"{team}/app/blobs/{layer['digest']}") as answer:
+        payload = answer.read()
+    critical = json.loads(payload)["critical"]
+    assert critical["image"]["docker-manifest-digest"] == digest
+    assert critical["identity"]["docker-reference"] == f"{internal[0]}/{team}/app"
+    (tmp_path / "sig.der").write_bytes(base64.b64decode(
+        layer["annotations"]["dev.cosignproject.cosign/signature"]))
+    checked = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature",
+                              str(tmp_path / "sig.der")], input=payload, capture_output=True)
+    assert checked.stdout.strip() == b"Verified OK"
+    # a second push finds it signed and signs nothing again
+    assert main(["push", *config[:-1]]) == 0
+    assert "signing" not in capsys.readouterr().err
