@@ -8,6 +8,7 @@ render does not pass fails instead of writing an empty string onto a node.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -15,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,10 @@ class Rendered:
 
 class Renderer:
     def __init__(self, env: Environment, lock: Lock, locator: Locator, *,
-                 runcmd_waits_for_success: bool | None = None) -> None:
+                 runcmd_waits_for_success: bool | None = None,
+                 sign: Callable[[bytes], bytes] | None = None) -> None:
         self.env = env
+        self.sign = sign  # signs each data file (a `sig` line nodes holding the key check)
         self.lock = lock
         self.locator = locator
         # None: as on_import_failure says. `try` waits for the first run only, to report it.
@@ -165,11 +169,15 @@ class Renderer:
                 shown = "(hidden)" if key.startswith("sigv4_") else value
                 raise RenderError(f"the {key} setting {shown!r} cannot go to nodes: it must "
                                   f"match {SETTING_VALUES[key].pattern}")
-        return self.template(
+        text = self.template(
             "images.data.j2", env=self.env.name, images=rows, settings=settings,
             parallel=node.parallel, containerd_timeout=node.containerd_timeout,
             ca_bundle="ca.pem" if self.ca_pem else "", secret=self.locator.secret,
         )
+        if self.sign is None:
+            return text
+        # over every byte above it; the importer checks the rest of the file against it
+        return text + f"sig {base64.b64encode(self.sign(text.encode())).decode()}\n"
 
     @property
     def hold_kubelet(self) -> bool:
@@ -299,7 +307,8 @@ def _write_seed(path: Path, data: bytes, secret: bool, out: Rendered) -> None:
 
 def render(env: Environment, lock: Lock, dist: Path, locator: Locator, *,
            nodes: list[Node] | None = None, packer_dir: Path | None = None,
-           allow_credentials_in_golden_image: bool = False) -> Rendered:
+           allow_credentials_in_golden_image: bool = False,
+           sign: Callable[[bytes], bytes] | None = None) -> Rendered:
     """Write node/, cloud-init/, nodes/<host>/ (with an inventory) and packer/ under dist/<env>."""
     golden_credentials = bool(env.packer_sources and locator.secret)
     if golden_credentials and not allow_credentials_in_golden_image:
@@ -310,7 +319,7 @@ def render(env: Environment, lock: Lock, dist: Path, locator: Locator, *,
         raise RenderError(f"the lock of {env.name} lists no images: a node could never pass "
                           "its import (bake first)")
     out = Rendered(secret=locator.secret, private=locator.private)
-    renderer = Renderer(env, lock, locator)
+    renderer = Renderer(env, lock, locator, sign=sign)
     base = dist / env.name
     secret = locator.private  # file modes: any credential, long-lived or not, is 0600
     try:

@@ -37,6 +37,10 @@ status_file="${KILN_STATUS_FILE:-}"
 check_only=0
 retry_state=""
 work=""
+checked_dir=""
+# A node that holds kiln's public key (put there by its base or golden image, never by the
+# user-data) imports only from a data file whose `sig` line verifies with it.
+data_key="${KILN_DATA_PUBLIC_KEY:-/etc/kiln/data.pub}"
 
 exec 4>&2  # the journal, for background downloads whose stderr goes to a file
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
@@ -62,6 +66,7 @@ if [ -n "$retry_state" ]; then
   [ "${#failed_runs}" -le 6 ] || failed_runs=0
 fi
 cleanup() {
+  if [ -n "$checked_dir" ]; then rm -rf "$checked_dir"; fi
   if [ -n "$work" ]; then
     for pidfile in "$work"/*.pid "$work"/*.ipid; do
       if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || :; fi
@@ -102,6 +107,28 @@ count=0
 released="" stale_pins=""  # names whose pin this run released; stale pins --check found
 
 [ -r "$data" ] || die "cannot read the data file $data (render it with: python bake.py render)"
+data_read=$data  # what is parsed: the data file, or its checked copy
+
+# The data file without its `sig` line, checked against the signature on that line: only the
+# bytes checked are read afterwards (a copy), so nothing can change them in between.
+check_signed_data() {
+  command -v openssl >/dev/null 2>&1 ||
+    die "$data_key is on this node, and openssl is needed to check $data with it"
+  checked_dir=$(mktemp -d "${TMPDIR:-/var/tmp}/kiln-data.XXXXXX") ||
+    die "cannot create a folder to check $data in"
+  cp "$data" "$checked_dir/data" || die "cannot read $data"
+  [ "$(grep -c '^sig ' "$checked_dir/data" || :)" = 1 ] ||
+    die "$data is not signed, and this node imports only data signed for $data_key: nothing imported"
+  grep -v '^sig ' "$checked_dir/data" > "$checked_dir/body" || :
+  sed -n 's/^sig \([A-Za-z0-9+/=]\{1,4096\}\)$/\1/p' "$checked_dir/data" |
+    openssl base64 -d -A > "$checked_dir/sig" 2>/dev/null || :
+  openssl dgst -sha256 -verify "$data_key" -signature "$checked_dir/sig" \
+      "$checked_dir/body" >/dev/null 2>&1 ||
+    die "$data: its signature does not verify with $data_key (changed after kiln signed it, or signed by another key): nothing imported"
+  data_read="$checked_dir/body"
+  log "the data file's signature verifies with $data_key"
+}
+if [ -e "$data_key" ]; then check_signed_data; fi
 # shellcheck disable=SC2034 # c..j are read by the eval below
 while read -r kind a b c d e f g h i j rest; do
   case "$kind" in
@@ -130,9 +157,10 @@ while read -r kind a b c d e f g h i j rest; do
       eval "name_$count=\$a ref_$count=\$b dref_$count=\$c id_$count=\$d sha_$count=\$e"
       eval "size_$count=\$f raw_$count=\$g comp_$count=\$h plat_$count=\$i url_$count=\$j"
       ;;
+    sig) ;;  # the data file's signature (checked above when this node holds the key)
     *) die "$data: unknown line kind: $kind" ;;
   esac
-done < "$data"
+done < "$data_read"
 [ "$format" = oci-archive+digest ] ||
   die "$data is for another importer (format ${format:-docker-archive}): render it and this program again with the same kiln"
 [ "$count" -gt 0 ] || die "$data lists no images"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kiln.lock import Lock
 from kiln.model import Config, Environment
 from kiln.project import NoLock, Project
@@ -21,6 +23,17 @@ def trusted_lock(project: Project) -> Lock:
     return lock
 
 
+def data_signer() -> Callable[[bytes], bytes] | None:
+    """Signs node data files with the team's key (KILN_SIGNING_KEY) when one is given: nodes
+    whose image holds the public key (/etc/kiln/data.pub) import only signed data."""
+    from kiln import signing
+
+    key = signing.signing_key()
+    if key is None:
+        return None
+    return lambda data: signing.sign(data, *key)
+
+
 def load_with_lock(config_path: str, env_name: str | None, dist: str | None
                    ) -> tuple[Config, Environment, Lock]:
     """images.yaml, the environment, and dist/<env>/images.lock.json (which must exist and,
@@ -29,4 +42,4 @@ def load_with_lock(config_path: str, env_name: str | None, dist: str | None
     return project.config, project.env, trusted_lock(project)
 
 
-__all__ = ["NoLock", "load_with_lock", "trusted_lock"]
+__all__ = ["NoLock", "data_signer", "load_with_lock", "trusted_lock"]

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from kiln.commands.common import trusted_lock
+from kiln.commands.common import data_signer, trusted_lock
 from kiln.errors import EXIT_OK, KilnError, UsageError
 from kiln.project import Project
 from kiln.render import PlainLocator, render
@@ -37,7 +37,7 @@ def golden_cmd(config_path: str, env_name: str | None, variables: list[str], *,
     work = Path(tempfile.mkdtemp(prefix="kiln-golden-"))
     try:
         with store_for_guest(env.store) as url:  # served until packer is done
-            render(env, lock, work, PlainLocator(url or ""),
+            render(env, lock, work, PlainLocator(url or ""), sign=data_signer(),
                    packer_dir=project.config.root / "packer")
             argv = ["packer", "build", "-force"]
             for variable in variables:

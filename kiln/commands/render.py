@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kiln.commands.common import trusted_lock
+from kiln.commands.common import data_signer, trusted_lock
 from kiln.errors import EXIT_OK, ConfigError, Problem
 from kiln.inventory import Node, load_inventory
 from kiln.lock import Lock, images_for_roles
@@ -54,7 +54,7 @@ def render_env(config: Config, env: Environment, dist: Path, inventory: str | No
     nodes = load_inventory(Path(inventory), inventory) if inventory else None
     if nodes is not None and inventory is not None:
         check_nodes_get_images(nodes, lock, inventory)
-    result = render(env, lock, dist, locator_for(env), nodes=nodes,
+    result = render(env, lock, dist, locator_for(env), nodes=nodes, sign=data_signer(),
                     packer_dir=config.root / "packer",
                     allow_credentials_in_golden_image=allow_credentials_in_golden_image)
     for warning in result.warnings:

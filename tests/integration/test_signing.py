@@ -4,14 +4,18 @@ it only while its signature verifies with lock_public_key (openssl, as anyone ca
 from __future__ import annotations
 
 import gzip
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from kiln import signing
 from kiln.cli import main
 from kiln.localengine import Daemon
+from kiln.render import PlainLocator, render
 from tests.integration.conftest import REG, scratch_context
+from tests.integration.nodes import make_node
 
 IMAGES = """version: 1
 images:
@@ -93,3 +97,54 @@ def test_a_signed_lock_is_trusted_and_a_changed_one_is_not(
         assert kiln(tmp_path, *args) == 1, args
         err = capsys.readouterr().err
         assert "signature does not verify" in err, (args, err)
+
+
+def test_a_node_holding_the_key_imports_only_signed_data(
+        tmp_path: Path, dockerd: Daemon, fresh_containerd: Daemon,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`render` with KILN_SIGNING_KEY signs each data file (a `sig` line); a node whose image
+    holds the public key checks it with openssl before it trusts any sha256 in the file."""
+    scratch_context(tmp_path / "app", "app signed")
+    key, pub = keypair(tmp_path, "team")
+    (tmp_path / "images.yaml").write_text(IMAGES.format(reg=REG, key="team.pub"))
+    monkeypatch.setenv("DOCKER_HOST", dockerd.address)
+    monkeypatch.setenv("KILN_SIGNING_KEY", str(key))
+    monkeypatch.delenv("KILN_SIGNING_PASSPHRASE_FILE", raising=False)
+    assert kiln(tmp_path, "bake", "--quiet") == 0, capsys.readouterr().err
+    (tmp_path / "node").mkdir()
+    shutil.copy(pub, tmp_path / "node/team.pub")
+    nodes = make_node(tmp_path, tmp_path / "node", fresh_containerd)
+    node = next(nodes)
+    try:
+        lock = node.lock
+        env = node.env
+        assert env is not None
+        render(env, lock, node.folder / "dist", PlainLocator(node.server.url),
+               sign=lambda data: signing.sign(data, key, None))
+        data = node.folder / "dist/it/node/images.data"
+        signed = data.read_text()
+        assert signed.splitlines()[-1].startswith("sig ")
+        holds = {"KILN_DATA_PUBLIC_KEY": str(pub)}
+
+        sha = lock.images[0].sha256  # another object's sha256 slipped in: refused, nothing in
+        data.write_text(signed.replace(sha, "0" * 64))
+        done = node.run(env=holds)
+        assert done.returncode == 1
+        assert "its signature does not verify with" in done.stderr
+        assert node.ctr.images() == {}
+        data.write_text("".join(line + "\n" for line in signed.splitlines()
+                                if not line.startswith("sig ")))
+        done = node.run(env=holds)
+        assert done.returncode == 1 and "is not signed" in done.stderr
+        data.write_text(signed + "sig AAAA\n")  # a second signature line: refused too
+        assert node.run(env=holds).returncode == 1
+
+        data.write_text(signed)
+        done = node.run(env=holds)
+        assert done.returncode == 0, done.stderr
+        assert "the data file's signature verifies" in done.stderr
+        assert lock.images[0].ref in node.ctr.images()
+        # a node without the key ignores the line (it never asked for signed data)
+        assert node.run("--check").returncode == 0
+    finally:
+        nodes.close()
