@@ -28,6 +28,7 @@ from pathlib import Path
 
 from kiln import buildinputs, copied, provenance, refs
 from kiln import lock as lockfile
+from kiln import rebind as rebind_mod
 from kiln.errors import KilnError
 from kiln.files import spool_dir
 from kiln.lock import Lock, LockedImage
@@ -60,8 +61,12 @@ class Baker:
     def __init__(self, config: Config, env: Environment, engine: Engine, store: Store,
                  reporter: Reporter, dist: Path, jobs: int = 2,
                  verify_store: bool = False, upstream: Upstream | None = None,
-                 signatures: provenance.Verifier | None = None) -> None:
+                 signatures: provenance.Verifier | None = None,
+                 rebind: frozenset[str] = frozenset(),
+                 registry_lookup: rebind_mod.RegistryLookup | None = None) -> None:
         self.config = config
+        self.rebind = rebind  # refs the user moves on purpose (bake --rebind REF)
+        self.registry_lookup = registry_lookup  # what the registry serves (None: not asked)
         self.signatures = signatures  # checks upstream signatures (kiln/signing.py)
         self.env = env
         self.engine = engine  # asked only for builds and `docker save` archives
@@ -350,16 +355,22 @@ class Baker:
         images = self.config.images_for(self.env)
         try:
             entries = self._parallel([(image.name, self._task(image)) for image in images])
+            moved = self.check_refs(entries)
             new = Lock(environment=self.env.name, registry=self.env.registry,
                        images=tuple(sorted(entries, key=lambda e: e.name)),
-                       store=self.store.facts())
+                       store=self.store.facts(),
+                       history=rebind_mod.history(self.previous, moved))
             lockfile.write(self.lock_path, new)
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: before the lock, so nothing names them
-            self._drop_created()
+        except (KeyboardInterrupt, rebind_mod.RebindRefused):  # before the lock: nothing
+            self._drop_created()                               # names what it stored
             raise
         self.store.put_bytes(lock_key(self.store.prefix, self.env.name),
                              lockfile.to_json(new).encode())
         return BakeResult(new, tuple(self.uploaded), tuple(self.reused), tuple(self.repaired))
+
+    def check_refs(self, entries: list[LockedImage]) -> list[lockfile.Rebound]:
+        return rebind_mod.check(self.previous, entries, self.rebind, self.registry_lookup,
+                                self.reporter.finish)
 
     def _drop_created(self) -> None:
         """Take away the objects this bake created (their keys were absent before): an

@@ -74,6 +74,11 @@ def _day1(commands: Any, common: argparse.ArgumentParser,
                       help="images exported and compressed at once (default: cores + 1 = "
                            "%(default)s)")
     bake.add_argument("--quiet", action="store_true", help="print errors only")
+    bake.add_argument("--rebind", action="append", default=[], metavar="REF",
+                      help="move REF to new content on purpose (a ref never moves otherwise; "
+                           "recorded in the lock's history); repeat for each")
+    bake.add_argument("--offline", action="store_true",
+                      help="do not ask the registry whether it serves new refs already")
     bake.add_argument("--json", action="store_true", help="print the lock on stdout")
     bake.add_argument("--verify-store", action="store_true",
                       help="S3: read back and hash each object the bake reuses, where the "
@@ -194,7 +199,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return bake(args.config, args.env, dist=args.dist, jobs=args.jobs, quiet=args.quiet,
                     as_json=args.json, verify_store=args.verify_store,
-                    allow_credentials_in_golden_image=args.allow_credentials_in_golden_image)
+                    allow_credentials_in_golden_image=args.allow_credentials_in_golden_image,
+                    rebind=tuple(args.rebind), offline=args.offline)
     if args.command == "render":
         from kiln.commands.render import render_cmd
 

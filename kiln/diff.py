@@ -13,7 +13,7 @@ from kiln.stores import BLOB_PREFIX, Entry, Store
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # added | removed | retagged | rebuilt | recompressed | roles
+    kind: str  # added | removed | retagged | rebuilt | recompressed | rebind | roles
     name: str
     detail: str
 
@@ -43,6 +43,11 @@ def image_changes(images: tuple[Image, ...], env: Environment, lock: Lock | None
             out.append(Change("recompressed", name, f"{old.compression} -{old.compression_level}"
                                                     f" -> {env.compression.algorithm} "
                                                     f"-{env.compression.level}"))
+        if out and out[-1].name == name and out[-1].kind in ("rebuilt", "recompressed"):
+            out.append(Change("rebind", name, f"{old.ref} is bound to "
+                                              f"{old.manifest_digest or old.image_id}: new "
+                                              "content under it is refused unless bake "
+                                              f"--rebind {old.ref}"))
         if tuple(new.roles) != tuple(old.roles):
             out.append(Change("roles", name, f"{list(old.roles)} -> {list(new.roles)}"))
     return out

@@ -77,12 +77,22 @@ class LockedImage:
 
 
 @dataclass(frozen=True)
+class Rebound:
+    """A ref moved on purpose (`bake --rebind REF`): from the old content to the new."""
+
+    ref: str
+    old: str  # manifest digest (or image ID) the ref was bound to
+    new: str
+
+
+@dataclass(frozen=True)
 class Lock:
     environment: str
     registry: str
     images: tuple[LockedImage, ...] = ()
     version: int = LOCK_VERSION
     store: dict[str, str] = field(default_factory=dict)  # non-secret store facts for render
+    history: tuple[Rebound, ...] = ()  # rebinds, oldest first (kiln/rebind.py)
 
     def image(self, name: str) -> LockedImage | None:
         return next((i for i in self.images if i.name == name), None)
@@ -93,13 +103,15 @@ def lock_path(dist: Path, env: str) -> Path:
 
 
 def to_json(lock: Lock) -> str:
-    data = {
+    data: dict[str, Any] = {
         "version": lock.version,
         "environment": lock.environment,
         "registry": lock.registry,
         "store": dict(sorted(lock.store.items())),
         "images": [_plain(asdict(i)) for i in sorted(lock.images, key=lambda i: i.name)],
     }
+    if lock.history:  # written only once a ref was moved: other locks read as before
+        data["history"] = [asdict(r) for r in lock.history]
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -128,7 +140,8 @@ def from_json(text: str, where: str = "lock") -> Lock:
         # a "bundles" list (older kilns) is not read: no node used one; object_names still
         # names their keys
         return Lock(environment=data["environment"], registry=data["registry"],
-                    images=images, store=dict(data.get("store", {})))
+                    images=images, store=dict(data.get("store", {})),
+                    history=tuple(_rebound(r, where) for r in data.get("history", [])))
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise KilnError(f"{where}: not a kiln lock file ({type(exc).__name__}: {exc})") from None
 
@@ -139,6 +152,15 @@ def _entry(item: dict[str, Any]) -> LockedImage:
         raise TypeError(f"manifest_digests is a {type(digests).__name__}, not a mapping")
     return LockedImage(**{**item, "roles": tuple(item["roles"]),
                           "manifest_digests": tuple(sorted(digests.items()))})
+
+
+def _rebound(item: dict[str, Any], where: str) -> Rebound:
+    entry = Rebound(str(item["ref"]), str(item["old"]), str(item["new"]))
+    if not (grammar.matches(grammar.REFERENCE, entry.ref) and grammar.matches(
+            grammar.DIGEST, entry.old) and grammar.matches(grammar.DIGEST, entry.new)):
+        raise KilnError(f"{where}: history entry {item!r:.200} is not what kiln writes "
+                        "(edited by hand?)")
+    return entry
 
 
 def node_digests(image: LockedImage) -> tuple[str, ...]:

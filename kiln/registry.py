@@ -24,6 +24,7 @@ from kiln import refs
 from kiln.errors import KilnError
 from kiln.manifests import is_index, platform_manifest
 
+INSPECT_TIMEOUT = 60  # seconds: a registry that does not answer is not waited for longer
 USER_ENV, PASSWORD_ENV = "KILN_REGISTRY_USERNAME", "KILN_REGISTRY_PASSWORD"
 
 
@@ -83,9 +84,11 @@ class Registry:
             argv += ["--authfile", str(self.authfile)]
         try:
             done = subprocess.run(["skopeo", *argv, f"docker://{ref}"], capture_output=True,
-                                  check=False)
+                                  check=False, timeout=INSPECT_TIMEOUT)
         except FileNotFoundError:
             raise RegistryError("skopeo is not installed (apt-get install skopeo)") from None
+        except subprocess.TimeoutExpired:
+            raise RegistryError(f"{ref}: no answer in {INSPECT_TIMEOUT}s") from None
         if done.returncode != 0:
             stderr = done.stderr.decode(errors="replace").strip()
             reason = stderr.splitlines()[-1] if stderr else "failed"

@@ -23,7 +23,7 @@ EVERY_NODE = ""  # the "role" of images without roles, and of a fleet with no ro
 
 @dataclass(frozen=True)
 class Row:
-    kind: str  # added | bumped | removed
+    kind: str  # added | bumped | rebound (the same ref, other content: bake --rebind) | removed
     name: str
     old: LockedImage | None
     new: LockedImage | Image | None  # an Image: images.yaml's, not baked yet
@@ -64,8 +64,8 @@ def rows(old: Lock | None, new: Lock | tuple[Image, ...], role: str = EVERY_NODE
                    and (new.ref, new.image_id) in held)
 
     out = [row("added", n) for n in sorted(after.keys() - before.keys())]
-    out += [row("bumped", n) for n in sorted(after.keys() & before.keys())
-            if not _same(before[n], after[n])]
+    out += [row("rebound" if before[n].ref == after[n].ref else "bumped", n)
+            for n in sorted(after.keys() & before.keys()) if not _same(before[n], after[n])]
     out += [Row("removed", n, before[n], None) for n in sorted(before.keys() - after.keys())]
     return out
 

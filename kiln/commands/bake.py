@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 
 from kiln import lint as lint_mod
 from kiln import signing
@@ -14,15 +15,30 @@ from kiln.errors import EXIT_FAILED, EXIT_OK, UsageError
 from kiln.lock import to_json
 from kiln.progress import reporter_for
 from kiln.project import Project
+from kiln.registry import Registry
 from kiln.stores import lock_key, open_store
 from kiln.upstream import SkopeoUpstream
 
 
+def served_by(registry: Registry) -> Callable[[str, str], str | None]:
+    """What the registry serves for a ref (its manifest digest), for the rebind check."""
+    def lookup(ref: str, platform: str) -> str | None:
+        served = registry.served(ref, platform)
+        return None if served is None else served.manifest_digest
+    return lookup
+
+
 def bake(config_path: str, env_name: str | None, *, dist: str | None = None, jobs: int = 2,
          quiet: bool = False, as_json: bool = False,
-         allow_credentials_in_golden_image: bool = False, verify_store: bool = False) -> int:
+         allow_credentials_in_golden_image: bool = False, verify_store: bool = False,
+         rebind: tuple[str, ...] = (), offline: bool = False) -> int:
     project = Project.load(config_path, env_name, dist)
     config, env = project.config, project.env
+    refs_here = {image.ref for image in config.images_for(env)}
+    for ref in rebind:
+        if ref not in refs_here:
+            raise UsageError(f"--rebind {ref}: not a ref of environment {env.name} in "
+                             f"{config.path}")
     check_golden_credentials(env, allow_credentials_in_golden_image)  # before any work
     if env.lock_public_key is not None and signing.signing_key() is None:
         raise UsageError(f"environment {env.name} trusts only a signed lock (lock_public_key "
@@ -37,15 +53,18 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
         return EXIT_FAILED
     reporter = reporter_for(quiet)
     store = open_store(env.store)
+    registry = Registry(env.registry, env.registry_ca)
     # The engine connects on first use: a bake of pull sources and OCI archives needs none.
     baker = Baker(config, env, DockerEngine(), store, reporter, project.dist, jobs=jobs,
                   verify_store=verify_store, upstream=SkopeoUpstream(),
-                  signatures=signing.verifies)
+                  signatures=signing.verifies, rebind=frozenset(rebind),
+                  registry_lookup=None if offline else served_by(registry))
     try:
         result = baker.run()
     finally:
         reporter.close()
         store.close()
+        registry.close()
     signed = signing.sign_file(baker.lock_path, env.lock_public_key)
     if signed is not None:
         store = open_store(env.store)

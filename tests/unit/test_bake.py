@@ -103,12 +103,13 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(project: Path, engine: FakeEngine, jobs: int = 2) -> tuple[Baker, Any]:
+def run(project: Path, engine: FakeEngine, jobs: int = 2, rebind: tuple[str, ...] = ()
+        ) -> tuple[Baker, Any]:
     cfg = config_mod.load(project / "images.yaml")
     env = cfg.environment("dev")
     assert isinstance(env.store, config_mod.DirStore)
     baker = Baker(cfg, env, engine, DirectoryStore(env.store), PlainReporter(io.StringIO()),
-                  project / "dist", jobs=jobs)
+                  project / "dist", jobs=jobs, rebind=frozenset(rebind))
     return baker, baker.run()
 
 
@@ -164,10 +165,10 @@ def test_unchanged_build_inputs_build_nothing_even_on_a_fresh_engine(project: Pa
     run(project, fresh)
     assert fresh.builds == [] and fresh.exports == []
     assert (project / "dist/dev/images.lock.json").read_bytes() == before
-    # a changed input builds that image again
+    # a changed input builds that image again (new content under the same ref: a rebind)
     (project / "ctx-a/payload").write_text("changed")
     fresh.exports.clear()
-    run(project, fresh)
+    run(project, fresh, rebind=("registry.example.com/f/a:v1",))
     assert fresh.builds == ["registry.example.com/f/a:v1"]
     assert fresh.exports == [["registry.example.com/f/a:v1"]]
 
@@ -193,13 +194,15 @@ def test_a_changed_image_or_setting_is_exported_again(project: Path) -> None:
     run(project, engine)
     (project / "ctx-a/payload").write_text("changed")
     engine.exports.clear()
-    run(project, engine)
+    run(project, engine, rebind=("registry.example.com/f/a:v1",))
     assert engine.exports == [["registry.example.com/f/a:v1"]]
     text = (project / "images.yaml").read_text().replace(
         "path: store}\n", "path: store}\n    compression: {algorithm: gzip, level: 9}\n")
     (project / "images.yaml").write_text(text)
     engine.exports.clear()
-    _, result = run(project, engine)
+    # other layer bytes: the same image ID under another manifest digest, so every ref moves
+    _, result = run(project, engine, rebind=tuple(
+        f"registry.example.com/f/{n}:v1" for n in "abc"))
     assert len(engine.exports) == 3
     assert {i.compression for i in result.lock.images} == {"gzip"}
 

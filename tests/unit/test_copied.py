@@ -16,9 +16,11 @@ import pytest
 from kiln import config as config_mod
 from kiln import lock as lockfile
 from kiln.bake import BakeError, Baker
+from kiln.lock import Rebound
 from kiln.ociarchive import describe
 from kiln.ports import UpstreamError
 from kiln.progress import PlainReporter
+from kiln.rebind import RebindRefused
 from kiln.stores.directory import DirectoryStore
 from tests.helpers import image_index, registry_image, write_layout, write_tree
 
@@ -89,12 +91,13 @@ def project(tmp_path: Path, source: str) -> Path:
     return tmp_path
 
 
-def bake(folder: Path, upstream: FakeUpstream) -> lockfile.Lock:
+def bake(folder: Path, upstream: FakeUpstream, rebind: tuple[str, ...] = ()) -> lockfile.Lock:
     cfg = config_mod.load(folder / "images.yaml")
     env = cfg.environment("dev")
     assert isinstance(env.store, config_mod.DirStore)
     baker = Baker(cfg, env, NoEngine(), DirectoryStore(env.store),  # type: ignore[arg-type]
-                  PlainReporter(io.StringIO()), folder / "dist", upstream=upstream)
+                  PlainReporter(io.StringIO()), folder / "dist", upstream=upstream,
+                  rebind=frozenset(rebind))
     return baker.run().lock
 
 
@@ -170,8 +173,20 @@ def test_an_unpinned_rebake_copies_only_when_the_tag_moved(tmp_path: Path) -> No
     (image,) = bake(folder, upstream).images
     assert upstream.calls == [("manifest", f"{UP}:v1")] and image.manifest_digest == first
     moved = upstream.push(f"{UP}:v1", *registry_image(b"two"))
-    (image,) = bake(folder, upstream).images
+    # the upstream tag moved: binding the same ref to it is refused, nothing written ...
+    lock_file = folder / "dist/dev/images.lock.json"
+    before = lock_file.read_bytes()
+    objects = sorted((folder / "store").rglob("*"))
+    with pytest.raises(RebindRefused, match=f"is bound to {first} in the lock; this bake "
+                                            f"made {moved}"):
+        bake(folder, upstream)
+    assert lock_file.read_bytes() == before
+    assert sorted((folder / "store").rglob("*")) == objects  # what it stored, taken away
+    # ... unless the user moves it on purpose: the lock remembers
+    ref = image.ref
+    (image,) = (lock := bake(folder, upstream, rebind=(ref,))).images
     assert upstream.calls[-1] == ("copy", f"{UP}@{moved}") and image.manifest_digest == moved
+    assert lock.history == (Rebound(ref, first, moved),)
 
 
 def test_an_index_gives_its_platform_manifest_and_its_own_digest(tmp_path: Path) -> None:
