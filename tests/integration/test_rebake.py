@@ -52,9 +52,15 @@ def shared_context(folder: Path) -> Path:
     return folder / "images.yaml"
 
 
-def bake(config: Path, jobs: int, capsys: pytest.CaptureFixture[str]) -> dict[str, int]:
+REF_ONE, REF_TWO = f"{REG}/foundation/one:v1", f"{REG}/foundation/two:v1"
+
+
+def bake(config: Path, jobs: int, capsys: pytest.CaptureFixture[str], *rebind: str
+         ) -> dict[str, int]:
+    """A bake; ``rebind`` names the refs it may move to new content (bake --rebind)."""
     capsys.readouterr()
-    code = main(["bake", "--env", "it", "--config", str(config), "--jobs", str(jobs)])
+    code = main(["bake", "--env", "it", "--config", str(config), "--jobs", str(jobs),
+                 *(arg for ref in rebind for arg in ("--rebind", ref))])
     err = capsys.readouterr().err
     assert code == 0, err
     summary = err.strip().splitlines()[-1]
@@ -140,7 +146,7 @@ def test_a_fresh_engine_keeps_the_lock_and_a_changed_input_rebuilds_that_image_o
     before = entries(config)
     text = config.read_text()
     config.write_text(text.replace("FLAVOUR: two", "FLAVOUR: deux"))
-    assert bake(config, 2, capsys) == {"uploaded": 1, "unchanged": 1}
+    assert bake(config, 2, capsys, REF_TWO) == {"uploaded": 1, "unchanged": 1}
     after = entries(config)
     assert after["one"] == before["one"]
     assert after["two"]["image_id"] != before["two"]["image_id"]
@@ -148,7 +154,7 @@ def test_a_fresh_engine_keeps_the_lock_and_a_changed_input_rebuilds_that_image_o
 
     # A changed context file rebuilds both (both COPY it), each to a new image ID.
     (tmp_path / "ctx/marker").write_text("edited\n")
-    assert bake(config, 2, capsys) == {"uploaded": 2, "unchanged": 0}
+    assert bake(config, 2, capsys, REF_ONE, REF_TWO) == {"uploaded": 2, "unchanged": 0}
     edited = entries(config)
     for name in ("one", "two"):
         assert edited[name]["image_id"] != after[name]["image_id"]
@@ -180,7 +186,8 @@ def test_a_rebuilt_base_image_rebuilds_what_uses_it(
     # the base under that tag is another image now: an input changed
     (tmp_path / "base/file").write_text("base two\n")
     docker_client.images.build(path=str(tmp_path / "base"), tag=base)
-    assert bake(config, 1, capsys) == {"uploaded": 1, "unchanged": 0}
+    assert bake(config, 1, capsys, f"{REG}/foundation/app:v1") == {"uploaded": 1,
+                                                                   "unchanged": 0}
     second = entries(config)["app"]
     assert second["image_id"] != first["image_id"]
     assert second["inputs"] != first["inputs"]
