@@ -97,6 +97,8 @@ def _day2(commands: Any, with_dist: argparse.ArgumentParser) -> None:
     verify.add_argument("--containerd-address", required=True,
                         help="the containerd socket, e.g. /run/containerd/containerd.sock")
     verify.add_argument("--role", help="only the images of this role")
+    verify.add_argument("--platform", help="the node's platform, os/arch[/variant] "
+                                           "(default: this machine's)")
     verify.add_argument("--json", action="store_true")
 
     push = commands.add_parser("push", parents=[with_dist],
@@ -203,7 +205,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kiln.commands.verify import verify_cmd
 
         return verify_cmd(args.config, args.env, address=args.containerd_address,
-                          role=args.role, as_json=args.json, dist=args.dist)
+                          role=args.role, as_json=args.json, dist=args.dist,
+                          platform=args.platform)
     if args.command == "push":
         from kiln.commands.day2 import push_cmd
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from kiln import platforms
 from kiln.lock import Lock, LockedImage, images_for_roles, node_roles
 from kiln.ports import (
     K8S_NAMESPACE,
@@ -27,6 +28,7 @@ MISSING = "missing"
 WRONG_ID = "wrong-image-id"
 WRONG_DIGEST = "wrong-digest"
 MISSING_DIGEST_REF = "missing-digest-ref"
+MISSING_PLATFORM = "missing-platform"  # the lock has the image for other platforms only
 NOT_PINNED = "not-pinned"
 NOT_VISIBLE = "not-visible-to-cri"
 STALE_PIN = "stale-pin"  # kiln pinned it for this environment; the lock no longer lists it
@@ -48,11 +50,17 @@ class NodeImage:
         return self.state == PRESENT
 
 
-def verify_node(lock: Lock, client: Containerd, role: str | None = None) -> list[NodeImage]:
+def verify_node(lock: Lock, client: Containerd, role: str | None = None,
+                platform: str | None = None) -> list[NodeImage]:
+    """Each image of the lock (for ``role`` and the node's ``platform``) as containerd holds it."""
     k8s = client.images(K8S_NAMESPACE)
     others: dict[str, dict[str, ContainerdImage]] | None = None
-    out = []
-    for image in images_for_roles(lock, node_roles(role)):
+    ours, lacking = platforms.for_platform(images_for_roles(lock, node_roles(role)), platform)
+    refs = {i.name: i.ref for i in lock.images}
+    out = [NodeImage(name, refs[name], MISSING_PLATFORM, "", None,
+                     f"the lock has no image for this node's platform {platform}")
+           for name in lacking]
+    for image in ours:
         found = k8s.get(image.ref)
         if found is None:
             if others is None:

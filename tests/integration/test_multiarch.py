@@ -162,6 +162,8 @@ def test_a_two_platform_index_is_baked_per_platform_and_each_node_imports_its_ow
         assert f"registry.example.com/{repo}@{arm.digest}" not in held
         assert node.status()["platform"] == AMD and node.status()["missing_platform"] == []
         assert node.run("--check").returncode == 0
+        assert kiln(node.folder, "verify", "--containerd-address",
+                    str(fresh_containerd.socket), "--json") == 0  # this machine's platform
 
         # the same node told it is linux/arm64: the arm64 object; solo has none: one line
         for name in list(held):
@@ -176,13 +178,19 @@ def test_a_two_platform_index_is_baked_per_platform_and_each_node_imports_its_ow
         assert status["ok"] is False and status["missing_platform"] == ["solo"]
         assert status["platform"] == ARM
         held = node.ctr.images()
-        for name in (f"registry.example.com/{repo}:v1", f"registry.example.com/{repo}@{arm.digest}"):
+        ours = f"registry.example.com/{repo}"
+        for name in (f"{ours}:v1", f"{ours}@{arm.digest}"):
             assert held[name].manifest_digest == arm.digest, done.stderr
             assert held[name].labels.get("io.cri-containerd.pinned") == "pinned"
         assert node.ctr.image_id(arm.digest) == arm.image_id
         assert f"registry.example.com/{repo}-solo:v1" not in held
         check = node.run("--check", env=arm_env)
         assert check.returncode == 1 and "solo: the lock has no image" in check.stderr
+        capsys.readouterr()
+        assert kiln(node.folder, "verify", "--containerd-address", str(fresh_containerd.socket),
+                    "--platform", ARM, "--json") == 1
+        states = {f["name"]: f["state"] for f in json.loads(capsys.readouterr().out)}
+        assert states == {"app": "present", "solo": "missing-platform"}
 
         # a platform the lock has nothing for: one line, containerd untouched
         done = node.run(env={"KILN_PLATFORM": "linux/s390x"})
