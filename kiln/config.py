@@ -139,8 +139,9 @@ class _Reader(EnvironmentReader):
             return None
         source_key = fields[sources[0]][0]
         return Image(
-            name=name, ref=ref, source=source, platform=platforms[0] if platforms else DEFAULT_PLATFORM,
-            platforms=platforms, roles=roles,
+            name=name, ref=ref, source=source,
+            platform=platforms[0] if platforms else DEFAULT_PLATFORM, platforms=platforms,
+            roles=roles,
             at=self.at(node), name_at=self.at(fields["name"][1]),
             ref_at=self.at(fields["ref"][1]), source_at=self.at(source_key),
         )

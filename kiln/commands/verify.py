@@ -7,7 +7,6 @@ import os
 import sys
 
 from kiln import grammar, platforms
-
 from kiln.commands.common import load_with_lock
 from kiln.containerd import CtrContainerd
 from kiln.errors import EXIT_FAILED, EXIT_OK, UsageError
