@@ -4,9 +4,19 @@ the same table in sh."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
+from typing import Protocol
 
 from kiln.lock import LockedImage
+
+
+class _Entry(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def platform(self) -> str: ...
+
 
 MACHINES = {
     "x86_64": "linux/amd64", "amd64": "linux/amd64",
@@ -38,3 +48,17 @@ def for_platform(images: Iterable[LockedImage], platform: str | None
     names = {i.name for i in ours}
     lacking = sorted({i.name for i in images if i.name not in names})
     return ours, lacking
+
+
+
+def several(*groups: Iterable[_Entry]) -> set[str]:
+    """The names that either group (the lock's entries, images.yaml's per platform) has for
+    more than one platform."""
+    return {name for group in groups
+            for name, n in Counter(e.name for e in group).items() if n > 1}
+
+
+def label(entry: _Entry, multi: set[str]) -> str:
+    """What diff and release notes call an entry: its name, with its platform
+    (``app (linux/arm64)``) when the image has several (``multi``, from several())."""
+    return f"{entry.name} ({entry.platform})" if entry.name in multi else entry.name

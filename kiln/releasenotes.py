@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import lock as lockfile
+from kiln import platforms
 from kiln.errors import UsageError
 from kiln.lock import Lock, LockedImage
 from kiln.model import Image
@@ -45,9 +46,12 @@ def _same(old: LockedImage, new: LockedImage | Image) -> bool:
 
 
 def rows(old: Lock | None, new: Lock | tuple[Image, ...]) -> list[Row]:
-    before = {i.name: i for i in (old.images if old else ())}
-    after: dict[str, LockedImage | Image] = {
-        i.name: i for i in (new.images if isinstance(new, Lock) else new)}
+    # keyed by name, with the platform where an image has several (kiln/platforms.py)
+    old_images = old.images if old else ()
+    new_images = new.images if isinstance(new, Lock) else new
+    multi = platforms.several(old_images, new_images)
+    before = {platforms.label(i, multi): i for i in old_images}
+    after: dict[str, LockedImage | Image] = {platforms.label(i, multi): i for i in new_images}
     held = {(i.ref, i.image_id) for i in before.values()}
 
     def row(kind: str, name: str) -> Row:
