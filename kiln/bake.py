@@ -41,6 +41,11 @@ from kiln.stores import Store, blob_key, lock_key
 UPLOADS_BESIDE = 2  # images that may be uploading while `jobs` others compress
 
 
+def label(image: Image) -> str:
+    """The image's name in progress lines and failures: with its platform when it has several."""
+    return image.name if len(image.platforms) <= 1 else f"{image.name} ({image.platform})"
+
+
 class BakeError(KilnError):
     """One or more images did not publish; each failure is one line."""
 
@@ -91,6 +96,7 @@ class Baker:
         self.repaired: list[str] = []
         self.created: list[str] = []  # keys this bake stored that were absent before
         self.created_lock = threading.Lock()
+        self.ref_locks: dict[str, threading.Lock] = {}  # filled before the threads start
         self.verify_store = verify_store  # S3: read back objects without a server checksum
 
     # -- one image ----------------------------------------------------------------------------
@@ -99,11 +105,11 @@ class Baker:
         """Put the image into the engine under its FQ ref; return its image ID."""
         source = image.source
         if isinstance(source, BuildSource):
-            self.reporter.step(image.name, f"building {source.context.name}")
+            self.reporter.step(label(image), f"building {source.context.name}")
             image_id = self.engine.build(source, image.ref, image.platform)
         else:
             assert isinstance(source, ArchiveSource)
-            self.reporter.step(image.name, f"loading {source.path.name}")
+            self.reporter.step(label(image), f"loading {source.path.name}")
             image_id = self.engine.load(source, image.ref)
         self.engine.tag(image_id, image.ref)
         return image_id
@@ -111,6 +117,11 @@ class Baker:
     def bake_image(self, image: Image) -> LockedImage:
         if self.copies(image):
             return self.bake_copied(image)
+        # the engine tags each platform's build with the same ref: one platform at a time
+        with self.ref_locks.setdefault(image.ref, threading.Lock()):
+            return self.bake_engine_image(image)
+
+    def bake_engine_image(self, image: Image) -> LockedImage:
         inputs = self.build_inputs(image)
         with self.cpu_slots:
             image_id = self.locked_build(image, inputs)
@@ -122,9 +133,9 @@ class Baker:
                 if kept is None:  # neither the engine nor the store has it: build again
                     image_id = self.resolve(image)
                 else:
-                    self.reporter.finish(image.name, f"unchanged {image.ref} (inputs "
+                    self.reporter.finish(label(image), f"unchanged {image.ref} (inputs "
                                                      f"unchanged; {human(kept.size)})")
-                    self.reused.append(image.name)
+                    self.reused.append(label(image))
                     return replace(kept, inputs=inputs)
             info = self.engine.inspect(image.ref)
         if info is None or info.image_id != image_id:
@@ -134,10 +145,10 @@ class Baker:
                             f"{image.platform}")
         entry = self.reusable(image, image_id)
         if entry is not None:
-            self.reporter.finish(image.name, f"unchanged {image.ref} ({human(entry.size)})")
-            self.reused.append(image.name)
+            self.reporter.finish(label(image), f"unchanged {image.ref} ({human(entry.size)})")
+            self.reused.append(label(image))
             return replace(entry, inputs=inputs)
-        published = self.publish(image.ref, image_id, image.name, info.size)
+        published = self.publish(image.ref, image_id, label(image), info.size)
         return LockedImage(
             name=image.name, ref=image.ref, image_id=image_id, platform=image.platform,
             sha256=published.sha256, size=published.size,
@@ -161,7 +172,7 @@ class Baker:
 
     def locked_build(self, image: Image, inputs: str | None) -> str | None:
         """The locked image ID when this build's inputs are the lock's: nothing to build."""
-        old = self.previous.image(image.name) if self.previous else None
+        old = self.previous.image(image.name, image.platform) if self.previous else None
         if inputs is None or old is None or old.inputs != inputs:
             return None
         return old.image_id
@@ -177,7 +188,7 @@ class Baker:
 
     def reusable(self, image: Image, image_id: str) -> LockedImage | None:
         """The previous lock's entry when nothing about the stored object would change."""
-        old = self.previous.image(image.name) if self.previous else None
+        old = self.previous.image(image.name, image.platform) if self.previous else None
         comp = self.env.compression
         if (old is None or old.ref != image.ref or old.image_id != image_id
                 or old.platform != image.platform or old.compression != comp.algorithm
@@ -246,13 +257,13 @@ class Baker:
             layout = Path(work) / "layout"
             with self.cpu_slots:
                 if isinstance(source, PullSource):
-                    self.reporter.step(image.name, f"resolving {source.ref}")
+                    self.reporter.step(label(image), f"resolving {source.ref}")
                     raw = self.upstream.manifest(copied.lookup(source.ref))
                     served = copied.served(raw, source.ref, image.platform)
                     verified = self.check_signature(image, source, served, Path(work))
                     kept = self.reusable_copy(image, served.manifest_digest)
                     if kept is None:
-                        self.reporter.step(image.name, f"copying {source.ref}")
+                        self.reporter.step(label(image), f"copying {source.ref}")
                         repository = refs.parse(source.ref).repository
                         self.upstream.copy_image(f"{repository}@{served.manifest_digest}",
                                                  layout, self.cancel)
@@ -262,8 +273,9 @@ class Baker:
                                             f"{served.manifest_digest}")
                 else:
                     assert isinstance(source, ArchiveSource)
-                    self.reporter.step(image.name, f"copying {source.path.name}")
-                    self.upstream.copy_archive(source.path, layout, self.cancel)
+                    self.reporter.step(label(image), f"copying {source.path.name}")
+                    self.upstream.copy_archive(source.path, layout, self.cancel,
+                                               image.platform)
                     served = copied.Served(copied.layout_digest(layout), None)
                     kept = self.reusable_copy(image, served.manifest_digest)
             if kept is not None:
@@ -298,7 +310,7 @@ class Baker:
         """The lock's entry when the pull source is pinned by a digest the lock holds (as the
         index or the manifest digest) and the object is intact: no registry is asked."""
         source = image.source
-        old = self.previous.image(image.name) if self.previous else None
+        old = self.previous.image(image.name, image.platform) if self.previous else None
         pinned = refs.parse(source.ref).digest if isinstance(source, PullSource) else None
         policy = (provenance.policy_for(source, self.env.verify)
                   if isinstance(source, PullSource) else None)
@@ -313,15 +325,15 @@ class Baker:
 
     def reusable_copy(self, image: Image, manifest_digest: str) -> LockedImage | None:
         """The lock's entry when it holds this very manifest under the same ref, intact."""
-        old = self.previous.image(image.name) if self.previous else None
+        old = self.previous.image(image.name, image.platform) if self.previous else None
         if (old is None or old.source != image.source.kind or old.ref != image.ref
                 or old.platform != image.platform or old.manifest_digest != manifest_digest):
             return None
         return old if self.intact(old.key, old.sha256, old.size) else None
 
     def unchanged(self, image: Image, kept: LockedImage, why: str) -> LockedImage:
-        self.reporter.finish(image.name, f"unchanged {image.ref} ({why}; {human(kept.size)})")
-        self.reused.append(image.name)
+        self.reporter.finish(label(image), f"unchanged {image.ref} ({why}; {human(kept.size)})")
+        self.reused.append(label(image))
         source = image.source
         return replace(kept, roles=image.roles,
                        upstream=source.ref if isinstance(source, PullSource) else None)
@@ -330,12 +342,12 @@ class Baker:
         size_hint = sum(p.stat().st_size for p in layout.rglob("*") if p.is_file())
 
         def progress(done: int) -> None:
-            self.reporter.progress(image.name, done, size_hint)
+            self.reporter.progress(label(image), done, size_hint)
 
-        self.reporter.step(image.name, "storing")
+        self.reporter.step(label(image), "storing")
         published, found = publish_copy(layout, image.ref, image.platform, self.store,
                                         size_hint, progress, self.cancel)
-        self.record(image.name, published)
+        self.record(label(image), published)
         source = image.source
         return LockedImage(
             name=image.name, ref=image.ref, image_id=found.image_id, platform=image.platform,
@@ -352,12 +364,14 @@ class Baker:
 
     def run(self) -> BakeResult:
         self.store.check()
-        images = self.config.images_for(self.env)
+        images = self.config.per_platform(self.env)
+        for image in images:
+            self.ref_locks.setdefault(image.ref, threading.Lock())
         try:
-            entries = self._parallel([(image.name, self._task(image)) for image in images])
+            entries = self._parallel([(label(image), self._task(image)) for image in images])
             moved = self.check_refs(entries)
             new = Lock(environment=self.env.name, registry=self.env.registry,
-                       images=tuple(sorted(entries, key=lambda e: e.name)),
+                       images=tuple(sorted(entries, key=lockfile.entry_key)),
                        store=self.store.facts(),
                        history=rebind_mod.history(self.previous, moved))
             lockfile.write(self.lock_path, new)

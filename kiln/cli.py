@@ -104,6 +104,8 @@ def _day2(commands: Any, with_dist: argparse.ArgumentParser) -> None:
     verify.add_argument("--role", action="append", default=[], dest="roles",
                         help="a role of this node (repeat for each): only the images of its "
                              "roles; a name kiln pinned for another role counts as stale")
+    verify.add_argument("--platform", help="the node's platform, os/arch[/variant] "
+                                           "(default: this machine's)")
     verify.add_argument("--json", action="store_true")
 
     push = commands.add_parser("push", parents=[with_dist],
@@ -211,7 +213,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kiln.commands.verify import verify_cmd
 
         return verify_cmd(args.config, args.env, address=args.containerd_address,
-                          roles=args.roles, as_json=args.json, dist=args.dist)
+                          roles=args.roles, as_json=args.json, dist=args.dist,
+                          platform=args.platform)
     if args.command == "push":
         from kiln.commands.day2 import push_cmd
 

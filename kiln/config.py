@@ -110,7 +110,8 @@ class _Reader(EnvironmentReader):
     def image(self, node: yaml.Node, registries: list[str]) -> Image | None:
         fields = self.mapping(
             node, "image",
-            ("name", "ref", "build", "pull", "archive", "platform", "roles", "verify"),
+            ("name", "ref", "build", "pull", "archive", "platform", "platforms", "roles",
+             "verify"),
             ("name", "ref"),
         )
         if fields is None:
@@ -132,14 +133,7 @@ class _Reader(EnvironmentReader):
                        + (f" (found {', '.join(sources)})" if sources else ""))
         else:
             source = self.source(sources[0], fields[sources[0]][1])
-        platform = DEFAULT_PLATFORM
-        if "platform" in fields:
-            value = self.string(fields["platform"][1], "platform")
-            if value is not None and not grammar.PLATFORM.fullmatch(value):
-                self.error(fields["platform"][1],
-                           f"platform must look like os/arch[/variant], not {value!r}")
-            elif value is not None:
-                platform = value
+        platforms = self.image_platforms(fields)
         roles: tuple[str, ...] = ()
         if "roles" in fields:
             roles = self.roles(fields["roles"][1])
@@ -153,10 +147,34 @@ class _Reader(EnvironmentReader):
             return None
         source_key = fields[sources[0]][0]
         return Image(
-            name=name, ref=ref, source=source, platform=platform, roles=roles,
+            name=name, ref=ref, source=source,
+            platform=platforms[0] if platforms else DEFAULT_PLATFORM, platforms=platforms,
+            roles=roles,
             at=self.at(node), name_at=self.at(fields["name"][1]),
             ref_at=self.at(fields["ref"][1]), source_at=self.at(source_key),
         )
+
+    def image_platforms(self, fields: dict[str, tuple[yaml.Node, yaml.Node]]
+                        ) -> tuple[str, ...]:
+        """The image's ``platforms`` (or its one ``platform``); empty: the environment's."""
+        if "platform" in fields and "platforms" in fields:
+            self.error(fields["platform"][0], "give platforms or platform, not both (platforms: "
+                                              "[linux/amd64, linux/arm64] says several)")
+            return ()
+        if "platforms" in fields:
+            return self.platforms(fields["platforms"][1]) or ()
+        if "platform" in fields:
+            node = fields["platform"][1]
+            if isinstance(node, yaml.SequenceNode):
+                self.error(node, "platform names one os/arch[/variant]; for several write "
+                                 "platforms: [linux/amd64, linux/arm64]")
+                return ()
+            value = self.string(node, "platform")
+            if value is not None and not grammar.PLATFORM.fullmatch(value):
+                self.error(node, f"platform must look like os/arch[/variant], not {value!r}")
+                return ()
+            return () if value is None else (value,)
+        return ()
 
     def image_ref(self, node: yaml.Node, registries: list[str]) -> str | None:
         ref = self.string(node, "ref")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln import lock as lockfile
+from kiln import platforms
 from kiln.lock import Lock
 from kiln.model import Environment, Image, PullSource
 from kiln.stores import BLOB_PREFIX, Entry, Store
@@ -20,8 +21,11 @@ class Change:
 
 def image_changes(images: tuple[Image, ...], env: Environment, lock: Lock | None
                   ) -> list[Change]:
-    locked = {i.name: i for i in lock.images} if lock else {}
-    wanted = {i.name: i for i in images}
+    # keyed by name, with the platform where an image has several (kiln/platforms.py)
+    old_images = lock.images if lock else ()
+    multi = platforms.several(old_images, images)
+    locked = {platforms.label(i, multi): i for i in old_images}
+    wanted = {platforms.label(i, multi): i for i in images}
     out: list[Change] = []
     for name in sorted(wanted.keys() - locked.keys()):
         out.append(Change("added", name, wanted[name].ref))

@@ -14,6 +14,7 @@ from kiln import grammar
 from kiln.model import (
     DEFAULT_GZIP_LEVEL,
     DEFAULT_MUTABLE_TAGS,
+    DEFAULT_PLATFORM,
     DEFAULT_ZSTD_LEVEL,
     LEVELS,
     MAX_PRESIGN_SECONDS,
@@ -93,7 +94,7 @@ class EnvironmentReader(NodeReader):
         fields = self.mapping(
             node, what,
             ("registry", "store", "node", "packer", "charts", "compression", "lint", "cloud_init",
-             "registry_ca", "lock_public_key", "verify"),
+             "registry_ca", "lock_public_key", "verify", "platforms"),
             ("registry", "store"),
         )
         if fields is None:
@@ -123,13 +124,16 @@ class EnvironmentReader(NodeReader):
         lint = self.lint_settings(fields["lint"][1]) if "lint" in fields else LintSettings()
         snippets = (self.cloud_init(fields["cloud_init"][1]) if "cloud_init" in fields
                     else CloudInitSnippets())
-        if registry is None or store is None or node_settings is None or compression is None:
+        platforms = (self.platforms(fields["platforms"][1]) if "platforms" in fields
+                     else (DEFAULT_PLATFORM,))
+        if (registry is None or store is None or node_settings is None or compression is None
+                or platforms is None):
             return None
         return Environment(
             name=name, registry=registry, store=store, node=node_settings,
             compression=compression, packer_sources=packer, charts=charts,
             lint=lint, at=self.at(key), registry_at=self.at(fields["registry"][1]),
-            cloud_init=snippets, releases=releases,
+            cloud_init=snippets, releases=releases, platforms=platforms,
             registry_ca=(self.input_file(fields["registry_ca"][1], "registry_ca")
                          if "registry_ca" in fields else None),
             lock_public_key=(self.public_key(fields["lock_public_key"][1], "lock_public_key")

@@ -24,6 +24,7 @@ class Node:
     roles: tuple[str, ...]  # empty: every image
     line: int = field(default=0, compare=False)  # where the inventory names it
     column: int = field(default=0, compare=False)
+    platform: str | None = None  # its data lists only this platform's images (None: all)
 
 
 class _InventoryReader(NodeReader):
@@ -45,7 +46,7 @@ class _InventoryReader(NodeReader):
         if not isinstance(item, yaml.MappingNode):
             self.error(item, "each node must be a mapping with hostname and roles")
             return None
-        fields = self.mapping(item, "node", ("hostname", "roles"), unknown="")
+        fields = self.mapping(item, "node", ("hostname", "roles", "platform"), unknown="")
         if fields is None:
             return None
         if "hostname" not in fields:
@@ -61,8 +62,14 @@ class _InventoryReader(NodeReader):
             roles = tuple(sorted(set(self.roles(rnode))))
             if len(self.problems) > count:
                 return None
+        platform = None
+        if "platform" in fields:
+            platform = self.checked(fields["platform"][1], "platform", grammar.PLATFORM,
+                                    "os/arch[/variant]")
+            if platform is None:
+                return None
         line, column = position(item)
-        return Node(hostname, roles, line, column)
+        return Node(hostname, roles, line, column, platform)
 
     def hostname(self, hnode: yaml.Node, seen: dict[str, int]) -> str | None:
         hostname = self.string(hnode, "hostname")

@@ -17,11 +17,13 @@ from kiln import grammar, refs
 from kiln.errors import KilnError
 from kiln.files import write_atomic
 
+# 4: one entry per image and platform (`name` + `platform` unique), each with its own object,
+# image ID and manifest digest; the entries of one pulled image share its `index_digest`.
 # 3: each image records its manifest digest per platform (what containerd records, and the
 # `repo@sha256:` name nodes hold) and the upstream's index digest where there is one.
 # 2: objects are OCI archives with compressed layers, no digests recorded (re-stored by bake).
 # 1: compressed `docker save` archives.
-LOCK_VERSION = 3
+LOCK_VERSION = 4
 AS_SERVED = 0  # compression_level of layers copied as served: not kiln's, never recompressed
 
 
@@ -46,8 +48,8 @@ class LockedImage:
     upstream: str | None = None  # pull: the upstream ref (with digest); archive: its sha256
     inputs: str | None = None  # build: digest of its inputs (kiln/buildinputs.py); else absent
     # platform -> the digest of the manifest the stored object holds for it: the upstream's for
-    # a pull source (copied as served), kiln's for what it built or converted. One platform
-    # per image today; the mapping is there for images of several platforms.
+    # a pull source (copied as served), kiln's for what it built or converted. An image of
+    # several platforms has one entry (and one object) per platform: each maps its own.
     manifest_digests: tuple[tuple[str, str], ...] = ()
     index_digest: str | None = None  # pull: the upstream index the manifest was picked from
     # pull with `verify: {key}`: the key that signed it (sha256 of its DER), the signature
@@ -94,8 +96,14 @@ class Lock:
     store: dict[str, str] = field(default_factory=dict)  # non-secret store facts for render
     history: tuple[Rebound, ...] = ()  # rebinds, oldest first (kiln/rebind.py)
 
-    def image(self, name: str) -> LockedImage | None:
-        return next((i for i in self.images if i.name == name), None)
+    def image(self, name: str, platform: str | None = None) -> LockedImage | None:
+        """The entry of image ``name`` for ``platform`` (None: its first platform's)."""
+        return next((i for i in self.images if i.name == name
+                     and (platform is None or i.platform == platform)), None)
+
+    def platforms(self, name: str) -> tuple[str, ...]:
+        """The platforms the lock holds image ``name`` for."""
+        return tuple(i.platform for i in self.images if i.name == name)
 
 
 def lock_path(dist: Path, env: str) -> Path:
@@ -108,11 +116,16 @@ def to_json(lock: Lock) -> str:
         "environment": lock.environment,
         "registry": lock.registry,
         "store": dict(sorted(lock.store.items())),
-        "images": [_plain(asdict(i)) for i in sorted(lock.images, key=lambda i: i.name)],
+        "images": [_plain(asdict(i)) for i in sorted(lock.images, key=entry_key)],
     }
     if lock.history:  # written only once a ref was moved: other locks read as before
         data["history"] = [asdict(r) for r in lock.history]
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def entry_key(image: LockedImage) -> tuple[str, str]:
+    """The order of the lock's entries, and what is unique in it: name, then platform."""
+    return image.name, image.platform
 
 
 def _plain(entry: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +150,12 @@ def from_json(text: str, where: str = "lock") -> Lock:
         if data.get("version") != LOCK_VERSION:
             raise KilnError(f"{where}: unsupported lock version {data.get('version')!r}")
         images = tuple(_checked(_entry(i), where) for i in data["images"])
+        seen: set[tuple[str, str]] = set()
+        for image in images:
+            if entry_key(image) in seen:
+                raise KilnError(f"{where}: image {image.name!r} is listed twice for "
+                                f"{image.platform} (edited by hand?)")
+            seen.add(entry_key(image))
         # a "bundles" list (older kilns) is not read: no node used one; object_names still
         # names their keys
         return Lock(environment=data["environment"], registry=data["registry"],
@@ -165,9 +184,8 @@ def _rebound(item: dict[str, Any], where: str) -> Rebound:
 
 def node_digests(image: LockedImage) -> tuple[str, ...]:
     """The digests a chart may pin for ``image`` (``ref@sha256:…`` or ``repo@sha256:…``): a
-    node holds ``repo@sha256:<d>`` for each, so kubelet finds it in the cache. Today the
-    manifest digest of the image's platform; an upstream index digest joins when nodes hold
-    the index (issue 13, section 3)."""
+    node holds ``repo@sha256:<d>`` for each, so kubelet finds it in the cache: the manifest
+    digest of the entry's platform (nodes do not hold the upstream index: README, Multi-arch)."""
     digest = image.manifest_digest
     return () if digest is None else (digest,)
 

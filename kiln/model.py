@@ -99,12 +99,14 @@ class Image:
     name: str
     ref: str
     source: Source
-    platform: str
+    platform: str  # the platform one bake of it makes: images_for/per_platform set it
     roles: tuple[str, ...]  # empty: every role
     at: Location  # the list item
     name_at: Location
     ref_at: Location
     source_at: Location
+    # `platforms:` as written (empty: the environment's); Config.images_for resolves it
+    platforms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class Environment:
     lock_public_key: Path | None = None
     verify: Verify | None = None  # of pull sources that name none themselves
     releases: tuple[ChartRelease, ...] = ()  # charts linted by their effective values
+    platforms: tuple[str, ...] = (DEFAULT_PLATFORM,)  # of every image that names none
 
 
 @dataclass(frozen=True)
@@ -221,11 +224,20 @@ class Config:
             ) from None
 
     def images_for(self, env: Environment) -> tuple[Image, ...]:
-        """The images with ``${registry}`` replaced by the environment's registry."""
-        return tuple(
-            replace(image, ref=image.ref.replace(REGISTRY_PLACEHOLDER, env.registry))
-            for image in self.images
-        )
+        """The images with ``${registry}`` replaced by the environment's registry, and their
+        platforms resolved (``platform`` is the first of them)."""
+        out = []
+        for image in self.images:
+            platforms = image.platforms or env.platforms
+            out.append(replace(image, ref=image.ref.replace(REGISTRY_PLACEHOLDER, env.registry),
+                               platform=platforms[0], platforms=platforms))
+        return tuple(out)
+
+    def per_platform(self, env: Environment) -> tuple[Image, ...]:
+        """One entry per image and platform (``platform`` set to each): what bake makes and
+        the lock records, sorted by name and platform."""
+        return tuple(replace(image, platform=platform)
+                     for image in self.images_for(env) for platform in image.platforms)
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:

@@ -71,9 +71,10 @@ class Upstream(Protocol):
         the copy (Cancelled)."""
         ...
 
-    def copy_archive(self, archive: Path, layout: Path,
-                     cancel: threading.Event | None = None) -> None:
-        """The one image of the OCI archive ``archive`` into ``layout``, byte for byte."""
+    def copy_archive(self, archive: Path, layout: Path, cancel: threading.Event | None = None,
+                     platform: str | None = None) -> None:
+        """The image of the OCI archive ``archive`` into ``layout``, byte for byte; of an
+        archive holding an index, its ``platform`` image."""
         ...
 
     def copy_signature(self, repository: str, tag: str, layout: Path,

@@ -29,14 +29,14 @@ def identity(image: LockedImage) -> str:
 
 def rebinds(previous: Lock | None, entries: Iterable[LockedImage]) -> list[Rebound]:
     """The refs ``entries`` bind to other content than ``previous`` does."""
-    before = {i.ref: i for i in previous.images} if previous else {}
+    before = {(i.ref, i.platform): i for i in previous.images} if previous else {}
     found = []
-    for entry in entries:
-        old = before.get(entry.ref)
+    for entry in entries:  # one entry per platform: each platform's manifest is bound
+        old = before.get((entry.ref, entry.platform))
         if old is not None and (old.image_id != entry.image_id
                                 or old.manifest_digest != entry.manifest_digest):
             found.append(Rebound(entry.ref, identity(old), identity(entry)))
-    return sorted(found, key=lambda r: r.ref)
+    return sorted(found, key=lambda r: (r.ref, r.old))
 
 
 def served_elsewhere(previous: Lock | None, entries: Iterable[LockedImage],
@@ -44,10 +44,10 @@ def served_elsewhere(previous: Lock | None, entries: Iterable[LockedImage],
     """Refs new to the lock that the registry already serves with other content (a lock lost,
     or an image pushed by hand): binding them here would move them there on the next push.
     ``lookup`` raises KilnError when the registry cannot be asked."""
-    known = {i.ref for i in previous.images} if previous else set()
+    known = {(i.ref, i.platform) for i in previous.images} if previous else set()
     found = []
     for entry in entries:
-        if entry.ref in known:
+        if (entry.ref, entry.platform) in known:
             continue
         served = lookup(entry.ref, entry.platform)
         if served is not None and served != entry.manifest_digest:

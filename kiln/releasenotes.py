@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import lock as lockfile
+from kiln import platforms
 from kiln.errors import UsageError
 from kiln.lock import Lock, LockedImage
 from kiln.model import Image
@@ -52,10 +53,13 @@ def _gets(image: LockedImage | Image, role: str) -> bool:
 def rows(old: Lock | None, new: Lock | tuple[Image, ...], role: str = EVERY_NODE) -> list[Row]:
     """What changes on a node of ``role``: an image moved to or from the role is added or
     removed there; an image a node of the role already holds (same ref and image ID, e.g. a
-    rename) costs it nothing."""
-    before = {i.name: i for i in (old.images if old else ()) if _gets(i, role)}
-    after: dict[str, LockedImage | Image] = {
-        i.name: i for i in (new.images if isinstance(new, Lock) else new) if _gets(i, role)}
+    rename) costs it nothing. Keyed by name, with the platform where an image has several
+    (kiln/platforms.py)."""
+    old_images = [i for i in (old.images if old else ()) if _gets(i, role)]
+    new_images = [i for i in (new.images if isinstance(new, Lock) else new) if _gets(i, role)]
+    multi = platforms.several(old_images, new_images)
+    before = {platforms.label(i, multi): i for i in old_images}
+    after: dict[str, LockedImage | Image] = {platforms.label(i, multi): i for i in new_images}
     held = {(i.ref, i.image_id) for i in before.values()}
 
     def row(kind: str, name: str) -> Row:

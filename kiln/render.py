@@ -23,7 +23,7 @@ from typing import Any
 
 import jinja2
 
-from kiln import cloudconfig, grammar, pem
+from kiln import cloudconfig, grammar, pem, platforms
 from kiln import lock as lockfile
 from kiln.files import write_atomic
 from kiln.inventory import Node
@@ -372,15 +372,20 @@ def render_nodes(renderer: Renderer, folder: Path, nodes: list[Node], out: Rende
     staging = folder.with_name(folder.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    cache: dict[tuple[str, ...], bytes] = {}
+    cache: dict[tuple[tuple[str, ...], str | None], bytes] = {}
     try:
         for node in nodes:
-            if node.roles not in cache:
-                images = images_for_roles(renderer.lock, node.roles or None)
-                cache[node.roles], _ = renderer.user_data_bytes(images, node.roles or None)
+            kind = (node.roles, node.platform)
+            if kind not in cache:
+                images, lacking = platforms.for_platform(
+                    images_for_roles(renderer.lock, node.roles or None), node.platform)
+                if lacking:
+                    raise RenderError(f"node {node.hostname} (line {node.line}): the lock has "
+                                      f"no {node.platform} image of {', '.join(lacking)}")
+                cache[kind], _ = renderer.user_data_bytes(images, node.roles or None)
             target = staging / node.hostname
             target.mkdir()
-            _write_seed(target / "user-data", cache[node.roles], renderer.locator.private, out)
+            _write_seed(target / "user-data", cache[kind], renderer.locator.private, out)
             if not grammar.hostname_ok(node.hostname):
                 raise RenderError(f"node host name {node.hostname!r} is not an RFC 1123 name")
             meta = renderer.meta_data(node.hostname)

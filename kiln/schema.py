@@ -218,6 +218,21 @@ class NodeReader:
         values = (self.checked(item, what, pattern, shape) for item in node.value)
         return [v for v in values if v is not None]
 
+    def platforms(self, node: yaml.Node) -> tuple[str, ...] | None:
+        """A ``platforms:`` list: each ``os/arch[/variant]``, none twice, at least one."""
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.error(node, "platforms must be a list of os/arch[/variant], e.g. "
+                             "[linux/amd64, linux/arm64]")
+            return None
+        out: list[str] = []
+        for item in node.value:
+            value = self.checked(item, "platform", grammar.PLATFORM, "os/arch[/variant]")
+            if value is not None and value in out:
+                self.error(item, f"platform {value!r} is listed twice")
+            elif value is not None:
+                out.append(value)
+        return tuple(out) if len(out) == len(node.value) else None
+
     def roles(self, node: yaml.Node, what: str = "role") -> tuple[str, ...]:
         return tuple(self.matching(node, what, grammar.ROLE, grammar.ROLE.pattern))
 

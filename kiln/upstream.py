@@ -67,10 +67,16 @@ class SkopeoUpstream:
         self._run(["copy", "--quiet", "--preserve-digests", "--retry-times", RETRIES,
                    f"docker://{ref}", f"oci:{layout}:image"], f"copy of {ref} failed", cancel)
 
-    def copy_archive(self, archive: Path, layout: Path,
-                     cancel: threading.Event | None = None) -> None:
-        self._run(["copy", "--quiet", "--preserve-digests", f"oci-archive:{archive}",
-                   f"oci:{layout}:image"], f"copy of the OCI archive {archive} failed", cancel)
+    def copy_archive(self, archive: Path, layout: Path, cancel: threading.Event | None = None,
+                     platform: str | None = None) -> None:
+        # of an index, skopeo copies the image of the platform it is told (default: its own)
+        chosen = (platform or "").split("/")
+        overrides = [*(["--override-os", chosen[0], "--override-arch", chosen[1]]
+                       if len(chosen) > 1 else []),
+                     *(["--override-variant", chosen[2]] if len(chosen) > 2 else [])]
+        self._run([*overrides, "copy", "--quiet", "--preserve-digests",
+                   f"oci-archive:{archive}", f"oci:{layout}:image"],
+                  f"copy of the OCI archive {archive} failed", cancel)
 
     def copy_signature(self, repository: str, tag: str, layout: Path,
                        cancel: threading.Event | None = None) -> bool:

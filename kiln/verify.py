@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from kiln import platforms
 from kiln.lock import Lock, LockedImage, images_for_roles
 from kiln.ports import (
     K8S_NAMESPACE,
@@ -28,6 +29,7 @@ MISSING = "missing"
 WRONG_ID = "wrong-image-id"
 WRONG_DIGEST = "wrong-digest"
 MISSING_DIGEST_REF = "missing-digest-ref"
+MISSING_PLATFORM = "missing-platform"  # the lock has the image for other platforms only
 NOT_PINNED = "not-pinned"
 NOT_VISIBLE = "not-visible-to-cri"
 STALE_PIN = "stale-pin"  # kiln pinned it for this environment; the lock no longer lists it
@@ -49,14 +51,20 @@ class NodeImage:
         return self.state == PRESENT
 
 
-def verify_node(lock: Lock, client: Containerd, roles: Sequence[str] = ()) -> list[NodeImage]:
-    """Each image a node of ``roles`` gets (every role's: none given) as containerd holds it,
-    then the stale pins: names kiln pinned for this environment that such a node no longer
-    gets (the node's roles are all of them: a name of a role not given counts as stale)."""
+def verify_node(lock: Lock, client: Containerd, roles: Sequence[str] = (),
+                platform: str | None = None) -> list[NodeImage]:
+    """Each image a node of ``roles`` (every role's: none given) and ``platform`` gets, as
+    containerd holds it, then the stale pins: names kiln pinned for this environment that
+    such a node no longer gets (the node's roles are all of them: a name of a role not given
+    counts as stale)."""
     k8s = client.images(K8S_NAMESPACE)
     others: dict[str, dict[str, ContainerdImage]] | None = None
-    out = []
-    for image in images_for_roles(lock, roles or None):
+    ours, lacking = platforms.for_platform(images_for_roles(lock, roles or None), platform)
+    refs = {i.name: i.ref for i in lock.images}
+    out = [NodeImage(name, refs[name], MISSING_PLATFORM, "", None,
+                     f"the lock has no image for this node's platform {platform}")
+           for name in lacking]
+    for image in ours:
         found = k8s.get(image.ref)
         if found is None:
             if others is None:

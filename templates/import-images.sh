@@ -18,7 +18,8 @@
 # (systemd's unit passes it): a run after N failures first waits 0..min(retry_max_delay,
 # 10 s * 2^(N-1)). Environment: CONTAINERD_ADDRESS, TMPDIR (downloads), KILN_DATA,
 # KILN_STATUS_FILE, KILN_RETRIES (download attempts), KILN_IMPORTS (imports at once, default 2),
-# KILN_CURL_OPTS (extra curl options, e.g. --limit-rate 100M).
+# KILN_CURL_OPTS (extra curl options, e.g. --limit-rate 100M), KILN_PLATFORM (os/arch[/variant]:
+# import that platform's images instead of the one `uname -m` names).
 set -eu
 
 PROG=kiln-import
@@ -52,7 +53,7 @@ while [ $# -gt 0 ]; do
     --data) [ $# -ge 2 ] || die "--data needs a file"; data="$2"; shift ;;
     --status) [ $# -ge 2 ] || die "--status needs a file"; status_file="$2"; shift ;;
     --retry-state) [ $# -ge 2 ] || die "--retry-state needs a file"; retry_state="$2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
   shift
@@ -106,6 +107,38 @@ lock_id=""
 count=0
 released="" stale_pins=""  # names whose pin this run released; stale pins --check found
 
+# -- the node's platform: only its images are imported -------------------------------------------
+machine_platform() {
+  case "$(uname -m)" in
+    x86_64|amd64) echo linux/amd64 ;;
+    aarch64|arm64) echo linux/arm64 ;;
+    armv7l|armv7*) echo linux/arm/v7 ;;
+    armv6l) echo linux/arm/v6 ;;
+    ppc64le) echo linux/ppc64le ;;
+    s390x) echo linux/s390x ;;
+    riscv64) echo linux/riscv64 ;;
+    i386|i686) echo linux/386 ;;
+  esac
+}
+platform="${KILN_PLATFORM:-}"
+if [ -n "$platform" ]; then
+  # the whole string: os/arch[/variant], lower case (a newline fails the case already)
+  case "$platform" in
+    *[!a-z0-9/_]*) die "KILN_PLATFORM must be os/arch[/variant], not '$platform'" ;;
+  esac
+  if [ "${#platform}" -gt 64 ] ||
+      ! printf '%s\n' "$platform" | grep -Eqx '[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?'; then
+    die "KILN_PLATFORM must be os/arch[/variant], not '$platform'"
+  fi
+else
+  platform=$(machine_platform)
+  [ -n "$platform" ] || die "no platform known for machine $(uname -m): set KILN_PLATFORM=os/arch[/variant]"
+fi
+# Is the data file's platform $1 this node's? (linux/arm serves linux/arm/v7 too)
+ours() { [ "$1" = "$platform" ] || [ "${platform#"$1"/}" != "$platform" ]; }
+others=""  # NAME=PLATFORM of the lines for other platforms
+ours_names=" "
+
 [ -r "$data" ] || die "cannot read the data file $data (render it with: python bake.py render)"
 data_read=$data  # what is parsed: the data file, or its checked copy
 
@@ -152,6 +185,8 @@ while read -r kind a b c d e f g h i j rest; do
       esac ;;
     image)
       if [ -z "$j" ] || [ -n "$rest" ]; then die "$data: malformed image line for ${a:-?}"; fi
+      if ! ours "$i"; then others="$others $a=$i"; continue; fi
+      ours_names="$ours_names$a "
       count=$((count + 1))
       # eval assigns from the variables named on the right: values are never re-parsed.
       eval "name_$count=\$a ref_$count=\$b dref_$count=\$c id_$count=\$d sha_$count=\$e"
@@ -163,7 +198,23 @@ while read -r kind a b c d e f g h i j rest; do
 done < "$data_read"
 [ "$format" = oci-archive+digest ] ||
   die "$data is for another importer (format ${format:-docker-archive}): render it and this program again with the same kiln"
-[ "$count" -gt 0 ] || die "$data lists no images"
+# The images the lock has for other platforms only: each is missing here, named in one line.
+lacking=""
+for entry in $others; do
+  case "$ours_names$lacking " in *" ${entry%%=*} "*) continue ;; esac
+  lacking="${lacking:+$lacking }${entry%%=*}"
+done
+platforms_of() {  # the platforms the data file lists image $1 for, comma-separated
+  po_out=""
+  for po_e in $others; do
+    if [ "${po_e%%=*}" = "$1" ]; then po_out="${po_out:+$po_out,}${po_e#*=}"; fi
+  done
+  printf '%s' "$po_out"
+}
+for name in $lacking; do
+  log "$name: the lock has no image for this node's platform $platform (only $(platforms_of "$name"))"
+done
+if [ "$count" -eq 0 ] && [ -z "$lacking" ]; then die "$data lists no images"; fi
 case "$ca_bundle" in
   ''|/*) ;;
   *) ca_bundle="$(cd "$(dirname "$data")" && pwd)/$ca_bundle" ;;  # beside the data file
@@ -322,6 +373,9 @@ write_status() {
     json_list released $released
     # shellcheck disable=SC2086
     json_list stale_pins $stale_pins
+    # shellcheck disable=SC2086
+    json_list missing_platform $lacking
+    printf ', "platform": "%s"' "$(json_escape "$platform")"
     printf '}\n'
   } > "$tmp" 2>/dev/null || { rm -f "$tmp"; log "warning: cannot write $status_file"; return 0; }
   mv -f "$tmp" "$status_file"
@@ -333,6 +387,11 @@ if [ -z "$status_file" ]; then
   else
     status_file="${TMPDIR:-/tmp}/kiln-import-status.json"
   fi
+fi
+
+if [ "$count" -eq 0 ]; then  # nothing at all for this platform: say so, touch nothing
+  write_status "$([ "$check_only" = 1 ] && echo check || echo import)" false
+  die "the lock has no image for this node's platform $platform (bake with platforms: [..., $platform])"
 fi
 
 # -- containerd ---------------------------------------------------------------------------------
@@ -350,7 +409,9 @@ done
 # -- what is already there ----------------------------------------------------------------------
 listed=$(n=1; while [ "$n" -le "$count" ]; do get ref "$n"; echo; get dref "$n"; echo
          n=$((n + 1)); done)
-missing=0
+# shellcheck disable=SC2086 # one name a word
+lacking_n=$(set -- $lacking; echo $#)
+missing=$lacking_n
 need_list=""
 n=1
 while [ "$n" -le "$count" ]; do
@@ -395,13 +456,17 @@ if [ "$check_only" = 1 ]; then
   fi
   write_status check false
   if [ "$stale" -gt 0 ]; then
-    log "$missing of $count images not as the lock says; $stale stale pins"
+    log "$missing of $((count + lacking_n)) images not as the lock says; $stale stale pins"
   else
-    log "$missing of $count images not as the lock says"
+    log "$missing of $((count + lacking_n)) images not as the lock says"
   fi
   exit 1
 fi
 
+if [ -z "$need_list" ] && [ -n "$lacking" ]; then
+  write_status import false
+  die "$missing image(s) have no image for this node's platform $platform: $lacking"
+fi
 if [ -z "$need_list" ]; then
   release_stale
   write_status import true
@@ -652,6 +717,6 @@ else
   write_status import false
   reason=""
   if [ "$budget_spent" = 1 ]; then reason=": the import budget of ${import_budget}s (node.import_budget) is spent"; fi
-  log "error: $missing of $count images missing$reason${retry_state:+; systemd runs the import again}"
+  log "error: $missing of $((count + lacking_n)) images missing$reason${retry_state:+; systemd runs the import again}"
   exit 1
 fi

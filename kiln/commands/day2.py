@@ -36,6 +36,10 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
              quiet: bool = False, as_json: bool = False) -> int:
     """Push every image of the lock that the registry does not already serve as locked."""
     _, env, lock = load_with_lock(config_path, env_name, dist)
+    several = sorted({i.name for i in lock.images if len(lock.platforms(i.name)) > 1})
+    if several:  # one tag per platform would leave the registry with the last one pushed
+        raise KilnError(f"push: {', '.join(several)} has several platforms; pushing a "
+                        "multi-platform index is not supported yet")
     team_key = signing.signing_key()  # signs what kiln built, beside it in the registry
     store = open_store(env.store)
     registry = Registry(env.registry, env.registry_ca)

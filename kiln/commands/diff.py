@@ -44,7 +44,7 @@ def diff_cmd(config_path: str, env_name: str | None, *, prune: bool = False, yes
     local = ({k: f"{what} in {path}" for k, what in
               lockfile.object_names(path.read_text(), str(path)).items()}
              if path.exists() else {})
-    changes = image_changes(config.images_for(env), env, lock)
+    changes = image_changes(config.per_platform(env), env, lock)
     store = open_store(env.store)
     try:
         report = survey(store, local)
@@ -121,7 +121,7 @@ def notes_cmd(config_path: str, env_name: str | None, *, since: str | None,
         print(releasenotes.markdown(project.env.name, project.env.registry, old, lock,
                                     f"`{since}`"), end="")
     else:
-        images = project.config.images_for(project.env)
+        images = project.config.per_platform(project.env)
         print(releasenotes.markdown(project.env.name, project.env.registry, lock, images,
                                     f"`{path}`" if lock else "no lock (first bake)"), end="")
     return EXIT_OK

@@ -142,7 +142,7 @@ def test_the_upstream_digest_reaches_the_lock_the_node_and_the_registry(
 
     assert kiln(folder, "bake", "--quiet") == 0, capsys.readouterr().err
     lock = json.loads((folder / "dist/it/images.lock.json").read_text())
-    assert lock["version"] == 3
+    assert lock["version"] == 4
     app, multi = sorted(lock["images"], key=lambda i: str(i["name"]))
     for entry in (app, multi):  # the registry's digest, asked of the registry itself
         assert entry["manifest_digests"] == {"linux/amd64": seeded["digest"]}

@@ -75,7 +75,7 @@ def test_kiln_lint_and_render_run_from_the_wheel(installed: Path,
     assert result.returncode == 0, result.stderr
     result = kiln(installed, "render", "--env", "dev", cwd=tmp_path)
     assert result.returncode == 1 and "no lock for dev" in result.stderr, result.stderr
-    lock = {"version": 3, "environment": "dev", "registry": "registry.example.com",
+    lock = {"version": 4, "environment": "dev", "registry": "registry.example.com",
             "images": [{"name": "dex", "ref": "registry.example.com/foundation/dex:v2.41.1",
                         "image_id": "sha256:" + "d" * 64, "platform": "linux/amd64",
                         "sha256": SHA, "size": 10, "uncompressed_size": 20,

@@ -439,8 +439,8 @@ def test_a_lock_from_an_older_kiln_is_named_and_everything_is_stored_again(
     run(project, engine)
     path = project / "dist/dev/images.lock.json"
     current = path.read_text()
-    for version in (1, 2):  # 2: no manifest digests recorded
-        path.write_text(current.replace('"version": 3', f'"version": {version}'))
+    for version in (1, 2, 3):  # 2: no manifest digests; 3: one entry per image
+        path.write_text(current.replace('"version": 4', f'"version": {version}'))
         with pytest.raises(lockfile.OldLock,
                            match=rf"older kiln \(lock version {version}\); bake this"):
             lockfile.read(path)

@@ -169,3 +169,50 @@ def test_durations() -> None:
     assert config.parse_duration("0") is None
     assert config.parse_duration(True) is None
     assert config.parse_duration("1w") is None
+
+
+MULTI = """
+version: 1
+images:
+  - {name: a, ref: registry.example.com/f/a:v1, pull: "ghcr.io/x/a:v1@sha256:%s",
+     platforms: [linux/amd64, linux/arm64]}
+  - {name: b, ref: registry.example.com/f/b:v1, build: ctx}
+  - {name: c, ref: registry.example.com/f/c:v1, build: ctx, platform: linux/arm/v7}
+environments:
+  dev: {registry: registry.example.com, store: {type: dir, path: s}}
+  edge: {registry: registry.example.com, store: {type: dir, path: s},
+         platforms: [linux/arm64, linux/riscv64]}
+""" % ("a" * 64)
+
+
+def test_platforms_per_image_default_to_the_environments(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, MULTI)
+    dev, edge = cfg.environments["dev"], cfg.environments["edge"]
+    assert [i.platforms for i in cfg.images_for(dev)] == [
+        ("linux/amd64", "linux/arm64"), ("linux/amd64",), ("linux/arm/v7",)]
+    assert [i.platforms for i in cfg.images_for(edge)][1] == ("linux/arm64", "linux/riscv64")
+    assert [(i.name, i.platform) for i in cfg.per_platform(dev)] == [
+        ("a", "linux/amd64"), ("a", "linux/arm64"), ("b", "linux/amd64"), ("c", "linux/arm/v7")]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("platforms: [linux/amd64, linux/amd64]", "6:86: platform 'linux/amd64' is listed twice"),
+    ("platforms: [linux/amd64, 'linux/AMD64;x']",
+     "6:86: platform 'linux/AMD64;x' must match os/arch[/variant]"),
+    ("platforms: []", "6:72: platforms must be a list of os/arch[/variant]"),
+    ("platforms: linux/amd64", "6:72: platforms must be a list of os/arch[/variant]"),
+    ("platform: [linux/amd64, linux/arm64]",
+     "6:71: platform names one os/arch[/variant]; for several write platforms:"),
+    ("platform: linux/amd64, platforms: [linux/arm64]",
+     "6:61: give platforms or platform, not both"),
+])
+def test_bad_platforms_are_refused_where_written(tmp_path: Path, value: str,
+                                                 expected: str) -> None:
+    text = MULTI.replace("platform: linux/arm/v7", value)
+    found = problems(tmp_path, text)
+    assert any(p.startswith(f"images.yaml:{expected}") for p in found), found
+
+
+def test_environment_platforms_are_validated(tmp_path: Path) -> None:
+    text = MULTI.replace("[linux/arm64, linux/riscv64]", "[linux/arm64, linux/arm64]")
+    assert any("platform 'linux/arm64' is listed twice" in p for p in problems(tmp_path, text))

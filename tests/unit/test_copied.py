@@ -71,7 +71,8 @@ class FakeUpstream:
         write_layout(layout, manifest, blobs)
 
     def copy_archive(self, archive: Path, layout: Path,
-                     cancel: threading.Event | None = None) -> None:
+                     cancel: threading.Event | None = None,
+                     platform: str | None = None) -> None:
         self.calls.append(("archive", archive.name))
         with tarfile.open(archive) as tar:
             tar.extractall(layout, filter="data")

@@ -72,7 +72,7 @@ def test_objects_an_older_kiln_lock_names_are_spared(project: Path,  # noqa: F81
     (project / "store/locks/old").mkdir(parents=True)
     (project / "store/locks/old/images.lock.json").write_text(old_lock)
     local = project / "dist/dev/images.lock.json"
-    local.write_text(local.read_text().replace('"version": 3', '"version": 1'))
+    local.write_text(local.read_text().replace('"version": 4', '"version": 1'))
     found = diff(project, capsys, "--prune", "--yes")
     assert found["deleted"] == [] and (project / "store" / old_key).exists()
     assert [c["kind"] for c in found["changes"]] == ["added"] * 3  # all stored again

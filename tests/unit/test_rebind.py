@@ -76,3 +76,12 @@ def test_rebind_must_name_a_ref_of_the_environment(project: Path,  # noqa: F811
                  "--rebind", "registry.example.com/f/nope:v1"]) == 2
     assert "--rebind registry.example.com/f/nope:v1: not a ref of environment dev" in \
         capsys.readouterr().err
+
+
+def test_each_platform_of_a_ref_is_bound_apart() -> None:
+    amd, arm = entry("a", 1), replace(entry("a", 2), platform="linux/arm64")
+    old = Lock("dev", "r.example.com", (amd, arm))
+    assert rebind.rebinds(old, [amd, arm]) == []  # two manifests under one ref: no move
+    moved = replace(entry("a", 3), platform="linux/arm64")
+    assert [(r.old, r.new) for r in rebind.rebinds(old, [amd, moved])] == [
+        (arm.image_id, moved.image_id)]

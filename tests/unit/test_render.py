@@ -148,11 +148,11 @@ def test_oversized_user_data_is_gzipped_then_refused(env: config_mod.Environment
                                                      tmp_path: Path) -> None:
     from dataclasses import replace
 
-    small = replace(env, node=replace(env.node, user_data_limit=13000))
+    small = replace(env, node=replace(env.node, user_data_limit=14000))
     result = render(small, LOCK, tmp_path, PlainLocator("https://a/"),
            packer_dir=PACKER(tmp_path))
     packed = (tmp_path / "prod/cloud-init/user-data").read_bytes()
-    assert len(packed) <= 13000 and gzip.decompress(packed).startswith(b"#cloud-config")
+    assert len(packed) <= 14000 and gzip.decompress(packed).startswith(b"#cloud-config")
     assert any("gzip" in w for w in result.warnings)
     tiny = replace(env, node=replace(env.node, user_data_limit=1024))
     with pytest.raises(RenderError, match=r"over the limit of 1024"):
@@ -419,3 +419,26 @@ def test_render_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     (tmp_path / "nodes.yaml").write_text("nodes:\n  - {hostname: W1}\n")
     assert main(["render", "--env", "prod", "--inventory", "nodes.yaml"]) == 2
     assert capsys.readouterr().err.startswith("nodes.yaml:2:16: hostname 'W1'")
+
+
+def test_a_node_that_states_its_platform_gets_only_its_lines(env: config_mod.Environment,
+                                                             tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    arm = replace(locked("dex", (), 3), name="dex", platform="linux/arm64",
+                  manifest_digests=(("linux/arm64", "sha256:" + "9" * 64),))
+    lock = replace(LOCK, images=(*LOCK.images, arm))
+    render(env, lock, tmp_path, PlainLocator("https://a/"), packer_dir=PACKER(tmp_path),
+           nodes=[Node("a-1", ("worker",), platform="linux/arm64"), Node("x-1", ("worker",))])
+    arm_data = (tmp_path / "prod/nodes/a-1/user-data").read_text()
+    every = (tmp_path / "prod/nodes/x-1/user-data").read_text()
+    def platforms_of(text: str) -> list[str]:
+        return [line.split()[-2] for line in text.splitlines()
+                if line.strip().startswith("image dex ")]
+
+    assert platforms_of(arm_data) == ["linux/arm64"]
+    assert platforms_of(every) == ["linux/amd64", "linux/arm64"]
+    with pytest.raises(RenderError, match=r"node w-1 \(line 0\): the lock has no linux/arm64 "
+                                          r"image of registry"):
+        render(env, lock, tmp_path, PlainLocator("https://a/"), packer_dir=PACKER(tmp_path),
+               nodes=[Node("w-1", ("control-plane",), platform="linux/arm64")])

@@ -49,7 +49,7 @@ def test_lock_public_key_is_a_public_key(tmp_path: Path, name: str, message: str
 def test_sign_and_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key, pub = pair(tmp_path)
     lock = tmp_path / "images.lock.json"
-    lock.write_text('{"version": 3, "environment": "dev", "registry": "r.example.com", '
+    lock.write_text('{"version": 4, "environment": "dev", "registry": "r.example.com", '
                     '"store": {}, "images": []}\n')
     monkeypatch.delenv(signing.PASSPHRASE_VARIABLE, raising=False)
     monkeypatch.setenv(signing.KEY_VARIABLE, str(key))

@@ -26,12 +26,15 @@ def check(ctx: LintContext) -> Iterator[Hit]:
         match = classify(found.text, ctx.images, ctx.env.registry)
         if digest is None or match.kind != "declared" or match.image is None:
             continue
-        locked = ctx.lock.image(match.image.name)
-        if locked is None or locked.ref != match.image.ref:
+        entries = [i for i in ctx.lock.images
+                   if i.name == match.image.name and i.ref == match.image.ref]
+        if not entries:
             continue  # not baked under this ref yet: nothing to compare with
-        held = node_digests(locked)
-        if digest not in held:
+        # each platform's nodes hold their own manifest digest: a pin must be every one's
+        missing = [i for i in entries if digest not in node_digests(i)]
+        if missing:
+            held = ", ".join(f"{d} ({i.platform})" for i in missing for d in node_digests(i))
             yield Hit(found.digest_at or found.at,
                       f"{found.text!r} pins {digest}, but nodes hold {match.image.ref!r} as "
-                      f"{', '.join(held) or 'no digest'} (the lock's): kubelet would miss "
-                      "the node cache and pull", found)
+                      f"{held or 'no digest'} (the lock's): kubelet would miss the node cache "
+                      "and pull", found)

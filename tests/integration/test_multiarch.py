@@ -1,0 +1,205 @@
+"""Every platform the fleet runs (issue 13, section 3), with real parts: an upstream
+docker-registry (TLS, basic auth) seeded through its API with a two-platform index written in
+Python (two `FROM scratch`-style images with different payloads); a bake with no Docker
+engine; a fresh containerd fed by the real importer for linux/amd64 (this machine) and, with
+KILN_PLATFORM, for linux/arm64."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import ssl
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.cli import main
+from kiln.localengine import Daemon
+from tests.integration import ocibuild
+from tests.integration.conftest import tls_registry_at
+from tests.integration.nodes import make_node
+
+USER, PASSWORD = "upstream", "up-s3cret-multi"
+Registry = tuple[str, Path]
+AMD, ARM = "linux/amd64", "linux/arm64"
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with tls_registry_at(tmp_path_factory.mktemp("upstream"), USER, PASSWORD) as served:
+        yield served
+
+
+def call(registry: Registry, method: str, url: str, body: bytes | None = None,
+         media_type: str = "") -> tuple[bytes, dict[str, str]]:
+    """The registry's HTTP API itself: the body and the headers of the answer."""
+    host, ca = registry
+    if not url.startswith("https://"):
+        url = f"https://{host}/v2/{url}"
+    request = urllib.request.Request(url, data=body, method=method)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    request.add_header("Accept", f"{ocibuild.INDEX}, {ocibuild.MANIFEST}")
+    if media_type:
+        request.add_header("Content-Type", media_type)
+    context = ssl.create_default_context(cafile=str(ca))
+    with urllib.request.urlopen(request, timeout=30, context=context) as answer:
+        return answer.read(), dict(answer.headers)
+
+
+def put_blob(registry: Registry, repo: str, data: bytes) -> None:
+    _, headers = call(registry, "POST", f"{repo}/blobs/uploads/", b"")
+    location = urllib.parse.urljoin(f"https://{registry[0]}/", headers["Location"])
+    glue = "&" if "?" in location else "?"
+    call(registry, "PUT", f"{location}{glue}digest={ocibuild.digest(data)}", data,
+         "application/octet-stream")
+
+
+def put_manifest(registry: Registry, repo: str, reference: str, data: bytes,
+                 media_type: str) -> str:
+    _, headers = call(registry, "PUT", f"{repo}/manifests/{reference}", data, media_type)
+    return headers["Docker-Content-Digest"]
+
+
+@pytest.fixture
+def seeded(upstream: Registry) -> dict[str, Any]:
+    """A two-platform index (amd64 and arm64 images with different payloads) under `v1`."""
+    repo = f"t{uuid.uuid4().hex[:8]}/app"
+    made = ocibuild.image({AMD: b"amd64 payload\n", ARM: b"arm64 payload, another\n"})
+    for platform in made.platforms.values():
+        put_blob(upstream, repo, platform.layer)
+        put_blob(upstream, repo, platform.config)
+        assert put_manifest(upstream, repo, platform.digest, platform.manifest,
+                            ocibuild.MANIFEST) == platform.digest
+    assert put_manifest(upstream, repo, "v1", made.index, ocibuild.INDEX) == made.index_digest
+    served, headers = call(upstream, "GET", f"{repo}/manifests/v1")
+    assert (served, headers["Docker-Content-Digest"]) == (made.index, made.index_digest)
+    return {"repo": repo, "image": made}
+
+
+@pytest.fixture
+def upstream_home(upstream: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The upstream's credentials and CA where skopeo looks by default (never images.yaml)."""
+    host, ca = upstream
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    (home / ".docker/config.json").write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    certs = home / ".config/containers/certs.d" / host
+    certs.mkdir(parents=True)
+    shutil.copy(ca, certs / "ca.crt")
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def kiln(folder: Path, *args: str) -> int:
+    return main([*args, "--env", "it", "--config", str(folder / "images.yaml"),
+                 "--dist", str(folder / "dist")])
+
+
+def test_a_two_platform_index_is_baked_per_platform_and_each_node_imports_its_own(
+        tmp_path: Path, upstream: Registry, seeded: dict[str, Any], upstream_home: Path,
+        fresh_containerd: Daemon, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    up_host, repo, made = upstream[0], seeded["repo"], seeded["image"]
+    amd, arm = made.platforms[AMD], made.platforms[ARM]
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "images.yaml").write_text(
+        "version: 1\nimages:\n"
+        f"  - {{name: app, ref: 'registry.example.com/{repo}:v1', "
+        f"pull: '{up_host}/{repo}:v1@{made.index_digest}', platforms: [{AMD}, {ARM}]}}\n"
+        f"  - {{name: solo, ref: 'registry.example.com/{repo}-solo:v1', "
+        f"pull: '{up_host}/{repo}@{amd.digest}'}}\n"
+        "environments:\n  it:\n    registry: registry.example.com\n"
+        "    store: {type: dir, path: store, url: 'http://127.0.0.1:1/'}\n"
+        "    node: {containerd_timeout: 60}\n")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")  # none is needed
+
+    assert kiln(folder, "bake", "--quiet") == 0, capsys.readouterr().err
+    text = (folder / "dist/it/images.lock.json").read_text()
+    lock = json.loads(text)
+    assert lock["version"] == 4
+    entries = {(i["name"], i["platform"]): i for i in lock["images"]}
+    assert sorted(entries) == [("app", AMD), ("app", ARM), ("solo", AMD)]
+    for platform, made_one in ((AMD, amd), (ARM, arm)):  # the registry's own digests
+        entry = entries[("app", platform)]
+        assert entry["manifest_digests"] == {platform: made_one.digest}
+        assert entry["image_id"] == made_one.image_id
+        assert entry["index_digest"] == made.index_digest
+    assert entries[("app", AMD)]["key"] != entries[("app", ARM)]["key"]  # an object each
+    assert entries[("solo", AMD)]["index_digest"] is None
+    # the same inputs: the same lock, byte for byte (nothing copied again)
+    assert kiln(folder, "bake", "--quiet") == 0
+    assert (folder / "dist/it/images.lock.json").read_text() == text
+
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    nodes = make_node(folder, node_dir, fresh_containerd)
+    node = next(nodes)
+    try:
+        data = (node.folder / "dist/it/node/images.data").read_text()
+        assert sorted(line.split()[-2] for line in data.splitlines()
+                      if line.startswith("image ")) == [AMD, AMD, ARM]
+
+        # this machine: linux/amd64
+        done = node.run()
+        assert done.returncode == 0, done.stderr
+        held = node.ctr.images()
+        for ref, digest, image_id in (
+                (f"registry.example.com/{repo}", amd.digest, amd.image_id),
+                (f"registry.example.com/{repo}-solo", amd.digest, amd.image_id)):
+            for name in (f"{ref}:v1", f"{ref}@{digest}"):
+                assert held[name].manifest_digest == digest, done.stderr
+                assert held[name].labels.get("io.cri-containerd.pinned") == "pinned"
+            assert node.ctr.image_id(digest) == image_id
+        assert f"registry.example.com/{repo}@{arm.digest}" not in held
+        assert node.status()["platform"] == AMD and node.status()["missing_platform"] == []
+        assert node.run("--check").returncode == 0
+        assert kiln(node.folder, "verify", "--containerd-address",
+                    str(fresh_containerd.socket), "--json") == 0  # this machine's platform
+
+        # the same node told it is linux/arm64: the arm64 object; solo has none: one line
+        for name in list(held):
+            if name.startswith("registry.example.com/"):
+                node.ctr.run("images", "rm", name)
+        arm_env = {"KILN_PLATFORM": ARM}
+        done = node.run(env=arm_env)
+        assert done.returncode == 1
+        assert (f"solo: the lock has no image for this node's platform {ARM} "
+                f"(only {AMD})") in done.stderr
+        status = node.status()
+        assert status["ok"] is False and status["missing_platform"] == ["solo"]
+        assert status["platform"] == ARM
+        held = node.ctr.images()
+        ours = f"registry.example.com/{repo}"
+        for name in (f"{ours}:v1", f"{ours}@{arm.digest}"):
+            assert held[name].manifest_digest == arm.digest, done.stderr
+            assert held[name].labels.get("io.cri-containerd.pinned") == "pinned"
+        assert node.ctr.image_id(arm.digest) == arm.image_id
+        assert f"registry.example.com/{repo}-solo:v1" not in held
+        check = node.run("--check", env=arm_env)
+        assert check.returncode == 1 and "solo: the lock has no image" in check.stderr
+        capsys.readouterr()
+        assert kiln(node.folder, "verify", "--containerd-address", str(fresh_containerd.socket),
+                    "--platform", ARM, "--json") == 1
+        states = {f["name"]: f["state"] for f in json.loads(capsys.readouterr().out)}
+        assert states == {"app": "present", "solo": "missing-platform"}
+
+        # a platform the lock has nothing for: one line, containerd untouched
+        done = node.run(env={"KILN_PLATFORM": "linux/s390x"})
+        assert done.returncode == 1
+        assert ("the lock has no image for this node's platform linux/s390x"
+                in done.stderr.strip().splitlines()[-1])
+        assert node.status()["missing_platform"] == ["app", "solo"]
+        for hostile in ("linux/amd64;rm -rf /", "linux/amd64\nlinux/arm64", "linux", "LINUX/X"):
+            done = node.run(env={"KILN_PLATFORM": hostile})
+            assert done.returncode == 1 and "KILN_PLATFORM must be os/arch" in done.stderr
+    finally:
+        nodes.close()
