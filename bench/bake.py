@@ -2,10 +2,14 @@
 """Benchmark: `kiln bake` against `docker save IMAGE | aws s3 cp - s3://...` on one endpoint.
 
 Everything runs here, in one process tree: a private containerd + dockerd, a single-node Ceph
-whose radosgw is the S3 server on loopback (kiln.cephdev), and a docker-registry the images
-are pulled from (pinned by digest; kiln copies them from there with skopeo, as served, while
-the baseline saves them from the engine: not yet the like-for-like pull-source case issue 13
-asks for).
+whose radosgw is the S3 server on loopback (kiln.cephdev), and a docker-registry (plain HTTP)
+the images are pulled from (pinned by digest; kiln copies them from there with skopeo, as
+served). Three contenders for the same images each round:
+- the engine baseline: `docker save IMAGE | aws s3 cp -` of images the engine already has;
+- the pull-source baseline (issue 13): `docker pull PIN` into an engine that does not have
+  them, then `docker save | aws s3 cp -`;
+- the floor: a bare `skopeo copy docker://PIN oci-archive:FILE` of each image to local disk
+  (the images at once, as kiln's `--jobs` does), storing nothing.
 Three images of ~165 MB each share a ~100 MB base; their layers mix real system binaries,
 generated text and random bytes (partly compressible, as real images are).
 
@@ -92,6 +96,44 @@ def stored_bytes(s3: object, bucket: str, prefix: str) -> int:
     return total
 
 
+def median_of(ours: list[float], theirs: list[float]) -> float:
+    paired = sorted(k / b for k, b in zip(ours, theirs, strict=True))
+    return paired[len(paired) // 2]
+
+
+def docker_pull_pipeline(client: docker.DockerClient, pins: dict[str, str], refs: list[str],
+                         base: str, aws: str, endpoint: str, env: dict[str, str]) -> float:
+    """`docker pull PIN; docker save PIN | aws s3 cp -` into an engine without the images (the
+    pull-source baseline), then the engine is as before (the refs tagged again)."""
+    ids = {client.api.inspect_image(r)["Id"] for r in [*refs, base]}
+    for image_id in ids:
+        client.images.remove(image_id, force=True)
+    start = time.perf_counter()
+    for name, pin in pins.items():
+        pin = pin.replace(":1@", "@")  # the engine pulls repo@digest (a tag beside it: no)
+        timed(f"docker pull -q {pin} >/dev/null && docker save {pin} | {aws} s3 cp - "
+              f"s3://bench/docker/{name}.tar --endpoint-url {endpoint} --only-show-errors",
+              env, shell=True)
+    elapsed = time.perf_counter() - start
+    for pin, ref in zip(pins.values(), refs, strict=True):
+        client.api.tag(pin.replace(":1@", "@"), ref.rsplit(":", 1)[0], "v1")
+    client.images.pull(base)
+    return elapsed
+
+
+def skopeo_floor(pins: dict[str, str], folder: Path, env: dict[str, str]) -> float:
+    """A bare `skopeo copy docker://PIN oci-archive:FILE` per image, all at once: the floor of
+    a copy as served (nothing stored beyond local disk)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    copies = "".join(f"skopeo copy --quiet docker://{pin} oci-archive:{folder}/{name}.tar & "
+                     f"p{n}=$!; " for n, (name, pin) in enumerate(pins.items()))
+    waits = " && ".join(f"wait $p{n}" for n in range(len(pins)))
+    elapsed, _ = timed(f"{copies}{waits}", env, shell=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return elapsed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -148,6 +190,8 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str
     make_context(work / "ctx-base", 1, int(40 * MB * s), 0, int(30 * MB * s),
                  int(30 * MB * s), None)
     client.images.build(path=str(work / "ctx-base"), tag=base)
+    for _ in client.images.push(base, stream=True):  # the pull baseline pulls it back
+        pass
     pins = {}
     for i, name in enumerate(("registry", "dex", "keycloak")):
         make_context(work / f"ctx-{name}", 10 + i, int(20 * MB * s), int((60 + 25 * i) * MB * s),
@@ -180,8 +224,13 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str
 
     kiln = [sys.executable, str(REPO / "bake.py"), "bake", "--config", str(config),
             "--jobs", str(args.jobs), *([] if args.trace else ["--quiet"])]
-    base_times, kiln_times, rss = [], [], 0
+    base_times, kiln_times, pull_times, floor_times, rss = [], [], [], [], 0
     for rnd in range(args.rounds):
+        empty_bucket(s3, "bench")
+        pull_times.append(docker_pull_pipeline(client, pins, refs, base, aws, endpoint, env))
+        print(cpu_line("docker pull pipeline"), flush=True)
+        floor_times.append(skopeo_floor(pins, work / "floor", env))
+        print(cpu_line("skopeo floor"), flush=True)
         empty_bucket(s3, "bench")
         start = time.perf_counter()
         for name, ref in zip(pins, refs, strict=True):
@@ -196,8 +245,9 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str
         print(cpu_line("kiln"), flush=True)
         rss = max(rss, peak)
         kiln_bytes = stored_bytes(s3, "bench", "kiln/")
-        print(f"bench: round {rnd + 1}: awscli {base_times[-1]:.1f} s, kiln {elapsed:.1f} s",
-              flush=True)
+        print(f"bench: round {rnd + 1}: awscli {base_times[-1]:.1f} s, docker pull pipeline "
+              f"{pull_times[-1]:.1f} s, skopeo floor {floor_times[-1]:.1f} s, kiln "
+              f"{elapsed:.1f} s", flush=True)
     if args.profile:
         empty_bucket(s3, "bench")
         shutil.rmtree(work / "dist", ignore_errors=True)
@@ -230,6 +280,13 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str
     print(f"{'kiln bake (full)':<44}{best_kiln:>12.2f} s")
     print(f"{'  ratio of the best runs (target <= 0.70)':<44}{best_kiln / best_base:>14.2f}")
     print(f"{'  median ratio of paired rounds':<44}{median:>14.2f}")
+    best_pull, best_floor = min(pull_times), min(floor_times)
+    print(f"{'pull source: docker pull + save | aws s3 cp':<44}{best_pull:>12.2f} s")
+    print(f"{'  ratio kiln / it (target <= 0.40)':<44}{best_kiln / best_pull:>14.2f}")
+    print(f"{'pull source: skopeo copy to oci-archive':<44}{best_floor:>12.2f} s")
+    print(f"{'  ratio kiln / the floor (target <= 1.20)':<44}{best_kiln / best_floor:>14.2f}")
+    print(f"{'  median ratios of paired rounds':<44}"
+          f"{median_of(kiln_times, pull_times):>7.2f} {median_of(kiln_times, floor_times):>6.2f}")
     print(f"{'bytes stored by awscli':<44}{awscli_bytes / MB:>11.1f} MB")
     print(f"{'bytes stored by kiln':<44}{kiln_bytes / MB:>11.1f} MB")
     print(f"{'  ratio kiln / awscli':<44}{kiln_bytes / awscli_bytes:>14.2f}")
