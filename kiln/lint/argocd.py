@@ -59,7 +59,11 @@ def _source(source: dict[str, yaml.Node], named: dict[str, dict[str, yaml.Node]]
         value = file_tree(found, override=True)
         if value is not None:
             overrides.append(value)
-    if isinstance(helm.get("values"), yaml.MappingNode):
+    has_object = isinstance(helm.get("valuesObject"), yaml.MappingNode)
+    if "values" in helm and has_object:
+        yield Unresolved(_at(manifest, helm["values"]), "helm.values is ignored: Argo CD hands "
+                         "Helm valuesObject when both are set")
+    elif isinstance(helm.get("values"), yaml.MappingNode):
         yield Unresolved(_at(manifest, helm["values"]), "helm.values is a mapping; Argo CD "
                          "takes a string there (valuesObject takes a mapping): its images are "
                          "not checked")
@@ -71,7 +75,7 @@ def _source(source: dict[str, yaml.Node], named: dict[str, dict[str, yaml.Node]]
                 raise
             yield Unresolved(_at(manifest, helm["values"]), "helm.values is a template that is "
                              "not YAML until Argo CD renders it: its images are not checked")
-    if isinstance(helm.get("valuesObject"), yaml.MappingNode):
+    if has_object:
         overrides.append(tree(helm["valuesObject"], manifest.shown, True))
     overrides.extend(_parameters(helm.get("parameters"), manifest))
     if base is not None and (base / "Chart.yaml").is_file() and _text(source.get("path")):
@@ -88,8 +92,10 @@ def _source(source: dict[str, yaml.Node], named: dict[str, dict[str, yaml.Node]]
 
 def _value_file(name: str, base: Path, named: dict[str, dict[str, yaml.Node]], root: Path
                 ) -> Path | None:
-    if not name or "://" in name or name.startswith("/"):
+    if not name or "://" in name:
         return None
+    if name.startswith("/"):  # Argo CD: relative to the repository's root
+        return _inside(root, root / name.lstrip("/"))
     if name.startswith("$"):
         ref, _, rest = name[1:].partition("/")
         return _inside(root, root / rest) if ref in named else None

@@ -60,7 +60,6 @@ APPLICATION = """
           values: |
             image:
               repository: registry.example.com/team/app
-          valuesObject:
             sidecar:
               image:
                 tag: v1.2.0
@@ -136,21 +135,48 @@ def test_correct_applications_have_no_findings(tmp_path: Path) -> None:
 
 def test_a_wrong_value_in_the_values_string_is_found_on_the_manifest_line(tmp_path: Path
                                                                           ) -> None:
-    wrong = APPLICATION.replace("repository: registry.example.com/team/app\n          valuesObject",
-                                "repository: team/app\n          valuesObject")
+    wrong = APPLICATION.replace("repository: registry.example.com/team/app\n",
+                                "repository: team/app\n")
     assert wrong != APPLICATION
     # line 16 of apps/app.yaml is `      repository: team/app` inside `values: |`
     assert run(tmp_path, {"apps/app.yaml": wrong}) == [
         ("apps/app.yaml", 16, 23, "error", "chart-mismatch")]
 
 
+OBJECT = APPLICATION.replace("values: |\n", "valuesObject:\n")
+
+
 def test_a_wrong_value_in_values_object_and_parameters(tmp_path: Path) -> None:
-    wrong = APPLICATION.replace("        tag: v1.2.0", "        tag: v1.2.1").replace(
+    assert run(tmp_path, {"apps/app.yaml": OBJECT}) == []
+    wrong = OBJECT.replace("        tag: v1.2.0", "        tag: v1.2.1").replace(
         "value: v1.2.0", "value: latest")
     assert run(tmp_path, {"apps/app.yaml": wrong}) == [
-        ("apps/app.yaml", 20, 18, "error", "chart-mismatch"),
-        ("apps/app.yaml", 23, 18, "error", "chart-mismatch"),
+        ("apps/app.yaml", 19, 18, "error", "chart-mismatch"),
+        ("apps/app.yaml", 22, 18, "error", "chart-mismatch"),
     ]
+
+
+def test_argo_cd_takes_values_object_over_the_values_string(tmp_path: Path) -> None:
+    """Argo CD hands Helm `valuesObject` when it is set and ignores the `values` string
+    (ApplicationSourceHelm.ValuesYAML): lint judges what Argo CD deploys, and says the string
+    is ignored."""
+    both = APPLICATION.replace("          parameters:", "          valuesObject:\n"
+                               "            sidecar: {image: {tag: v1.2.0}}\n          parameters:")
+    assert both != APPLICATION
+    # the string's image.repository is ignored: the chart default is what Argo CD deploys
+    assert run(tmp_path, {"apps/app.yaml": both}) == [
+        ("apps/app.yaml", 14, 15, "warning", "image-unresolved"),
+        ("charts/app/values.yaml", 2, 15, "error", "chart-mismatch")]
+
+
+def test_an_absolute_value_file_is_the_repository_root_s(tmp_path: Path) -> None:
+    """Argo CD reads `/envs/x.yaml` from the repository's root (ResolveValueFilePathOrUrl)."""
+    rooted = APPLICATION.replace("- values-prod.yaml", "- /charts/app/values-prod.yaml")
+    assert run(tmp_path, {"apps/app.yaml": rooted}) == []
+    wrong = REPO["charts/app/values-prod.yaml"].replace("registry.example.com/team/app",
+                                                        "docker.io/team/app")
+    assert run(tmp_path, {"apps/app.yaml": rooted, "charts/app/values-prod.yaml": wrong}) == [
+        ("charts/app/values-prod.yaml", 3, 17, "error", "chart-mismatch")]
 
 
 def test_chart_defaults_under_an_application_count(tmp_path: Path) -> None:
@@ -178,13 +204,13 @@ def test_application_set_template_values(tmp_path: Path) -> None:
 
 def test_a_syntax_error_in_the_values_string_points_into_the_manifest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    written = "  repository: registry.example.com/team/app\n          valuesObject"
-    broken = APPLICATION.replace(written, "  repository: [unclosed\n          valuesObject")
+    written = "  repository: registry.example.com/team/app\n"
+    broken = APPLICATION.replace(written, "  repository: [unclosed\n")
     assert broken != APPLICATION
     write_tree(tmp_path, {"images.yaml": IMAGES, **REPO, "apps/app.yaml": broken})
     assert main(["lint", "--env", "dev"]) == 2
     # libyaml reports an unclosed flow sequence where the string ends: the line after it
-    assert capsys.readouterr().err.startswith("apps/app.yaml:17:9: YAML syntax error")
+    assert capsys.readouterr().err.startswith("apps/app.yaml:17:16: YAML syntax error")
 
 
 def test_a_templated_values_string_that_is_not_yaml_yet_is_a_warning(tmp_path: Path) -> None:
@@ -225,4 +251,5 @@ def test_values_as_a_mapping_is_a_warning_not_silence(tmp_path: Path) -> None:
     # the warning points at the mapping; the chart's own default is judged without it
     assert run(tmp_path, {"apps/app.yaml": mapped}) == [
         ("apps/app.yaml", 15, 9, "warning", "image-unresolved"),
-        ("charts/app/values.yaml", 2, 15, "error", "chart-mismatch")]
+        ("charts/app/values.yaml", 2, 15, "error", "chart-mismatch"),
+        ("charts/app/values.yaml", 7, 10, "error", "chart-mismatch")]
