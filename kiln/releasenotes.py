@@ -16,10 +16,11 @@ from kiln import lock as lockfile
 from kiln import platforms
 from kiln.errors import UsageError
 from kiln.lock import Lock, LockedImage
-from kiln.model import Image
+from kiln.model import Image, PullSource
 from kiln.progress import human
 
 EVERY_NODE = ""  # the "role" of images without roles, and of a fleet with no roles at all
+OTHER_ROLES = "\x00other"  # nodes of a role no image names: they get the role-less images
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,15 @@ def _same(old: LockedImage, new: LockedImage | Image) -> bool:
     if isinstance(new, LockedImage):
         return ((old.ref, old.image_id, old.manifest_digest, old.sha256)
                 == (new.ref, new.image_id, new.manifest_digest, new.sha256))
-    return old.ref == new.ref
+    upstream = new.source.ref if isinstance(new.source, PullSource) else None
+    return ((old.ref, old.platform, old.source, old.upstream)
+            == (new.ref, new.platform, new.source.kind, upstream))
 
 
 def _gets(image: LockedImage | Image, role: str) -> bool:
     """Does a node of ``role`` get ``image`` (the one role rule: no roles, every node)?"""
+    if role == OTHER_ROLES:
+        return not image.roles
     return not image.roles or role == EVERY_NODE or role in image.roles
 
 
@@ -76,8 +81,10 @@ def rows(old: Lock | None, new: Lock | tuple[Image, ...], role: str = EVERY_NODE
 
 def by_role(old: Lock | None, new: Lock | tuple[Image, ...], roles: set[str]
             ) -> dict[str, list[Row]]:
-    """Each role's rows (EVERY_NODE's when the fleet has no roles)."""
-    return {role: rows(old, new, role) for role in sorted(roles) or [EVERY_NODE]}
+    """Each role's rows (EVERY_NODE's when the fleet has no roles; with roles, also those of
+    nodes whose role no image names: an image moved to a role leaves them)."""
+    named = [*sorted(roles), OTHER_ROLES] if roles else [EVERY_NODE]
+    return {role: rows(old, new, role) for role in named}
 
 
 def _cell(image: LockedImage | Image | None) -> str:
@@ -107,7 +114,8 @@ def markdown(env: str, registry: str, old: Lock | None, new: Lock | tuple[Image,
         known = [r.download for r in role_rows]
         total = (human(sum(k for k in known if k is not None))
                  if None not in known else "known after the bake")
-        title = f"role `{role}`" if role else "every node"
+        title = ("nodes of any other role" if role == OTHER_ROLES else
+                 f"role `{role}`" if role else "every node")
         lines += [f"### {title}: {len(role_rows)} change(s), each node downloads {total}", "",
                   "| change | image | before | after | download |", "|---|---|---|---|---|"]
         for row in role_rows:

@@ -260,3 +260,38 @@ def test_release_notes_follow_each_role(tmp_path: Path) -> None:
         path = tmp_path / "prod.lock.json"
         path.write_text(lockfile.to_json(replace(old, environment="prod")))
         releasenotes.read_lock(str(path), "dev")
+
+
+def test_release_notes_name_the_nodes_of_other_roles_and_platform_changes(tmp_path: Path
+                                                                         ) -> None:
+    """An image every node had, moved to role gpu, leaves nodes of roles no image names; a
+    platform change before the bake is a change, not 'No image changes.'."""
+    from dataclasses import replace
+
+    from kiln import releasenotes
+    from kiln.lock import Lock, LockedImage
+
+    digest = "sha256:" + "ab" * 32
+    base = LockedImage("app", "r.example.com/f/app:v1", digest, "linux/amd64", "5" * 64, 1000,
+                       2000, "zstd", 3, "blobs/sha256/" + "5" * 64, (), "build",
+                       manifest_digests=(("linux/amd64", digest),))
+    old = Lock("dev", "r.example.com", images=(base, replace(base, name="cni",
+                                                             ref="r.example.com/f/cni:v1",
+                                                             roles=("gpu",))))
+    new = replace(old, images=(replace(base, roles=("gpu",)), old.images[1]))
+    text = releasenotes.markdown("dev", "r.example.com", old, new, "`old`")
+    assert "No image changes." not in text
+    other = text.split("### nodes of any other role")[1]
+    assert "| removed | app |" in other
+    assert "Nothing changes on nodes of role `gpu`." in text
+
+
+def test_a_platform_change_is_in_the_notes_before_the_bake(project: Path,  # noqa: F811
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    run(project, FakeEngine())
+    text = (project / "images.yaml").read_text().replace(
+        "build: ctx-a}", "build: ctx-a, platform: linux/arm64}")
+    (project / "images.yaml").write_text(text)
+    before = notes(project, capsys)
+    assert "No image changes." not in before and "| rebound | a |" in before
