@@ -31,6 +31,9 @@ PIN=io.cri-containerd.pinned
 OWNER=io.kiln.environment
 FROM=io.kiln.lock
 NAMED=io.kiln.name
+# A name that was pinned before kiln pinned it (by an operator, another environment): when
+# kiln lets go of it, it removes its own labels and leaves that pin alone.
+ADOPTED=io.kiln.pinned-before
 here=$(cd "$(dirname "$0")" && pwd)
 
 data="${KILN_DATA:-$here/images.data}"
@@ -307,8 +310,12 @@ name_and_pin() {
     ctr_ images tag --force "$np_ref" "$np_dref" >/dev/null 2>&1 || return 1
   fi
   for np_name in "$np_ref" "$np_dref"; do
+    np_adopt=""
+    if is_pinned "$np_name" && ! has_label "$np_name" "$OWNER=$env_name"; then
+      np_adopt="$ADOPTED=true"
+    fi
     ctr_ images label "$np_name" "$PIN=pinned" "$OWNER=$env_name" "$FROM=${lock_id:-unknown}" \
-      "$NAMED=$np_name" >/dev/null 2>&1 || return 1
+      "$NAMED=$np_name" ${np_adopt:+"$np_adopt"} >/dev/null 2>&1 || return 1
   done
 }
 
@@ -331,6 +338,16 @@ stale_pins() {
 release_stale() {
   released="" stale_pins=""
   for rs_name in $(stale_pins); do
+    if has_label "$rs_name" "$ADOPTED=true"; then
+      if ctr_ images label "$rs_name" "$OWNER=" "$FROM=" "$NAMED=" "$ADOPTED=" >/dev/null 2>&1
+      then
+        log "$rs_name: no longer in the lock; it was pinned before kiln: pin kept, kiln's labels removed"
+      else
+        stale_pins="$stale_pins $rs_name"
+        log "warning: $rs_name: no longer in the lock, and kiln's labels could not be removed"
+      fi
+      continue
+    fi
     if ctr_ images label "$rs_name" "$PIN=" >/dev/null 2>&1 && ! is_pinned "$rs_name"; then
       released="$released $rs_name"
       log "$rs_name: no longer in the lock: pin released (kubelet's image GC may reclaim it)"

@@ -20,7 +20,7 @@ from kiln import config as config_mod
 from kiln import lock as lockfile
 from kiln.cli import main
 from kiln.localengine import Daemon
-from kiln.ports import LOCK_LABEL, OWNER_LABEL, PIN_LABEL
+from kiln.ports import LOCK_LABEL, NAME_LABEL, OWNER_LABEL, PIN_LABEL
 from kiln.render import PlainLocator, render
 from tests.integration.conftest import REG, scratch_context
 from tests.integration.nodes import FaultyServer, Node
@@ -88,6 +88,13 @@ def test_a_release_rolls_through_and_the_old_one_lets_go(
         before = ctr.images()
         assert before[old_app.ref].labels[OWNER_LABEL] == "it"
         assert len(before[old_app.ref].labels[LOCK_LABEL]) == 64
+        # the ref was pinned before kiln pinned it (an operator's pin, kiln's labels absent):
+        # kiln adopts it, and when it lets go, it leaves that pin
+        ctr.run("images", "label", old_app.ref, f"{OWNER_LABEL}=", f"{LOCK_LABEL}=",
+                f"{NAME_LABEL}=")
+        assert node.run().returncode == 0, node.logs[-1]
+        assert ctr.images()[old_app.ref].labels.get("io.kiln.pinned-before") == "true"
+        before = ctr.images()
 
         (tmp_path / "app/marker").write_text("app v2")
         (tmp_path / "images.yaml").write_text(IMAGES.format(reg=REG, tag="v2"))
@@ -105,12 +112,12 @@ def test_a_release_rolls_through_and_the_old_one_lets_go(
         done = node.run(env=failing_ctr(tmp_path, f"images label {old_app.digest_ref} "
                                                   f"{PIN_LABEL}="))
         assert done.returncode == 0, done.stderr
-        assert f"{old_app.ref}: no longer in the lock: pin released" in done.stderr
+        assert f"{old_app.ref}: no longer in the lock; it was pinned before kiln: pin kept" \
+            in done.stderr
         assert f"warning: {old_app.digest_ref}: no longer in the lock, and its pin could not " \
                "be released" in done.stderr
         status = node.status()
-        assert (status["released"], status["stale_pins"]) == ([old_app.ref],
-                                                              [old_app.digest_ref])
+        assert (status["released"], status["stale_pins"]) == ([], [old_app.digest_ref])
         done = node.run()
         assert done.returncode == 0, done.stderr
         assert node.status()["released"] == [old_app.digest_ref]
@@ -119,8 +126,10 @@ def test_a_release_rolls_through_and_the_old_one_lets_go(
         for name in (new_app.ref, new_app.digest_ref):  # v2: both names, pinned, kiln's
             assert after[name].labels.get(PIN_LABEL) == "pinned"
             assert after[name].labels.get(OWNER_LABEL) == "it"
-        for name in (old_app.ref, old_app.digest_ref):  # v1: still there, not pinned
-            assert name in after and PIN_LABEL not in after[name].labels
+        # v1: still there; its digest name unpinned, its ref pinned as before kiln, not kiln's
+        assert PIN_LABEL not in after[old_app.digest_ref].labels
+        assert after[old_app.ref].labels.get(PIN_LABEL) == "pinned"
+        assert OWNER_LABEL not in after[old_app.ref].labels
         assert after[idp.ref].manifest_digest == before[idp.ref].manifest_digest
         assert after[idp.ref].labels.get(PIN_LABEL) == "pinned"
         assert after[f"{REG}/theirs/tool:v9"].labels.get(PIN_LABEL) == "pinned"
@@ -135,15 +144,15 @@ def test_a_release_rolls_through_and_the_old_one_lets_go(
         capsys.readouterr()
 
         # a v1 pin put back (a node that missed the release): --check and verify say stale-pin
-        ctr.run("images", "label", old_app.ref, f"{PIN_LABEL}=pinned")
+        ctr.run("images", "label", old_app.digest_ref, f"{PIN_LABEL}=pinned")
         check = node.run("--check")
         assert check.returncode == 1
-        assert f"{old_app.ref}: stale-pin" in check.stderr
-        assert node.status()["stale_pins"] == [old_app.ref]
+        assert f"{old_app.digest_ref}: stale-pin" in check.stderr
+        assert node.status()["stale_pins"] == [old_app.digest_ref]
         assert main(["verify", "--env", "it", "--config", str(tmp_path / "images.yaml"),
                      "--containerd-address", address, "--json"]) == 1
         found = json.loads(capsys.readouterr().out)
-        assert [f["ref"] for f in found if f["state"] == "stale-pin"] == [old_app.ref]
+        assert [f["ref"] for f in found if f["state"] == "stale-pin"] == [old_app.digest_ref]
     finally:
         server.stop()
         shutil.rmtree(tmp_path / "store", ignore_errors=True)
