@@ -16,7 +16,10 @@ from pathlib import Path
 import docker
 import pytest
 
+from kiln import verify as verify_mod
+from kiln.containerd import CtrContainerd
 from kiln.localengine import Daemon, start_containerd
+from kiln.ports import PIN_LABEL
 from tests.integration.nodes import FaultyServer, Node, assert_imported, curl_spy, make_node
 
 
@@ -461,3 +464,44 @@ def test_retry_after_is_read_as_decimal_seconds(tmp_path: Path, header: str,
     done = subprocess.run(["sh", "-c", '. "$1"; retry_after "$2"', "_", str(block),
                            str(headers)], capture_output=True, text=True, check=True)
     assert done.stdout == seconds
+
+
+def test_a_newline_in_another_tools_label_puts_a_ghost_image_into_verify(node: Node) -> None:
+    """`ctr images ls` prints a label value with a newline (and tabs) as it is; its tabwriter
+    aligns the text after the newline as rows of their own, and parse_images (dict by ref,
+    last row wins) takes them for images. Here another tool's label on an image that sorts
+    last claims `small` is pinned after its pin was taken away: verify says present."""
+    assert node.run().returncode == 0, node.logs[-1]
+    small = next(i for i in node.lock.images if i.name == "small")
+    for name in (small.ref, small.digest_ref):
+        node.ctr.run("images", "label", name, f"{PIN_LABEL}=")
+    client = CtrContainerd(str(node.ctr.address))
+    before = {i.ref: i.state for i in verify_mod.verify_node(node.lock, client)}
+    assert before[small.ref] == verify_mod.NOT_PINNED
+    # a foreign image whose name sorts after small's, with a label value holding a newline
+    # and tabs (ctr's tabwriter aligns the second line as a row of its own)
+    node.ctr.run("images", "tag", small.ref, "zzz.example.com/theirs/tool:v1")
+    ghost = "\n".join("\t".join([name, "application/vnd.oci.image.manifest.v1+json",
+                                  str(small.manifest_digest), "1 KiB", "linux/amd64",
+                                  f"{PIN_LABEL}=pinned,io.cri-containerd.image=managed"])
+                       for name in (small.ref, str(small.digest_ref)))
+    node.ctr.run("images", "label", "zzz.example.com/theirs/tool:v1", f"zz.note=a\n{ghost}")
+    check = node.run("--check")  # the importer asks with filters: it is not fooled
+    assert check.returncode == 1 and "small: present but not pinned" in check.stderr
+    after = {i.ref: i.state for i in verify_mod.verify_node(node.lock, client)}
+    assert after[small.ref] == verify_mod.NOT_PINNED, after
+
+
+def test_a_comma_in_another_tools_label_value_reads_as_a_pin(node: Node) -> None:
+    """No newline needed: a value `x,io.cri-containerd.pinned=pinned` on the image itself
+    (sorted after the real labels) is split into a pin by parse_images' comma rule."""
+    assert node.run().returncode == 0, node.logs[-1]
+    small = next(i for i in node.lock.images if i.name == "small")
+    for name in (small.ref, str(small.digest_ref)):
+        node.ctr.run("images", "label", name, f"{PIN_LABEL}=",
+                     f"zz.note=x,{PIN_LABEL}=pinned")
+    assert PIN_LABEL not in node.ctr.run("images", "ls", "-q",
+                                         f'labels."{PIN_LABEL}"==pinned').decode()
+    client = CtrContainerd(str(node.ctr.address))
+    found = {i.ref: i.state for i in verify_mod.verify_node(node.lock, client)}
+    assert found[small.ref] == verify_mod.NOT_PINNED, found
