@@ -391,8 +391,10 @@ command -v curl >/dev/null 2>&1 || die "curl is not installed"
 # openssl hashes with the CPU's SHA instructions (5x coreutils' sha256sum here)
 if openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then
   sha256_of() { openssl dgst -sha256 -r "$1" | cut -d ' ' -f 1; }
+  sha256_stream() { openssl dgst -sha256 -r | cut -d ' ' -f 1; }
 elif command -v sha256sum >/dev/null 2>&1; then
   sha256_of() { sha256sum "$1" | cut -d ' ' -f 1; }
+  sha256_stream() { sha256sum | cut -d ' ' -f 1; }
 else
   die "neither openssl nor sha256sum is installed"
 fi
@@ -420,9 +422,34 @@ retry_after() {
 }
 # <<< retry-after
 
-# One download, in the background: retries with back-off, resuming the partial file. Its last
-# line on stderr is its verdict. URL and credentials reach curl on stdin (-K -), never in argv.
+# curl's config for $1 on stdout (URL, credentials): curl reads it on stdin (-K -), never argv.
+curl_config() {
+  printf 'url = %s\n' "$(curl_quote "$1")"
+  if [ -n "$sigv4" ]; then
+    printf 'user = %s\n' "$(curl_quote "$sigv4_user")"
+    # S3 (radosgw, AWS) refuses a SigV4 request without this header, which curl 7.88
+    # (Debian 12) does not add; curl signs it with the others
+    printf 'header = %s\n' "$(curl_quote "x-amz-content-sha256: UNSIGNED-PAYLOAD")"
+    if [ -n "$sigv4_token" ]; then
+      printf 'header = %s\n' "$(curl_quote "x-amz-security-token: $sigv4_token")"
+    fi
+  fi
+}
+
+# One GET (config on stdin) for the download at $1 (its headers to $1.hdr); more curl options
+# after it. Uses $left, the seconds left of the budget.
 # shellcheck disable=SC2086 # KILN_CURL_OPTS is a list of curl options on purpose
+curl_get() {
+  cg_out=$1; shift
+  curl --fail --silent --show-error --location \
+    --connect-timeout "$(( left < 10 ? left : 10 ))" --max-time "$left" \
+    --speed-limit 1024 --speed-time "$stall_timeout" --dump-header "$cg_out.hdr" \
+    ${ca_bundle:+--cacert "$ca_bundle"} ${sigv4:+--aws-sigv4 "$sigv4"} ${KILN_CURL_OPTS:-} \
+    -K - "$@"
+}
+
+# One download, in the background: retries with back-off, resuming the partial file. Its last
+# line on stderr is its verdict. A download from the first byte leaves its sha256 in $2.sha.
 download() {
   url=$1 out=$2 size=$3 dl_name=$4 dl_err=$5
   attempt=1
@@ -432,22 +459,21 @@ download() {
       echo "import budget of ${import_budget}s spent after $((attempt - 1)) tries"; return 1
     fi
     rc=0
-    rm -f "$out.hdr"
-    { printf 'url = %s\n' "$(curl_quote "$url")"
-      if [ -n "$sigv4" ]; then
-        printf 'user = %s\n' "$(curl_quote "$sigv4_user")"
-        # S3 (radosgw, AWS) refuses a SigV4 request without this header, which curl 7.88
-        # (Debian 12) does not add; curl signs it with the others
-        printf 'header = %s\n' "$(curl_quote "x-amz-content-sha256: UNSIGNED-PAYLOAD")"
-        if [ -n "$sigv4_token" ]; then
-          printf 'header = %s\n' "$(curl_quote "x-amz-security-token: $sigv4_token")"
-        fi
-      fi
-    } | curl --fail --silent --show-error --location -C - \
-        --connect-timeout "$(( left < 10 ? left : 10 ))" --max-time "$left" \
-        --speed-limit 1024 --speed-time "$stall_timeout" --dump-header "$out.hdr" \
-        ${ca_bundle:+--cacert "$ca_bundle"} ${sigv4:+--aws-sigv4 "$sigv4"} ${KILN_CURL_OPTS:-} \
-        -K - -o "$out.part" || rc=$?
+    rm -f "$out.hdr" "$out.sha"
+    if [ -s "$out.part" ]; then  # resume: curl appends; the whole file is hashed after
+      curl_config "$url" | curl_get "$out" -C - -o "$out.part" || rc=$?
+    else
+      # from the first byte: hashed as it arrives (tee), so no second read of the file; curl's
+      # status and tee's come back through files (POSIX sh has no pipefail)
+      rm -f "$out.tee"
+      { curl_config "$url" | curl_get "$out" -o -; echo "$?" > "$out.rc"; } |
+        { tee "$out.part" || echo failed > "$out.tee"; } | sha256_stream > "$out.sha.new" || :
+      rc=$(cat "$out.rc" 2>/dev/null || :)
+      case "$rc" in ''|*[!0-9]*) rc=1 ;; esac
+      if [ -f "$out.tee" ] && [ "$rc" -eq 0 ]; then rc=23; fi  # curl's code for a write error
+      if [ "$rc" -eq 0 ]; then mv -f "$out.sha.new" "$out.sha"; fi
+      rm -f "$out.rc" "$out.tee" "$out.sha.new"
+    fi
     [ "$rc" -eq 0 ] && break
     # a finished file answers a resume with 416: it is complete, not failed
     if [ -f "$out.part" ] && [ "$(wc -c < "$out.part" | tr -d " ")" -eq "$size" ]; then break; fi
@@ -476,6 +502,10 @@ download() {
     attempt=$((attempt + 1))
   done
   rm -f "$out.hdr"
+  # the streamed hash stands only for a file of the lock's size (tee wrote all it hashed)
+  if [ -f "$out.sha" ] && [ "$(wc -c < "$out.part" | tr -d " ")" -ne "$size" ]; then
+    rm -f "$out.sha"
+  fi
   mv -f "$out.part" "$out"
 }
 
@@ -486,7 +516,8 @@ start_download() {
   sd_n=$1
   (download "$(get url "$sd_n")" "$work/$sd_n.blob" "$(get size "$sd_n")" \
     "$(get name "$sd_n")" "$work/$sd_n.err" &&
-    sha256_of "$work/$sd_n.blob" > "$work/$sd_n.sha") >"$work/$sd_n.err" 2>&1 &
+    { [ -s "$work/$sd_n.blob.sha" ] || sha256_of "$work/$sd_n.blob" > "$work/$sd_n.blob.sha"; }
+  ) >"$work/$sd_n.err" 2>&1 &
   echo $! > "$work/$sd_n.pid"
 }
 
@@ -593,7 +624,7 @@ for n in $queue; do
     continue
   fi
   rm -f "$work/$n.pid"
-  got=$(cat "$work/$n.sha")
+  got=$(cat "$work/$n.blob.sha")
   if [ "$got" != "$(get sha "$n")" ]; then
     fail "$n" "sha256 mismatch: got $got, the lock says $(get sha "$n"); nothing imported"
     continue
