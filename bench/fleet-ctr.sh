@@ -2,7 +2,7 @@
 # bench/fleet.py's stand-in for `ctr` on simulated nodes (no containerd runs there).
 # It answers what kiln's importer asks, from a folder of its own ($FLEET_CTR_STATE):
 #   ctr version | ctr images import --help
-#   ctr -n NS images ls name==REF | images label REF K=V | images rm REF | content get DIGEST
+#   ctr -n NS images ls name==REF [name==REF ...] | images label REF K=V | images rm REF | content get DIGEST
 #   ctr -n NS images tag [--force] REF NEW   (the digest name: the same record under NEW)
 #   ctr -n NS images import [--platform P] FILE   (bench/fleetctr.py checks the whole archive)
 set -eu
@@ -16,10 +16,13 @@ case "${1:-} ${2:-}" in
     if [ "${3:-}" = --help ]; then echo "usage: ctr images import [--platform P] FILE"; exit 0; fi
     shift 2
     exec "${FLEET_PYTHON:-python3}" -I -S "${FLEET_CTR_CHECKER:?}" check "$@" ;;
-  "images ls")
+  "images ls")  # name==REF filters, any number (ctr ORs them)
     echo "REF TYPE DIGEST SIZE PLATFORMS LABELS"
-    file="$state/images/$(record "${3#name==}")"
-    if [ -f "$file" ]; then cat "$file"; fi
+    shift 2
+    for filter in "$@"; do
+      file="$state/images/$(record "${filter#name==}")"
+      if [ -f "$file" ]; then cat "$file"; fi
+    done
     exit 0 ;;
   "images label")
     file="$state/images/$(record "$3")"

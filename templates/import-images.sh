@@ -61,8 +61,30 @@ if [ -n "$retry_state" ]; then
   case "$failed_runs" in ''|*[!0-9]*) failed_runs=0 ;; esac
   [ "${#failed_runs}" -le 6 ] || failed_runs=0
 fi
+# A failed run keeps its partial downloads beside the retry state, named by the object's
+# sha256, for the next run to resume (bytes, not trust: the whole file is hashed before import).
+partials=""
+if [ -n "$retry_state" ]; then partials="$retry_state.partial"; fi
+keep_partial() {  # N: $work/N.blob.part to $partials/<sha256>
+  if [ -n "$partials" ] && [ -s "$work/$1.blob.part" ] && mkdir -p "$partials" 2>/dev/null; then
+    mv -f "$work/$1.blob.part" "$partials/$(get sha "$1")" 2>/dev/null || :
+  fi
+}
+# A kept partial of image N back into the work folder, if it is no longer than the object.
+resume_partial() {
+  rp_kept="$partials/$(get sha "$1")"
+  [ -n "$partials" ] && [ -f "$rp_kept" ] || return 0
+  if [ "$(wc -c < "$rp_kept" | tr -d ' ')" -le "$(get size "$1")" ]; then
+    mv -f "$rp_kept" "$work/$1.blob.part" 2>/dev/null || rm -f "$rp_kept"
+  else
+    rm -f "$rp_kept"
+  fi
+}
 cleanup() {
   if [ -n "$work" ]; then
+    for partial in "$work"/*.blob.part; do
+      if [ -f "$partial" ]; then partial=${partial##*/}; keep_partial "${partial%%.*}"; fi
+    done
     for pidfile in "$work"/*.pid "$work"/*.ipid; do
       if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || :; fi
     done
@@ -189,8 +211,18 @@ now() { date +%s; }  # not POSIX, but GNU, busybox and BSD date all have %s
 
 ctr_() { ctr -n "$NS" "$@"; }
 
+# `ctr images ls` of every name the data file lists, read once for the first look (one ctr
+# call instead of one per name); empty otherwise.
+known=""
+
 # The manifest digest the image named $1 points at, or nothing.
-target_of() { ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $3; exit }'; }
+target_of() {
+  if [ -n "$known" ]; then
+    printf '%s\n' "$known" | awk -v n="$1" 'NR > 1 && $1 == n { print $3; exit }'
+    return 0
+  fi
+  ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $3; exit }'
+}
 
 # The config digest (image ID) the manifest $1 names, or nothing.
 config_of() {
@@ -220,10 +252,12 @@ state_of() {
 }
 
 # Name image N's manifest repo@sha256:<digest> too (from its ref, already checked), and pin
-# both names, with kiln's labels (the environment, the lock).
+# both names, with kiln's labels (the environment, the lock). $2, when given: what the digest
+# name points at now (the caller has just looked).
 name_and_pin() {
   np_ref=$(get ref "$1") np_dref=$(get dref "$1")
-  if [ "$(target_of "$np_dref")" != "${np_dref##*@}" ]; then
+  if [ $# -ge 2 ]; then np_has=$2; else np_has=$(target_of "$np_dref"); fi
+  if [ "$np_has" != "${np_dref##*@}" ]; then
     ctr_ images tag --force "$np_ref" "$np_dref" >/dev/null 2>&1 || return 1
   fi
   for np_name in "$np_ref" "$np_dref"; do
@@ -317,6 +351,8 @@ done
 # -- what is already there ----------------------------------------------------------------------
 listed=$(n=1; while [ "$n" -le "$count" ]; do get ref "$n"; echo; get dref "$n"; echo
          n=$((n + 1)); done)
+# shellcheck disable=SC2046 # one filter a name: names have no white space or glob
+known=$(ctr_ images ls $(printf '%s\n' "$listed" | sed 's/^/name==/') 2>/dev/null) || known=""
 missing=0
 need_list=""
 n=1
@@ -348,6 +384,7 @@ while [ "$n" -le "$count" ]; do
   fi
   n=$((n + 1))
 done
+known=""
 
 if [ "$check_only" = 1 ]; then
   for n in $need_list; do
@@ -363,6 +400,7 @@ if [ "$check_only" = 1 ]; then
 fi
 
 if [ -z "$need_list" ]; then
+  if [ -n "$partials" ]; then rm -rf "$partials"; fi
   release_stale
   write_status import true
   log "all $count images present: nothing to do"
@@ -514,6 +552,7 @@ download() {
 # shellcheck disable=SC2094 # download reads its error file for a log line after curl wrote it
 start_download() {
   sd_n=$1
+  resume_partial "$sd_n"
   (download "$(get url "$sd_n")" "$work/$sd_n.blob" "$(get size "$sd_n")" \
     "$(get name "$sd_n")" "$work/$sd_n.err" &&
     { [ -s "$work/$sd_n.blob.sha" ] || sha256_of "$work/$sd_n.blob" > "$work/$sd_n.blob.sha"; }
@@ -525,6 +564,7 @@ fail() {  # n reason
   eval "state_$1=failed"
   missing=$((missing + 1))
   log "$(get name "$1"): FAILED: $2"
+  keep_partial "$1"
   rm -f "$work/$1.blob" "$work/$1.blob.part"
 }
 
@@ -539,41 +579,57 @@ for n in $queue; do
   fi
 done
 
-# One import, in the background (two run at once: containerd unpacks on both cores).
-# Its verdict goes to $work/N.result; the main shell records it.
+# What the names $1 and $2 point at: "NAME DIGEST" lines (one ctr call for both).
+targets_of() { ctr_ images ls "name==$1" "name==$2" 2>/dev/null | awk 'NR > 1 { print $1, $3 }'; }
+pick() { printf '%s\n' "$1" | awk -v n="$2" '$1 == n { print $2; exit }'; }
+
+# One import, in the background (two run at once: containerd unpacks on both cores). When
+# `ctr import` ends it says "N slot" on the FIFO (the next import may start while this one
+# checks, names and pins); its verdict goes to $work/N.result, and the main shell records it.
 import_one() {
   io_n=$1
   io_ref=$(get ref "$io_n")
   io_dref=$(get dref "$io_n")
   io_want=$(get id "$io_n")
+  io_rc=0
   # shellcheck disable=SC2086 # $local_flag is a word or nothing on purpose
-  if ! ctr_ images import $local_flag --platform "$(get plat "$io_n")" "$work/$io_n.blob" \
-      >"$work/$io_n.import" 2>&1; then
+  ctr_ images import $local_flag --platform "$(get plat "$io_n")" "$work/$io_n.blob" \
+    >"$work/$io_n.import" 2>&1 || io_rc=$?
+  echo "$io_n slot" >&3
+  if [ "$io_rc" != 0 ]; then
     ctr_ images rm "$io_ref" >/dev/null 2>&1 || :
     echo "import failed: $(tail -n 1 "$work/$io_n.import")" > "$work/$io_n.result"
     return 1
   fi
   rm -f "$work/$io_n.blob"
   # the ref must be the lock's manifest and image ID before the digest is named after it
-  io_target=$(target_of "$io_ref")
+  io_names=$(targets_of "$io_ref" "$io_dref")
+  io_target=$(pick "$io_names" "$io_ref")
   io_have=$(config_of "$io_target")
   if [ "$io_target" != "${io_dref##*@}" ] || [ "$io_have" != "$io_want" ]; then
     ctr_ images rm "$io_ref" >/dev/null 2>&1 || :
     echo "after import $io_ref is ${io_target:-absent} (image ${io_have:-none}), not ${io_dref##*@} (image $io_want); removed" > "$work/$io_n.result"
     return 1
   fi
-  if ! name_and_pin "$io_n" || [ "$(state_of "$io_n")" != present ]; then
+  # then both names must point at it (the manifest is content-addressed: its config was just
+  # checked)
+  if ! name_and_pin "$io_n" "$(pick "$io_names" "$io_dref")" ||
+      ! io_names=$(targets_of "$io_ref" "$io_dref") ||
+      [ "$(pick "$io_names" "$io_ref")" != "${io_dref##*@}" ] ||
+      [ "$(pick "$io_names" "$io_dref")" != "${io_dref##*@}" ]; then
     echo "could not name and pin $io_ref and $io_dref" > "$work/$io_n.result"
     return 1
   fi
   log "$(get name "$io_n"): imported $io_ref and $io_dref (image $io_want), pinned"
 }
 
-# Each import, when it ends, writes "N STATUS" to a FIFO; the main shell reads whichever ends
-# first, so a slot is refilled at once rather than after the oldest import.
+# Each import, when it ends, writes "N STATUS" to a FIFO (and "N slot" before, when its
+# `ctr import` ended); the main shell reads whichever comes first, so a slot is refilled at
+# once rather than after the oldest import.
 mkfifo "$work/done" || die "cannot create a FIFO in $work"
 exec 3<>"$work/done"
-running=0
+running=0  # imports in `ctr import`
+pending=0  # imports without a verdict yet
 
 start_import() {
   si_n=$1
@@ -582,13 +638,18 @@ start_import() {
   { si_rc=0; (import_one "$si_n") || si_rc=$?
     echo "$si_n $si_rc" >&3; } &
   echo $! > "$work/$si_n.ipid"
-  running=$((running + 1))
+  running=$((running + 1)) pending=$((pending + 1))
 }
 
-# Wait for the next import to end and record its verdict.
+# Wait for the next message of an import: a free slot, or a verdict to record.
 collect_one() {
   read -r co_n co_rc <&3
-  running=$((running - 1))
+  if [ "$co_rc" = slot ]; then
+    : > "$work/$co_n.slot"; running=$((running - 1)); return 0
+  fi
+  # (an import that died inside `ctr import` said no "slot")
+  if [ ! -f "$work/$co_n.slot" ]; then running=$((running - 1)); fi
+  pending=$((pending - 1))
   wait "$(cat "$work/$co_n.ipid")" 2>/dev/null || :
   rm -f "$work/$co_n.ipid"
   if [ "$co_rc" = 0 ]; then
@@ -630,12 +691,13 @@ for n in $queue; do
     continue
   fi
   log "$(get name "$n"): verified sha256 $got"
-  if [ "$running" -ge "$imports" ]; then collect_one; fi
+  while [ "$running" -ge "$imports" ]; do collect_one; done
   start_import "$n"
 done
-while [ "$running" -gt 0 ]; do collect_one; done
+while [ "$pending" -gt 0 ]; do collect_one; done
 
 if [ "$missing" -eq 0 ]; then
+  if [ -n "$partials" ]; then rm -rf "$partials"; fi
   release_stale  # only once every listed image is here: a failed upgrade keeps the old pinned
   write_status import true
   log "all $count images present"
