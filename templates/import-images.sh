@@ -355,10 +355,16 @@ listed=$(n=1; while [ "$n" -le "$count" ]; do get ref "$n"; echo; get dref "$n";
 known=$(ctr_ images ls $(printf '%s\n' "$listed" | sed 's/^/name==/') 2>/dev/null) || known=""
 missing=0
 need_list=""
+name="" ref="" dref="" want="" fresh=0
+if [ -n "$known" ] && [ "$(printf '%s\n' "$known" | wc -l)" -le 1 ]; then fresh=1; fi
 n=1
 while [ "$n" -le "$count" ]; do
-  name=$(get name "$n"); ref=$(get ref "$n"); dref=$(get dref "$n"); want=$(get id "$n")
-  state=$(state_of "$n")
+  eval "name=\$name_$n ref=\$ref_$n dref=\$dref_$n want=\$id_$n"  # (no subshell per value)
+  if [ "$fresh" = 1 ]; then
+    state=missing  # containerd has none of the names (a new node): nothing more to ask
+  else
+    state=$(state_of "$n")
+  fi
   if [ "$state" = missing-digest-ref ] && [ "$check_only" = 0 ]; then
     # the image is there (an older kiln imported it): name its digest too, no download
     if name_and_pin "$n"; then state=present; log "$name: named $dref"; fi
@@ -662,13 +668,15 @@ collect_one() {
 index=0
 for n in $queue; do
   index=$((index + 1))
-  # keep `parallel` downloads running: start the one `parallel` places ahead
+  # keep `parallel` downloads running: the one `parallel` places ahead starts when this one
+  # has arrived (not before: more at once would only share the link, or the CPU on a fast one,
+  # and delay the file the next import waits for)
   ahead="" k=0
   for m in $queue; do
     k=$((k + 1))
     if [ "$k" -eq "$((index + parallel))" ]; then ahead=$m; fi
   done
-  for m in $n $ahead; do
+  for m in $n; do
     if [ ! -f "$work/$m.pid" ] && [ ! -f "$work/$m.done" ]; then
       log "$(get name "$m"): downloading $(get size "$m") bytes"
       start_download "$m"
@@ -676,7 +684,15 @@ for n in $queue; do
   done
   pid=$(cat "$work/$n.pid")
   : > "$work/$n.done"
-  if ! wait "$pid"; then
+  dl_rc=0
+  wait "$pid" || dl_rc=$?
+  for m in $ahead; do
+    if [ ! -f "$work/$m.pid" ] && [ ! -f "$work/$m.done" ]; then
+      log "$(get name "$m"): downloading $(get size "$m") bytes"
+      start_download "$m"
+    fi
+  done
+  if [ "$dl_rc" != 0 ]; then
     rm -f "$work/$n.pid"
     verdict=$(tail -n 1 "$work/$n.err" 2>/dev/null || :)
     case "$verdict" in *budget*) budget_spent=1 ;; esac
