@@ -16,9 +16,10 @@
 # a random back-off of 0..min(retry_max_delay, 2^n) s (full jitter; at least Retry-After on
 # 429/503); no download outlives the run's import_budget. --retry-state FILE counts failed runs
 # (systemd's unit passes it): a run after N failures first waits 0..min(retry_max_delay,
-# 10 s * 2^(N-1)). Environment: CONTAINERD_ADDRESS, TMPDIR (downloads), KILN_DATA,
-# KILN_STATUS_FILE, KILN_RETRIES (download attempts), KILN_IMPORTS (imports at once, default 2),
-# KILN_CURL_OPTS (extra curl options, e.g. --limit-rate 100M).
+# 10 s * 2^(N-1)), and resumes the partial downloads a failed run kept in FILE.partial/.
+# Environment: CONTAINERD_ADDRESS, TMPDIR (downloads), KILN_DATA, KILN_STATUS_FILE, KILN_RETRIES
+# (download attempts), KILN_IMPORTS (imports at once, default 2), KILN_CURL_OPTS (extra curl
+# options, e.g. --limit-rate 100M).
 set -eu
 
 PROG=kiln-import
@@ -48,7 +49,7 @@ while [ $# -gt 0 ]; do
     --data) [ $# -ge 2 ] || die "--data needs a file"; data="$2"; shift ;;
     --status) [ $# -ge 2 ] || die "--status needs a file"; status_file="$2"; shift ;;
     --retry-state) [ $# -ge 2 ] || die "--retry-state needs a file"; retry_state="$2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
   shift
