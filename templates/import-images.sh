@@ -66,9 +66,13 @@ fi
 # sha256, for the next run to resume (bytes, not trust: the whole file is hashed before import).
 partials=""
 if [ -n "$retry_state" ]; then partials="$retry_state.partial"; fi
+# Copied, not moved: a stopped run's curl may still be writing to the file it had open.
 keep_partial() {  # N: $work/N.blob.part to $partials/<sha256>
+  kp_to="$partials/$(get sha "$1")"
   if [ -n "$partials" ] && [ -s "$work/$1.blob.part" ] && mkdir -p "$partials" 2>/dev/null; then
-    mv -f "$work/$1.blob.part" "$partials/$(get sha "$1")" 2>/dev/null || :
+    if cp "$work/$1.blob.part" "$kp_to.tmp" 2>/dev/null; then mv -f "$kp_to.tmp" "$kp_to"
+    else rm -f "$kp_to.tmp"; fi
+    rm -f "$work/$1.blob.part"
   fi
 }
 # A kept partial of image N back into the work folder, if it is no longer than the object.

@@ -508,3 +508,37 @@ def test_a_kept_partial_of_wrong_bytes_is_caught_by_the_sha256_and_never_importe
     assert node.server.ranges[big.key][-1] is None  # from the first byte
     assert not kept.parent.exists()
     assert_imported(node, {"small", "big"})
+
+
+def test_a_run_stopped_mid_download_keeps_its_partial_for_the_next(
+        node: Node, tmp_path: Path) -> None:
+    """systemd stops a run (SIGTERM: TimeoutStartSec, a shutdown) while a download stalls: the
+    bytes that arrived are kept, and the next run resumes after them."""
+    import signal
+
+    node.render(retry_max_delay=1)
+    big = next(i for i in node.lock.images if i.name == "big")
+    node.server.faults[big.key] = ["stall:1048576"]  # headers and 1 MiB, then nothing
+    state = tmp_path / "run-kiln" / "failed-runs"
+    argv = ["sh", str(node.folder / "dist/it/node/import-images"), "--status",
+            str(node.folder / "status.json"), "--retry-state", str(state)]
+    log = tmp_path / "stopped.log"
+    with log.open("w") as err, subprocess.Popen(argv, env=node.environ(), stderr=err) as run:
+        deadline = time.monotonic() + 60
+        while not node.server.ranges.get(big.key) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)  # the first MiB is written
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 143, log.read_text()
+    kept = state.parent / "failed-runs.partial" / big.sha256
+    have = kept.stat().st_size
+    assert 1024 * 1024 - 65536 <= have <= 1024 * 1024  # (curl may hold its last buffer)
+    node.server.release.set()  # the stalled answer ends
+    time.sleep(1)
+    assert kept.stat().st_size == have  # the stopped run's curl writes no more into it
+
+    again = node.run("--retry-state", str(state))
+    assert again.returncode == 0, again.stderr
+    assert node.server.ranges[big.key][-1] == f"bytes={have}-"
+    assert not kept.parent.exists()
+    assert_imported(node, {"small", "big"})
