@@ -2,8 +2,9 @@
 # bench/fleet.py's stand-in for `ctr` on simulated nodes (no containerd runs there).
 # It answers what kiln's importer asks, from a folder of its own ($FLEET_CTR_STATE):
 #   ctr version | ctr images import --help
-#   ctr -n NS images ls [-q] [name==REF][,labels."K"==V] | images label REF K=V... (K= unsets)
-#   ctr -n NS images rm REF | content get DIGEST
+#   ctr -n NS images ls [-q] [FILTER ...]: FILTER name==REF[,labels."K"==V] or labels."K"==V
+#     (several are ORed) | images label REF K=V... (K= unsets) | images rm REF
+#   ctr -n NS content get DIGEST
 #   ctr -n NS images tag [--force] REF NEW   (the digest name: the same record under NEW)
 #   ctr -n NS images import [--platform P] FILE   (bench/fleetctr.py checks the whole archive)
 set -eu
@@ -17,27 +18,32 @@ case "${1:-} ${2:-}" in
     if [ "${3:-}" = --help ]; then echo "usage: ctr images import [--platform P] FILE"; exit 0; fi
     shift 2
     exec "${FLEET_PYTHON:-python3}" -I -S "${FLEET_CTR_CHECKER:?}" check "$@" ;;
-  "images ls")
+  "images ls")  # filters ORed, as ctr does
     shift 2
     quiet=0
     if [ "${1:-}" = -q ]; then quiet=1; shift; fi
-    filter=${1:-}
-    name="" label=""
-    case "$filter" in
-      name==*,labels.*) name=${filter%%,labels.*}; name=${name#name==}; label=${filter#*,labels.} ;;
-      name==*) name=${filter#name==} ;;
-      labels.*) label=${filter#labels.} ;;
-    esac
-    label=$(printf '%s' "$label" | tr -d '"')  # "K"==V -> K==V
     [ "$quiet" = 1 ] || echo "REF TYPE DIGEST SIZE PLATFORMS LABELS"
     for file in "$state"/images/*; do
       [ -f "$file" ] || continue
       read -r ref _ _ _ _ labels < "$file"
-      if [ -n "$name" ] && [ "$ref" != "$name" ]; then continue; fi
-      if [ -n "$label" ] &&
-          ! printf '%s\n' "$labels" | tr ',' '\n' | grep -qxF -- "${label%%==*}=${label#*==}"; then
-        continue
-      fi
+      hit=0
+      [ $# -eq 0 ] && hit=1
+      for filter in "$@"; do
+        name="" label=""
+        case "$filter" in
+          name==*,labels.*) name=${filter%%,labels.*}; name=${name#name==}; label=${filter#*,labels.} ;;
+          name==*) name=${filter#name==} ;;
+          labels.*) label=${filter#labels.} ;;
+        esac
+        label=$(printf '%s' "$label" | tr -d '"')  # "K"==V -> K==V
+        if [ -n "$name" ] && [ "$ref" != "$name" ]; then continue; fi
+        if [ -n "$label" ] &&
+            ! printf '%s\n' "$labels" | tr ',' '\n' | grep -qxF -- "${label%%==*}=${label#*==}"; then
+          continue
+        fi
+        hit=1
+      done
+      [ "$hit" = 1 ] || continue
       if [ "$quiet" = 1 ]; then echo "$ref"; else cat "$file"; fi
     done
     exit 0 ;;

@@ -209,6 +209,10 @@ class Renderer:
     def importer(self) -> str:
         return (TEMPLATES / IMPORTER).read_text()
 
+    def importer_compact(self) -> str:
+        """The importer for user-data, where bytes count (EC2: 16 KiB): compact_shell."""
+        return compact_shell(self.importer())
+
     def bootcmd(self) -> str:
         """Every boot, in cloud-init's first stage: install the unit and make kubelet wait for
         it. Started here, it runs before kubelet and before runcmd (which is too late alone).
@@ -236,7 +240,7 @@ class Renderer:
         document["bootcmd"] = [self.bootcmd()]
         files: list[dict[str, Any]] = [
             {"path": f"{PREFIX}/import-images", "permissions": "0755",
-             "content": self.importer()},
+             "content": self.importer_compact()},
             {"path": f"{PREFIX}/images.data", "permissions": "0600",
              "content": self.data_file(images)},
         ]
@@ -303,6 +307,15 @@ def _write_seed(path: Path, data: bytes, secret: bool, out: Rendered) -> None:
     finally:
         os.close(fd)
     out.files.append(path)
+
+
+def compact_shell(text: str) -> str:
+    """A sh program without its whole-line comments after the header (up to `set -eu`, which
+    --help prints); it has no here-documents (a test keeps it so): no line left out is data."""
+    lines = text.splitlines(keepends=True)
+    head = next((n for n, line in enumerate(lines) if line.startswith("set -eu")), 0)
+    return "".join(lines[:head] + [line for line in lines[head:] if not line.lstrip(
+        ).startswith("#") or line.lstrip().startswith("# shellcheck")])
 
 
 def render(env: Environment, lock: Lock, dist: Path, locator: Locator, *,

@@ -16,10 +16,11 @@
 # a random back-off of 0..min(retry_max_delay, 2^n) s (full jitter; at least Retry-After on
 # 429/503); no download outlives the run's import_budget. --retry-state FILE counts failed runs
 # (systemd's unit passes it): a run after N failures first waits 0..min(retry_max_delay,
-# 10 s * 2^(N-1)). Environment: CONTAINERD_ADDRESS, TMPDIR (downloads), KILN_DATA,
-# KILN_STATUS_FILE, KILN_RETRIES (download attempts), KILN_IMPORTS (imports at once, default 2),
-# KILN_CURL_OPTS (extra curl options, e.g. --limit-rate 100M), KILN_PLATFORM (os/arch[/variant]:
-# import that platform's images instead of the one `uname -m` names).
+# 10 s * 2^(N-1)), and resumes the partial downloads a failed run kept in FILE.partial/.
+# Environment: CONTAINERD_ADDRESS, TMPDIR (downloads), KILN_DATA, KILN_STATUS_FILE, KILN_RETRIES
+# (download attempts), KILN_IMPORTS (imports at once, default 2), KILN_CURL_OPTS (extra curl
+# options, e.g. --limit-rate 100M), KILN_PLATFORM (os/arch[/variant]: import that platform's
+# images instead of the one `uname -m` names).
 set -eu
 
 PROG=kiln-import
@@ -56,7 +57,7 @@ while [ $# -gt 0 ]; do
     --data) [ $# -ge 2 ] || die "--data needs a file"; data="$2"; shift ;;
     --status) [ $# -ge 2 ] || die "--status needs a file"; status_file="$2"; shift ;;
     --retry-state) [ $# -ge 2 ] || die "--retry-state needs a file"; retry_state="$2"; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
   shift
@@ -69,9 +70,35 @@ if [ -n "$retry_state" ]; then
   case "$failed_runs" in ''|*[!0-9]*) failed_runs=0 ;; esac
   [ "${#failed_runs}" -le 6 ] || failed_runs=0
 fi
+# A failed run keeps its partial downloads beside the retry state, named by the object's
+# sha256, for the next run to resume (bytes, not trust: the whole file is hashed before import).
+partials=""
+if [ -n "$retry_state" ]; then partials="$retry_state.partial"; fi
+# Copied, not moved: a stopped run's curl may still be writing to the file it had open.
+keep_partial() {  # N: $work/N.blob.part to $partials/<sha256>
+  kp_to="$partials/$(get sha "$1")"
+  if [ -n "$partials" ] && [ -s "$work/$1.blob.part" ] && mkdir -p "$partials" 2>/dev/null; then
+    if cp "$work/$1.blob.part" "$kp_to.tmp" 2>/dev/null; then mv -f "$kp_to.tmp" "$kp_to"
+    else rm -f "$kp_to.tmp"; fi
+    rm -f "$work/$1.blob.part"
+  fi
+}
+# A kept partial of image N back into the work folder, if it is no longer than the object.
+resume_partial() {
+  rp_kept="$partials/$(get sha "$1")"
+  [ -n "$partials" ] && [ -f "$rp_kept" ] || return 0
+  if [ "$(wc -c < "$rp_kept" | tr -d ' ')" -le "$(get size "$1")" ]; then
+    mv -f "$rp_kept" "$work/$1.blob.part" 2>/dev/null || rm -f "$rp_kept"
+  else
+    rm -f "$rp_kept"
+  fi
+}
 cleanup() {
   if [ -n "$checked_dir" ]; then rm -rf "$checked_dir"; fi
   if [ -n "$work" ]; then
+    for partial in "$work"/*.blob.part; do
+      if [ -f "$partial" ]; then partial=${partial##*/}; keep_partial "${partial%%.*}"; fi
+    done
     for pidfile in "$work"/*.pid "$work"/*.ipid; do
       if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || :; fi
     done
@@ -271,8 +298,21 @@ now() { date +%s; }  # not POSIX, but GNU, busybox and BSD date all have %s
 
 ctr_() { ctr -n "$NS" "$@"; }
 
+# `ctr images ls` of every name the data file lists, read once for the first look (one ctr
+# call instead of one per name); empty otherwise.
+known=""
+
 # The manifest digest the image named $1 points at, or nothing.
-target_of() { ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $3; exit }'; }
+# A name read twice in the shared listing (another tool's label text with a newline can read
+# as a row) is asked for alone, where its own row comes first.
+target_of() {
+  if [ -n "$known" ] && [ "$(printf '%s\n' "$known" | awk -v n="$1" 'NR > 1 && $1 == n' |
+      wc -l)" -le 1 ]; then
+    printf '%s\n' "$known" | awk -v n="$1" 'NR > 1 && $1 == n { print $3; exit }'
+    return 0
+  fi
+  ctr_ images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $3; exit }'
+}
 
 # The config digest (image ID) the manifest $1 names, or nothing.
 config_of() {
@@ -303,10 +343,12 @@ state_of() {
 }
 
 # Name image N's manifest repo@sha256:<digest> too (from its ref, already checked), and pin
-# both names, with kiln's labels (the environment, the lock).
+# both names, with kiln's labels (the environment, the lock). $2, when given: what the digest
+# name points at now (the caller has just looked).
 name_and_pin() {
   np_ref=$(get ref "$1") np_dref=$(get dref "$1")
-  if [ "$(target_of "$np_dref")" != "${np_dref##*@}" ]; then
+  if [ $# -ge 2 ]; then np_has=$2; else np_has=$(target_of "$np_dref"); fi
+  if [ "$np_has" != "${np_dref##*@}" ]; then
     ctr_ images tag --force "$np_ref" "$np_dref" >/dev/null 2>&1 || return 1
   fi
   for np_name in "$np_ref" "$np_dref"; do
@@ -428,12 +470,20 @@ listed=$(n=1; while [ "$n" -le "$count" ]; do get ref "$n"; echo; get dref "$n";
          n=$((n + 1)); done)
 # shellcheck disable=SC2086 # one name a word
 lacking_n=$(set -- $lacking; echo $#)
+# shellcheck disable=SC2046 # one filter a name: names have no white space or glob
+known=$(ctr_ images ls $(printf '%s\n' "$listed" | sed 's/^/name==/') 2>/dev/null) || known=""
 missing=$lacking_n
 need_list=""
+name="" ref="" dref="" want="" fresh=0
+if [ -n "$known" ] && [ "$(printf '%s\n' "$known" | wc -l)" -le 1 ]; then fresh=1; fi
 n=1
 while [ "$n" -le "$count" ]; do
-  name=$(get name "$n"); ref=$(get ref "$n"); dref=$(get dref "$n"); want=$(get id "$n")
-  state=$(state_of "$n")
+  eval "name=\$name_$n ref=\$ref_$n dref=\$dref_$n want=\$id_$n"  # (no subshell per value)
+  if [ "$fresh" = 1 ]; then
+    state=missing  # containerd has none of the names (a new node): nothing more to ask
+  else
+    state=$(state_of "$n")
+  fi
   if [ "$state" = missing-digest-ref ] && [ "$check_only" = 0 ]; then
     # the image is there (an older kiln imported it): name its digest too, no download
     if name_and_pin "$n"; then state=present; log "$name: named $dref"; fi
@@ -459,6 +509,7 @@ while [ "$n" -le "$count" ]; do
   fi
   n=$((n + 1))
 done
+known=""
 
 if [ "$check_only" = 1 ]; then
   for n in $need_list; do
@@ -485,6 +536,7 @@ if [ -z "$need_list" ] && [ -n "$lacking" ]; then
   die "$missing image(s) have no image for this node's platform $platform: $lacking"
 fi
 if [ -z "$need_list" ]; then
+  if [ -n "$partials" ]; then rm -rf "$partials"; fi
   release_stale
   write_status import true
   log "all $count images present: nothing to do"
@@ -513,8 +565,10 @@ command -v curl >/dev/null 2>&1 || die "curl is not installed"
 # openssl hashes with the CPU's SHA instructions (5x coreutils' sha256sum here)
 if openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then
   sha256_of() { openssl dgst -sha256 -r "$1" | cut -d ' ' -f 1; }
+  sha256_stream() { openssl dgst -sha256 -r | cut -d ' ' -f 1; }
 elif command -v sha256sum >/dev/null 2>&1; then
   sha256_of() { sha256sum "$1" | cut -d ' ' -f 1; }
+  sha256_stream() { sha256sum | cut -d ' ' -f 1; }
 else
   die "neither openssl nor sha256sum is installed"
 fi
@@ -542,9 +596,34 @@ retry_after() {
 }
 # <<< retry-after
 
-# One download, in the background: retries with back-off, resuming the partial file. Its last
-# line on stderr is its verdict. URL and credentials reach curl on stdin (-K -), never in argv.
+# curl's config for $1 on stdout (URL, credentials): curl reads it on stdin (-K -), never argv.
+curl_config() {
+  printf 'url = %s\n' "$(curl_quote "$1")"
+  if [ -n "$sigv4" ]; then
+    printf 'user = %s\n' "$(curl_quote "$sigv4_user")"
+    # S3 (radosgw, AWS) refuses a SigV4 request without this header, which curl 7.88
+    # (Debian 12) does not add; curl signs it with the others
+    printf 'header = %s\n' "$(curl_quote "x-amz-content-sha256: UNSIGNED-PAYLOAD")"
+    if [ -n "$sigv4_token" ]; then
+      printf 'header = %s\n' "$(curl_quote "x-amz-security-token: $sigv4_token")"
+    fi
+  fi
+}
+
+# One GET (config on stdin) for the download at $1 (its headers to $1.hdr); more curl options
+# after it. Uses $left, the seconds left of the budget.
 # shellcheck disable=SC2086 # KILN_CURL_OPTS is a list of curl options on purpose
+curl_get() {
+  cg_out=$1; shift
+  curl --fail --silent --show-error --location \
+    --connect-timeout "$(( left < 10 ? left : 10 ))" --max-time "$left" \
+    --speed-limit 1024 --speed-time "$stall_timeout" --dump-header "$cg_out.hdr" \
+    ${ca_bundle:+--cacert "$ca_bundle"} ${sigv4:+--aws-sigv4 "$sigv4"} ${KILN_CURL_OPTS:-} \
+    -K - "$@"
+}
+
+# One download, in the background: retries with back-off, resuming the partial file. Its last
+# line on stderr is its verdict. A download from the first byte leaves its sha256 in $2.sha.
 download() {
   url=$1 out=$2 size=$3 dl_name=$4 dl_err=$5
   attempt=1
@@ -554,22 +633,21 @@ download() {
       echo "import budget of ${import_budget}s spent after $((attempt - 1)) tries"; return 1
     fi
     rc=0
-    rm -f "$out.hdr"
-    { printf 'url = %s\n' "$(curl_quote "$url")"
-      if [ -n "$sigv4" ]; then
-        printf 'user = %s\n' "$(curl_quote "$sigv4_user")"
-        # S3 (radosgw, AWS) refuses a SigV4 request without this header, which curl 7.88
-        # (Debian 12) does not add; curl signs it with the others
-        printf 'header = %s\n' "$(curl_quote "x-amz-content-sha256: UNSIGNED-PAYLOAD")"
-        if [ -n "$sigv4_token" ]; then
-          printf 'header = %s\n' "$(curl_quote "x-amz-security-token: $sigv4_token")"
-        fi
-      fi
-    } | curl --fail --silent --show-error --location -C - \
-        --connect-timeout "$(( left < 10 ? left : 10 ))" --max-time "$left" \
-        --speed-limit 1024 --speed-time "$stall_timeout" --dump-header "$out.hdr" \
-        ${ca_bundle:+--cacert "$ca_bundle"} ${sigv4:+--aws-sigv4 "$sigv4"} ${KILN_CURL_OPTS:-} \
-        -K - -o "$out.part" || rc=$?
+    rm -f "$out.hdr" "$out.sha"
+    if [ -s "$out.part" ]; then  # resume: curl appends; the whole file is hashed after
+      curl_config "$url" | curl_get "$out" -C - -o "$out.part" || rc=$?
+    else
+      # from the first byte: hashed as it arrives (tee), so no second read of the file; curl's
+      # status and tee's come back through files (POSIX sh has no pipefail)
+      rm -f "$out.tee"
+      { curl_config "$url" | curl_get "$out" -o -; echo "$?" > "$out.rc"; } |
+        { tee "$out.part" || echo failed > "$out.tee"; } | sha256_stream > "$out.sha.new" || :
+      rc=$(cat "$out.rc" 2>/dev/null || :)
+      case "$rc" in ''|*[!0-9]*) rc=1 ;; esac
+      if [ -f "$out.tee" ] && [ "$rc" -eq 0 ]; then rc=23; fi  # curl's code for a write error
+      if [ "$rc" -eq 0 ]; then mv -f "$out.sha.new" "$out.sha"; fi
+      rm -f "$out.rc" "$out.tee" "$out.sha.new"
+    fi
     [ "$rc" -eq 0 ] && break
     # a finished file answers a resume with 416: it is complete, not failed
     if [ -f "$out.part" ] && [ "$(wc -c < "$out.part" | tr -d " ")" -eq "$size" ]; then break; fi
@@ -598,6 +676,10 @@ download() {
     attempt=$((attempt + 1))
   done
   rm -f "$out.hdr"
+  # the streamed hash stands only for a file of the lock's size (tee wrote all it hashed)
+  if [ -f "$out.sha" ] && [ "$(wc -c < "$out.part" | tr -d " ")" -ne "$size" ]; then
+    rm -f "$out.sha"
+  fi
   mv -f "$out.part" "$out"
 }
 
@@ -606,9 +688,11 @@ download() {
 # shellcheck disable=SC2094 # download reads its error file for a log line after curl wrote it
 start_download() {
   sd_n=$1
+  resume_partial "$sd_n"
   (download "$(get url "$sd_n")" "$work/$sd_n.blob" "$(get size "$sd_n")" \
     "$(get name "$sd_n")" "$work/$sd_n.err" &&
-    sha256_of "$work/$sd_n.blob" > "$work/$sd_n.sha") >"$work/$sd_n.err" 2>&1 &
+    { [ -s "$work/$sd_n.blob.sha" ] || sha256_of "$work/$sd_n.blob" > "$work/$sd_n.blob.sha"; }
+  ) >"$work/$sd_n.err" 2>&1 &
   echo $! > "$work/$sd_n.pid"
 }
 
@@ -616,6 +700,7 @@ fail() {  # n reason
   eval "state_$1=failed"
   missing=$((missing + 1))
   log "$(get name "$1"): FAILED: $2"
+  keep_partial "$1"
   rm -f "$work/$1.blob" "$work/$1.blob.part"
 }
 
@@ -630,41 +715,57 @@ for n in $queue; do
   fi
 done
 
-# One import, in the background (two run at once: containerd unpacks on both cores).
-# Its verdict goes to $work/N.result; the main shell records it.
+# What the names $1 and $2 point at: "NAME DIGEST" lines (one ctr call for both).
+targets_of() { ctr_ images ls "name==$1" "name==$2" 2>/dev/null | awk 'NR > 1 { print $1, $3 }'; }
+pick() { printf '%s\n' "$1" | awk -v n="$2" '$1 == n { print $2; exit }'; }
+
+# One import, in the background (two run at once: containerd unpacks on both cores). When
+# `ctr import` ends it says "N slot" on the FIFO (the next import may start while this one
+# checks, names and pins); its verdict goes to $work/N.result, and the main shell records it.
 import_one() {
   io_n=$1
   io_ref=$(get ref "$io_n")
   io_dref=$(get dref "$io_n")
   io_want=$(get id "$io_n")
+  io_rc=0
   # shellcheck disable=SC2086 # $local_flag is a word or nothing on purpose
-  if ! ctr_ images import $local_flag --platform "$(get plat "$io_n")" "$work/$io_n.blob" \
-      >"$work/$io_n.import" 2>&1; then
+  ctr_ images import $local_flag --platform "$(get plat "$io_n")" "$work/$io_n.blob" \
+    >"$work/$io_n.import" 2>&1 || io_rc=$?
+  echo "$io_n slot" >&3
+  if [ "$io_rc" != 0 ]; then
     ctr_ images rm "$io_ref" >/dev/null 2>&1 || :
     echo "import failed: $(tail -n 1 "$work/$io_n.import")" > "$work/$io_n.result"
     return 1
   fi
   rm -f "$work/$io_n.blob"
   # the ref must be the lock's manifest and image ID before the digest is named after it
-  io_target=$(target_of "$io_ref")
+  io_names=$(targets_of "$io_ref" "$io_dref")
+  io_target=$(pick "$io_names" "$io_ref")
   io_have=$(config_of "$io_target")
   if [ "$io_target" != "${io_dref##*@}" ] || [ "$io_have" != "$io_want" ]; then
     ctr_ images rm "$io_ref" >/dev/null 2>&1 || :
     echo "after import $io_ref is ${io_target:-absent} (image ${io_have:-none}), not ${io_dref##*@} (image $io_want); removed" > "$work/$io_n.result"
     return 1
   fi
-  if ! name_and_pin "$io_n" || [ "$(state_of "$io_n")" != present ]; then
+  # then both names must point at it (the manifest is content-addressed: its config was just
+  # checked)
+  if ! name_and_pin "$io_n" "$(pick "$io_names" "$io_dref")" ||
+      ! io_names=$(targets_of "$io_ref" "$io_dref") ||
+      [ "$(pick "$io_names" "$io_ref")" != "${io_dref##*@}" ] ||
+      [ "$(pick "$io_names" "$io_dref")" != "${io_dref##*@}" ]; then
     echo "could not name and pin $io_ref and $io_dref" > "$work/$io_n.result"
     return 1
   fi
   log "$(get name "$io_n"): imported $io_ref and $io_dref (image $io_want), pinned"
 }
 
-# Each import, when it ends, writes "N STATUS" to a FIFO; the main shell reads whichever ends
-# first, so a slot is refilled at once rather than after the oldest import.
+# Each import, when it ends, writes "N STATUS" to a FIFO (and "N slot" before, when its
+# `ctr import` ended); the main shell reads whichever comes first, so a slot is refilled at
+# once rather than after the oldest import.
 mkfifo "$work/done" || die "cannot create a FIFO in $work"
 exec 3<>"$work/done"
-running=0
+running=0  # imports in `ctr import`
+pending=0  # imports without a verdict yet
 
 start_import() {
   si_n=$1
@@ -673,13 +774,18 @@ start_import() {
   { si_rc=0; (import_one "$si_n") || si_rc=$?
     echo "$si_n $si_rc" >&3; } &
   echo $! > "$work/$si_n.ipid"
-  running=$((running + 1))
+  running=$((running + 1)) pending=$((pending + 1))
 }
 
-# Wait for the next import to end and record its verdict.
+# Wait for the next message of an import: a free slot, or a verdict to record.
 collect_one() {
   read -r co_n co_rc <&3
-  running=$((running - 1))
+  if [ "$co_rc" = slot ]; then
+    : > "$work/$co_n.slot"; running=$((running - 1)); return 0
+  fi
+  # (an import that died inside `ctr import` said no "slot")
+  if [ ! -f "$work/$co_n.slot" ]; then running=$((running - 1)); fi
+  pending=$((pending - 1))
   wait "$(cat "$work/$co_n.ipid")" 2>/dev/null || :
   rm -f "$work/$co_n.ipid"
   if [ "$co_rc" = 0 ]; then
@@ -692,13 +798,15 @@ collect_one() {
 index=0
 for n in $queue; do
   index=$((index + 1))
-  # keep `parallel` downloads running: start the one `parallel` places ahead
+  # keep `parallel` downloads running: the one `parallel` places ahead starts when this one
+  # has arrived (not before: more at once would only share the link, or the CPU on a fast one,
+  # and delay the file the next import waits for)
   ahead="" k=0
   for m in $queue; do
     k=$((k + 1))
     if [ "$k" -eq "$((index + parallel))" ]; then ahead=$m; fi
   done
-  for m in $n $ahead; do
+  for m in $n; do
     if [ ! -f "$work/$m.pid" ] && [ ! -f "$work/$m.done" ]; then
       log "$(get name "$m"): downloading $(get size "$m") bytes"
       start_download "$m"
@@ -706,7 +814,15 @@ for n in $queue; do
   done
   pid=$(cat "$work/$n.pid")
   : > "$work/$n.done"
-  if ! wait "$pid"; then
+  dl_rc=0
+  wait "$pid" || dl_rc=$?
+  for m in $ahead; do
+    if [ ! -f "$work/$m.pid" ] && [ ! -f "$work/$m.done" ]; then
+      log "$(get name "$m"): downloading $(get size "$m") bytes"
+      start_download "$m"
+    fi
+  done
+  if [ "$dl_rc" != 0 ]; then
     rm -f "$work/$n.pid"
     verdict=$(tail -n 1 "$work/$n.err" 2>/dev/null || :)
     case "$verdict" in *budget*) budget_spent=1 ;; esac
@@ -715,18 +831,19 @@ for n in $queue; do
     continue
   fi
   rm -f "$work/$n.pid"
-  got=$(cat "$work/$n.sha")
+  got=$(cat "$work/$n.blob.sha")
   if [ "$got" != "$(get sha "$n")" ]; then
     fail "$n" "sha256 mismatch: got $got, the lock says $(get sha "$n"); nothing imported"
     continue
   fi
   log "$(get name "$n"): verified sha256 $got"
-  if [ "$running" -ge "$imports" ]; then collect_one; fi
+  while [ "$running" -ge "$imports" ]; do collect_one; done
   start_import "$n"
 done
-while [ "$running" -gt 0 ]; do collect_one; done
+while [ "$pending" -gt 0 ]; do collect_one; done
 
 if [ "$missing" -eq 0 ]; then
+  if [ -n "$partials" ]; then rm -rf "$partials"; fi
   release_stale  # only once every listed image is here: a failed upgrade keeps the old pinned
   write_status import true
   log "all $count images present"

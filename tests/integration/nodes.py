@@ -32,7 +32,8 @@ STALL_LIMIT = 90  # a stalled answer ends after this many seconds (or at teardow
 class FaultyHandler(http.server.SimpleHTTPRequestHandler):
     """Serves a folder with byte ranges. Faults, one per request, in order, per object key:
     "500"; "503" / "503:N" / "429:N" (with Retry-After: N); "reset" (half the body, then a TCP
-    reset); "stall" (headers and the first KiB, then nothing); "silent" (no answer at all)."""
+    reset); "stall" / "stall:N" (headers and the first KiB or N bytes, then nothing); "silent"
+    (no answer at all)."""
 
     server: FaultyServer
 
@@ -83,8 +84,8 @@ class FaultyHandler(http.server.SimpleHTTPRequestHandler):
         body = data[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if fault == "stall":  # headers and a little of the body, then nothing
-            self.wfile.write(body[:1024])
+        if fault and fault.split(":")[0] == "stall":  # headers and some body, then nothing
+            self.wfile.write(body[:int(fault.partition(":")[2] or 1024)])
             self.wfile.flush()
             self.server.release.wait(STALL_LIMIT)
             self.close_connection = True

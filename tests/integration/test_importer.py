@@ -505,3 +505,84 @@ def test_a_comma_in_another_tools_label_value_reads_as_a_pin(node: Node) -> None
     client = CtrContainerd(str(node.ctr.address))
     found = {i.ref: i.state for i in verify_mod.verify_node(node.lock, client)}
     assert found[small.ref] == verify_mod.NOT_PINNED, found
+
+
+def test_a_failed_run_keeps_its_partial_download_and_the_next_run_resumes_it(
+        node: Node, tmp_path: Path) -> None:
+    """A store that resets mid-body fails the run (one try allowed); what arrived is kept beside
+    the retry state under the object's sha256, and the next run asks only for the rest."""
+    node.render(retry_max_delay=1)
+    big = next(i for i in node.lock.images if i.name == "big")
+    node.server.faults[big.key] = ["reset"]
+    state = tmp_path / "run-kiln" / "failed-runs"
+    first = node.run("--retry-state", str(state), env={"KILN_RETRIES": "1"})
+    assert first.returncode == 1, first.stderr
+    assert "big: FAILED: download failed after 1 tries" in first.stderr
+    kept = state.parent / "failed-runs.partial" / big.sha256
+    have = kept.stat().st_size
+    assert 0 < have < big.size
+    assert big.ref not in node.ctr.images()  # a partial is never imported
+
+    second = node.run("--retry-state", str(state))
+    assert second.returncode == 0, second.stderr
+    assert node.server.ranges[big.key][-1] == f"bytes={have}-"
+    assert node.server.requests.count(big.key) == 2
+    assert not kept.parent.exists() and not state.exists()
+    assert_imported(node, {"small", "big"})
+
+
+def test_a_kept_partial_of_wrong_bytes_is_caught_by_the_sha256_and_never_imported(
+        node: Node, tmp_path: Path) -> None:
+    node.render(retry_max_delay=1)
+    big = next(i for i in node.lock.images if i.name == "big")
+    state = tmp_path / "run-kiln" / "failed-runs"
+    kept = state.parent / "failed-runs.partial" / big.sha256
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"\0" * (big.size // 2))  # not the object's bytes
+    (kept.parent / ("f" * 64)).write_bytes(b"\0" * (big.size * 2))  # no image's: ignored
+    done = node.run("--retry-state", str(state))
+    assert done.returncode == 1
+    assert "big: FAILED: sha256 mismatch" in done.stderr
+    assert node.server.ranges[big.key] == [f"bytes={big.size // 2}-"]
+    assert big.ref not in node.ctr.images()
+    assert not kept.exists()  # a file that failed its hash is not kept
+
+    again = node.run("--retry-state", str(state))
+    assert again.returncode == 0, again.stderr
+    assert node.server.ranges[big.key][-1] is None  # from the first byte
+    assert not kept.parent.exists()
+    assert_imported(node, {"small", "big"})
+
+
+def test_a_run_stopped_mid_download_keeps_its_partial_for_the_next(
+        node: Node, tmp_path: Path) -> None:
+    """systemd stops a run (SIGTERM: TimeoutStartSec, a shutdown) while a download stalls: the
+    bytes that arrived are kept, and the next run resumes after them."""
+    import signal
+
+    node.render(retry_max_delay=1)
+    big = next(i for i in node.lock.images if i.name == "big")
+    node.server.faults[big.key] = ["stall:1048576"]  # headers and 1 MiB, then nothing
+    state = tmp_path / "run-kiln" / "failed-runs"
+    argv = ["sh", str(node.folder / "dist/it/node/import-images"), "--status",
+            str(node.folder / "status.json"), "--retry-state", str(state)]
+    log = tmp_path / "stopped.log"
+    with log.open("w") as err, subprocess.Popen(argv, env=node.environ(), stderr=err) as run:
+        deadline = time.monotonic() + 60
+        while not node.server.ranges.get(big.key) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)  # the first MiB is written
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 143, log.read_text()
+    kept = state.parent / "failed-runs.partial" / big.sha256
+    have = kept.stat().st_size
+    assert 1024 * 1024 - 65536 <= have <= 1024 * 1024  # (curl may hold its last buffer)
+    node.server.release.set()  # the stalled answer ends
+    time.sleep(1)
+    assert kept.stat().st_size == have  # the stopped run's curl writes no more into it
+
+    again = node.run("--retry-state", str(state))
+    assert again.returncode == 0, again.stderr
+    assert node.server.ranges[big.key][-1] == f"bytes={have}-"
+    assert not kept.parent.exists()
+    assert_imported(node, {"small", "big"})

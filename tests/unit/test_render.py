@@ -22,6 +22,7 @@ from kiln.render import (
     PresignedLocator,
     RenderError,
     SigV4Locator,
+    compact_shell,
     images_for_roles,
     jinja_env,
     locator_for,
@@ -110,7 +111,8 @@ def test_user_data_is_cloud_config_with_the_pieces(env: config_mod.Environment,
     paths = [f["path"] for f in data["write_files"]]
     assert paths == ["/usr/local/lib/kiln/import-images", "/usr/local/lib/kiln/images.data",
                      "/usr/local/lib/kiln/ca.pem", "/etc/motd"]
-    assert data["write_files"][0]["content"] == (TEMPLATES / "import-images.sh").read_text()
+    assert data["write_files"][0]["content"] == compact_shell(
+        (TEMPLATES / "import-images.sh").read_text())
     assert data["ca_certs"]["trusted"] == [CA]
     # hold-kubelet (the default): the join steps wait until the import has succeeded
     assert data["runcmd"][0][:2] == ["sh", "-c"]
@@ -148,11 +150,11 @@ def test_oversized_user_data_is_gzipped_then_refused(env: config_mod.Environment
                                                      tmp_path: Path) -> None:
     from dataclasses import replace
 
-    small = replace(env, node=replace(env.node, user_data_limit=14000))
+    small = replace(env, node=replace(env.node, user_data_limit=16000))
     result = render(small, LOCK, tmp_path, PlainLocator("https://a/"),
            packer_dir=PACKER(tmp_path))
     packed = (tmp_path / "prod/cloud-init/user-data").read_bytes()
-    assert len(packed) <= 14000 and gzip.decompress(packed).startswith(b"#cloud-config")
+    assert len(packed) <= 16000 and gzip.decompress(packed).startswith(b"#cloud-config")
     assert any("gzip" in w for w in result.warnings)
     tiny = replace(env, node=replace(env.node, user_data_limit=1024))
     with pytest.raises(RenderError, match=r"over the limit of 1024"):
@@ -442,3 +444,25 @@ def test_a_node_that_states_its_platform_gets_only_its_lines(env: config_mod.Env
                                           r"image of registry"):
         render(env, lock, tmp_path, PlainLocator("https://a/"), packer_dir=PACKER(tmp_path),
                nodes=[Node("w-1", ("control-plane",), platform="linux/arm64")])
+
+
+def test_the_user_data_importer_is_the_importer_without_its_comments(tmp_path: Path) -> None:
+    """The compact copy in user-data runs the same program: every line that is not a comment
+    is there in order, it passes shellcheck, and --help still prints the header."""
+    import shutil
+    import subprocess
+
+    from kiln.render import IMPORTER
+
+    full = (TEMPLATES / IMPORTER).read_text()
+    compact = compact_shell(full)
+    code = [line for line in full.splitlines() if not line.lstrip().startswith("#")]
+    assert [line for line in compact.splitlines() if not line.lstrip().startswith("#")] == code
+    assert "<<" not in "".join(code)  # no here-document whose lines could start with #
+    assert len(compact) < 0.8 * len(full)
+    script = tmp_path / "import-images"
+    script.write_text(compact)
+    assert shutil.which("shellcheck") is not None
+    assert subprocess.run(["shellcheck", "-s", "sh", str(script)]).returncode == 0
+    helped = subprocess.run(["sh", str(script), "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "import-images [--check]" in helped.stdout
