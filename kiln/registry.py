@@ -23,6 +23,7 @@ from pathlib import Path
 from kiln import refs
 from kiln.errors import KilnError
 from kiln.manifests import is_index, platform_manifest
+from kiln.upstream import reason as skopeo_reason
 
 INSPECT_TIMEOUT = 60  # seconds: a registry that does not answer is not waited for longer
 USER_ENV, PASSWORD_ENV = "KILN_REGISTRY_USERNAME", "KILN_REGISTRY_PASSWORD"
@@ -90,8 +91,7 @@ class Registry:
         except subprocess.TimeoutExpired:
             raise RegistryError(f"{ref}: no answer in {INSPECT_TIMEOUT}s") from None
         if done.returncode != 0:
-            stderr = done.stderr.decode(errors="replace").strip()
-            reason = stderr.splitlines()[-1] if stderr else "failed"
+            reason = skopeo_reason(done.stderr.decode(errors="replace"))
             if "manifest unknown" in reason or "not found" in reason.lower():
                 return None
             raise RegistryError(f"{ref}: {reason}")
