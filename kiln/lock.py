@@ -190,6 +190,11 @@ def node_digests(image: LockedImage) -> tuple[str, ...]:
     return () if digest is None else (digest,)
 
 
+def _content_address(sha256: object) -> re.Pattern[str]:
+    """The only key an object of ``sha256`` may have: a store prefix + blobs/sha256/<hex>."""
+    return re.compile(grammar.PREFIX.pattern + "blobs/sha256/" + re.escape(str(sha256)))
+
+
 def _checked(image: LockedImage, where: str) -> LockedImage:
     """A lock is a file anyone can edit: each value must have the shape kiln writes. The key
     above all: it is exactly the content address of the sha256 (a bake may replace or delete
@@ -200,8 +205,7 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
                                                         grammar.SHA256_HEX),
         ("platform", image.platform, grammar.PLATFORM),
         ("compression", image.compression, grammar.COMPRESSION),
-        ("key", image.key, re.compile(grammar.PREFIX.pattern + "blobs/sha256/"
-                                      + re.escape(str(image.sha256)))),
+        ("key", image.key, _content_address(image.sha256)),
         *(("roles", role, grammar.ROLE) for role in image.roles),
         *(("manifest_digests", platform, grammar.PLATFORM)
           for platform, _ in image.manifest_digests),
@@ -212,9 +216,7 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
             ("signed_by", image.signed_by), ("signature", image.signature),
             ("signed", image.signed)) if value is not None),
         *([("signature_sha256", image.signature_sha256, grammar.SHA256_HEX),
-           ("signature_key", image.signature_key,
-            re.compile(grammar.PREFIX.pattern + "blobs/sha256/"
-                       + re.escape(str(image.signature_sha256))))]
+           ("signature_key", image.signature_key, _content_address(image.signature_sha256))]
           if image.signature_key is not None or image.signature_sha256 is not None else []),
     ]
     for field_name, value, pattern in rules:

@@ -58,11 +58,16 @@ class Verified:
 def archive(layout: Path) -> bytes:
     """The artifact's OCI layout as one tar (an `oci-archive:` skopeo pushes), stable: the
     same artifact is the same bytes, so its object is content-addressed like any other."""
+    return _tar({path.relative_to(layout).as_posix(): path.read_bytes()
+                 for path in layout.rglob("*") if path.is_file()})
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    """``files`` as one tar, stable: sorted names, no times, one mode."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(p for p in layout.rglob("*") if p.is_file()):
-            data = path.read_bytes()
-            info = tarfile.TarInfo(path.relative_to(layout).as_posix())
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
@@ -236,13 +241,7 @@ def artifact(repository: str, digest: str, sign: Callable[[bytes], bytes]) -> by
         "digest": _digest(manifest)}]}).encode()
     files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": index,
              **{f"blobs/sha256/{_digest(b)[7:]}": b for b in (payload, config, manifest)}}
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+    return _tar(files)
 
 
 def _digest(data: bytes) -> str:

@@ -263,3 +263,21 @@ def scratch_context(folder: Path, marker: str, size: int = 0) -> Path:
         'CMD ["/bin/busybox", "true"]\n'
     )
     return folder
+
+
+def skopeo_home(home: Path, host: str, ca: Path, user: str, password: str,
+                monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A registry's credentials and CA where skopeo looks by default (never images.yaml):
+    ~/.docker/config.json (what `docker login` writes) and ~/.config/containers/certs.d;
+    HOME points there for the test."""
+    import base64
+    import json
+
+    (home / ".docker").mkdir(parents=True)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (home / ".docker/config.json").write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    certs = home / ".config/containers/certs.d" / host
+    certs.mkdir(parents=True)
+    shutil.copy(ca, certs / "ca.crt")
+    monkeypatch.setenv("HOME", str(home))
+    return home

@@ -22,7 +22,7 @@ import pytest
 
 from kiln.cli import main
 from kiln.localengine import Daemon
-from tests.integration.conftest import scratch_context, tls_registry_at
+from tests.integration.conftest import scratch_context, skopeo_home, tls_registry_at
 from tests.integration.nodes import assert_imported, make_node
 
 UP_USER, UP_PASSWORD = "upstream", "up-s3cret"
@@ -101,18 +101,7 @@ def seeded(upstream: Registry, docker_client: docker.DockerClient, tmp_path: Pat
 
 @pytest.fixture
 def upstream_home(upstream: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The upstream's credentials and CA where skopeo looks by default (never images.yaml):
-    ~/.docker/config.json (what `docker login` writes) and ~/.config/containers/certs.d."""
-    host, ca = upstream
-    home = tmp_path / "home"
-    (home / ".docker").mkdir(parents=True)
-    token = base64.b64encode(f"{UP_USER}:{UP_PASSWORD}".encode()).decode()
-    (home / ".docker/config.json").write_text(json.dumps({"auths": {host: {"auth": token}}}))
-    certs = home / ".config/containers/certs.d" / host
-    certs.mkdir(parents=True)
-    shutil.copy(ca, certs / "ca.crt")
-    monkeypatch.setenv("HOME", str(home))
-    return home
+    return skopeo_home(tmp_path / "home", *upstream, UP_USER, UP_PASSWORD, monkeypatch)
 
 
 def kiln(folder: Path, *args: str) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import ssl
 import urllib.parse
 import urllib.request
@@ -22,7 +21,7 @@ import pytest
 from kiln.cli import main
 from kiln.localengine import Daemon
 from tests.integration import ocibuild
-from tests.integration.conftest import tls_registry_at
+from tests.integration.conftest import skopeo_home, tls_registry_at
 from tests.integration.nodes import make_node
 
 USER, PASSWORD = "upstream", "up-s3cret-multi"
@@ -85,17 +84,7 @@ def seeded(upstream: Registry) -> dict[str, Any]:
 
 @pytest.fixture
 def upstream_home(upstream: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The upstream's credentials and CA where skopeo looks by default (never images.yaml)."""
-    host, ca = upstream
-    home = tmp_path / "home"
-    (home / ".docker").mkdir(parents=True)
-    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    (home / ".docker/config.json").write_text(json.dumps({"auths": {host: {"auth": token}}}))
-    certs = home / ".config/containers/certs.d" / host
-    certs.mkdir(parents=True)
-    shutil.copy(ca, certs / "ca.crt")
-    monkeypatch.setenv("HOME", str(home))
-    return home
+    return skopeo_home(tmp_path / "home", *upstream, USER, PASSWORD, monkeypatch)
 
 
 def kiln(folder: Path, *args: str) -> int:

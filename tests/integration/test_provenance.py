@@ -21,7 +21,7 @@ import pytest
 from kiln.cli import main
 from kiln.localengine import Daemon
 from tests.helpers import registry_image
-from tests.integration.conftest import scratch_context, tls_registry_at
+from tests.integration.conftest import scratch_context, skopeo_home, tls_registry_at
 
 USER, PASSWORD = "upstream", "up-s3cret"
 Registry = tuple[str, Path]
@@ -106,16 +106,7 @@ def internal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 @pytest.fixture
 def home(upstream: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The upstream's credentials and CA where skopeo looks by default (never images.yaml)."""
-    host, ca = upstream
-    (tmp_path / "home/.docker").mkdir(parents=True)
-    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    (tmp_path / "home/.docker/config.json").write_text(json.dumps({"auths": {host: {"auth":
-                                                                                    token}}}))
-    certs = tmp_path / "home/.config/containers/certs.d" / host
-    certs.mkdir(parents=True)
-    shutil.copy(ca, certs / "ca.crt")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    skopeo_home(tmp_path / "home", *upstream, USER, PASSWORD, monkeypatch)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")  # none is needed
 
 
