@@ -156,7 +156,7 @@ def verify_registry_cmd(config_path: str, env_name: str | None, *, dist: str | N
             if image.name in several and served is not None and served.index_digest is None:
                 state = "not-an-index"  # one platform's manifest under the ref: push again
             found.append({"name": image.name, "ref": image.ref, "platform": image.platform,
-                          "state": state, "served_index": served and served.index_digest,
+                          "state": state, "served_index": served.index_digest if served else None,
                           "want": image.image_id, "served": served.image_id if served else None,
                           "want_digest": image.manifest_digest,
                           "served_digest": served.manifest_digest if served else None})
@@ -175,7 +175,7 @@ def verify_registry_cmd(config_path: str, env_name: str | None, *, dist: str | N
     return EXIT_OK if all(i["state"] == "ok" for i in found) else EXIT_FAILED
 
 
-def _on(item: dict[str, str | None], several: set[str | None]) -> str:
+def _on(item: dict[str, str | None], several: set[str]) -> str:
     return f" ({item['platform']})" if item["name"] in several else ""
 
 
