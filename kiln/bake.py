@@ -276,13 +276,14 @@ class Baker:
                     self.reporter.step(label(image), f"copying {source.path.name}")
                     self.upstream.copy_archive(source.path, layout, self.cancel,
                                                image.platform)
-                    served = copied.Served(copied.layout_digest(layout), None)
+                    served, raw = copied.Served(copied.layout_digest(layout), None), b""
                     kept = self.reusable_copy(image, served.manifest_digest)
-            if kept is not None:
-                return provenance.recorded(self.unchanged(
-                    image, replace(kept, index_digest=served.index_digest),
-                    "the lock's manifest digest"), verified)
-            return provenance.recorded(self.publish_copied(image, layout, served), verified)
+            kept = (self.publish_copied(image, layout, served) if kept is None else
+                    self.unchanged(image, kept, "the lock's manifest digest"))
+            index = self.keep(raw) if served.index_digest else None  # push serves it again
+            return provenance.recorded(replace(
+                kept, index_digest=served.index_digest, index_key=index and index[0],
+                index_size=index and index[2]), verified)
 
     def check_signature(self, image: Image, source: PullSource, served: copied.Served,
                         work: Path) -> provenance.Verified | None:
@@ -299,12 +300,16 @@ class Baker:
                                           digests, policy.key, self.signatures, work,
                                           self.cancel)
         assert verified.layout is not None
-        data = provenance.archive(verified.layout)  # small: the store keeps it beside the image
+        # small: the store keeps it beside the image
+        return replace(verified, stored=self.keep(provenance.archive(verified.layout)))
+
+    def keep(self, data: bytes) -> tuple[str, str, int]:
+        """A small blob (a signature, an index) in the store, as is: key, sha256, size."""
         sha256 = hashlib.sha256(data).hexdigest()
         key = blob_key(self.store.prefix, sha256)
         if not self.intact(key, sha256, len(data)):
             self.store.put_bytes(key, data)
-        return replace(verified, stored=(key, sha256, len(data)))
+        return key, sha256, len(data)
 
     def pinned_in_lock(self, image: Image) -> LockedImage | None:
         """The lock's entry when the pull source is pinned by a digest the lock holds (as the
@@ -321,7 +326,10 @@ class Baker:
                 or old.platform != image.platform
                 or pinned not in (old.index_digest, old.manifest_digest)):
             return None
-        return old if self.intact(old.key, old.sha256, old.size) else None
+        index_kept = old.index_digest is None or (  # else (an older kiln): ask once
+            old.index_key is not None and self.intact(old.index_key, old.index_digest[7:],
+                                                      old.index_size or 0))
+        return old if index_kept and self.intact(old.key, old.sha256, old.size) else None
 
     def reusable_copy(self, image: Image, manifest_digest: str) -> LockedImage | None:
         """The lock's entry when it holds this very manifest under the same ref, intact."""

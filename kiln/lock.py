@@ -52,6 +52,9 @@ class LockedImage:
     # several platforms has one entry (and one object) per platform: each maps its own.
     manifest_digests: tuple[tuple[str, str], ...] = ()
     index_digest: str | None = None  # pull: the upstream index the manifest was picked from
+    # that index as served, stored (its sha256 is the index digest): `push` serves it again
+    index_key: str | None = None
+    index_size: int | None = None
     # pull with `verify: {key}`: the key that signed it (sha256 of its DER), the signature
     # artifact's manifest digest, and the digest it signs (the index's or the manifest's)
     signed_by: str | None = None
@@ -137,7 +140,7 @@ def _plain(entry: dict[str, Any]) -> dict[str, Any]:
 
 # written only when set: a lock without them reads as before
 OPTIONAL = {"inputs", "signed_by", "signature", "signed", "signature_key", "signature_sha256",
-            "signature_size"}
+            "signature_size", "index_key", "index_size"}
 
 
 def from_json(text: str, where: str = "lock") -> Lock:
@@ -212,6 +215,10 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
         *(("manifest_digests", digest, grammar.DIGEST) for _, digest in image.manifest_digests),
         *([("index_digest", image.index_digest, grammar.DIGEST)]
           if image.index_digest is not None else []),
+        *([("index_key", image.index_key, re.compile(
+            grammar.PREFIX.pattern + "blobs/sha256/"
+            + (re.escape(image.index_digest[7:]) if image.index_digest else "(?!)")))]
+          if image.index_key is not None or image.index_size is not None else []),
         *((name, value, grammar.DIGEST) for name, value in (
             ("signed_by", image.signed_by), ("signature", image.signature),
             ("signed", image.signed)) if value is not None),
@@ -230,6 +237,8 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
                                        ("uncompressed_size", image.uncompressed_size)]
     if image.signature_key is not None:
         sizes.append(("signature_size", image.signature_size))
+    if image.index_key is not None:
+        sizes.append(("index_size", image.index_size))
     for field_name, number in sizes:
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:
             raise KilnError(f"{where}: image {image.name!r}: {field_name} {number!r} is not a "
@@ -250,6 +259,8 @@ def object_names(text: str, where: str = "lock") -> dict[str, str]:
         out = {str(e["key"]): f"image {e.get('name', '?')}" for e in data.get("images", [])}
         out.update((str(e["signature_key"]), f"signature of image {e.get('name', '?')}")
                    for e in data.get("images", []) if e.get("signature_key"))
+        out.update((str(e["index_key"]), f"index of image {e.get('name', '?')}")
+                   for e in data.get("images", []) if e.get("index_key"))
         out.update((str(b["key"]), f"bundle {b.get('role', '?')}")
                    for b in data.get("bundles", []))
         return out

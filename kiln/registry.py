@@ -140,3 +140,21 @@ class Registry:
         if done.returncode != 0:
             reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
             raise RegistryError(f"push of {ref} failed: {reason}")
+
+    def manifest(self, ref: str) -> bytes | None:
+        """The manifest (or index) ``ref`` resolves to, as served; None when there is none."""
+        return self._inspect(ref)
+
+    def push_index(self, layout: Path, ref: str) -> None:
+        """`skopeo copy --multi-arch index-only --preserve-digests oci:LAYOUT:image
+        docker://REF`: the index alone, byte for byte (its manifests were pushed by digest
+        before: a registry refuses an index naming a manifest it does not hold)."""
+        argv = ["copy", "--quiet", "--multi-arch", "index-only", "--preserve-digests"]
+        if self.cert_dir:
+            argv += ["--dest-cert-dir", str(self.cert_dir)]
+        if self.authfile:
+            argv += ["--dest-authfile", str(self.authfile)]
+        done = self._skopeo(*argv, f"oci:{layout}:image", f"docker://{ref}")
+        if done.returncode != 0:
+            reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+            raise RegistryError(f"push of the index of {ref} failed: {reason}")

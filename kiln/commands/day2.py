@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kiln import provenance, refs, signing
 from kiln.commands.common import load_with_lock
+from kiln.commands.pushindex import push_several
 from kiln.errors import EXIT_FAILED, EXIT_OK, KilnError
 from kiln.lock import LockedImage
 from kiln.publish import fetch_to
@@ -36,17 +37,25 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
              quiet: bool = False, as_json: bool = False) -> int:
     """Push every image of the lock that the registry does not already serve as locked."""
     _, env, lock = load_with_lock(config_path, env_name, dist)
-    several = sorted({i.name for i in lock.images if len(lock.platforms(i.name)) > 1})
-    if several:  # one tag per platform would leave the registry with the last one pushed
-        raise KilnError(f"push: {', '.join(several)} has several platforms; pushing a "
-                        "multi-platform index is not supported yet")
+    several = {i.name for i in lock.images if len(lock.platforms(i.name)) > 1}
     team_key = signing.signing_key()  # signs what kiln built, beside it in the registry
     store = open_store(env.store)
     registry = Registry(env.registry, env.registry_ca)
     report: list[dict[str, str]] = []
     failures: list[str] = []
     try:
-        for image in lock.images:
+        for name in sorted(several):  # one index under the ref: each platform its own
+            entries = [i for i in lock.images if i.name == name]
+            try:
+                result = push_several(entries, store, registry, quiet)
+                for image in entries:
+                    push_signature(image, store, registry, quiet)
+                    sign_built(image, registry, team_key, quiet)
+            except KilnError as exc:
+                failures.append(f"image {name!r}: {exc}")
+                result = "failed"
+            report.append({"name": name, "ref": entries[0].ref, "result": result})
+        for image in (i for i in lock.images if i.name not in several):
             try:
                 if state_of(image, registry.served(image.ref, image.platform)) == "ok":
                     _say(f"kiln: {image.name}: {image.ref} already served as "
@@ -139,11 +148,15 @@ def verify_registry_cmd(config_path: str, env_name: str | None, *, dist: str | N
     _, env, lock = load_with_lock(config_path, env_name, dist)
     registry = Registry(env.registry, env.registry_ca)
     found: list[dict[str, str | None]] = []
+    several = {i.name for i in lock.images if len(lock.platforms(i.name)) > 1}
     try:
         for image in lock.images:
             served = registry.served(image.ref, image.platform)
-            found.append({"name": image.name, "ref": image.ref,
-                          "state": state_of(image, served),
+            state = state_of(image, served)
+            if image.name in several and served is not None and served.index_digest is None:
+                state = "not-an-index"  # one platform's manifest under the ref: push again
+            found.append({"name": image.name, "ref": image.ref, "platform": image.platform,
+                          "state": state, "served_index": served.index_digest if served else None,
                           "want": image.image_id, "served": served.image_id if served else None,
                           "want_digest": image.manifest_digest,
                           "served_digest": served.manifest_digest if served else None})
@@ -158,11 +171,18 @@ def verify_registry_cmd(config_path: str, env_name: str | None, *, dist: str | N
     else:
         for item in found:
             print(f"{'ok ' if item['state'] == 'ok' else 'BAD'} {item['state']:<12} "
-                  f"{item['ref']}{_why(item)}")
+                  f"{item['ref']}{_on(item, several)}{_why(item)}")
     return EXIT_OK if all(i["state"] == "ok" for i in found) else EXIT_FAILED
 
 
+def _on(item: dict[str, str | None], several: set[str]) -> str:
+    return f" ({item['platform']})" if item["name"] in several else ""
+
+
 def _why(item: dict[str, str | None]) -> str:
+    if item["state"] == "not-an-index":
+        return ("  (serves one manifest, not an index of the lock's platforms: push "
+                "again)")
     if item["state"] == "tag-moved":
         return f"  (serves image {item['served']}, the lock says {item['want']})"
     if item["state"] == "wrong-digest":

@@ -69,8 +69,13 @@ def put_manifest(registry: Registry, repo: str, reference: str, data: bytes,
 @pytest.fixture
 def seeded(upstream: Registry) -> dict[str, Any]:
     """A two-platform index (amd64 and arm64 images with different payloads) under `v1`."""
+    return seed(upstream, {AMD: b"amd64 payload\n", ARM: b"arm64 payload, another\n"})
+
+
+def seed(upstream: Registry, payloads: dict[str, bytes]) -> dict[str, Any]:
+    """An index of one image per platform (``payloads``), put through the API under `v1`."""
     repo = f"t{uuid.uuid4().hex[:8]}/app"
-    made = ocibuild.image({AMD: b"amd64 payload\n", ARM: b"arm64 payload, another\n"})
+    made = ocibuild.image(payloads)
     for platform in made.platforms.values():
         put_blob(upstream, repo, platform.layer)
         put_blob(upstream, repo, platform.config)
@@ -192,3 +197,85 @@ def test_a_two_platform_index_is_baked_per_platform_and_each_node_imports_its_ow
             assert done.returncode == 1 and "KILN_PLATFORM must be os/arch" in done.stderr
     finally:
         nodes.close()
+
+
+@pytest.fixture(scope="module")
+def internal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with tls_registry_at(tmp_path_factory.mktemp("internal"), USER, PASSWORD) as served:
+        yield served
+
+
+def test_push_serves_the_upstream_index_when_the_lock_holds_all_it_lists_else_kilns(
+        tmp_path: Path, upstream: Registry, internal: Registry, upstream_home: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    up_host, (host, ca) = upstream[0], internal
+    both = seed(upstream, {AMD: b"amd64 of both\n", ARM: b"arm64 of both\n"})
+    three = seed(upstream, {AMD: b"amd64 of three\n", ARM: b"arm64 of three\n",
+                            "linux/s390x": b"s390x of three\n"})
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copy(ca, folder / "ca.pem")
+    (folder / "images.yaml").write_text(
+        "version: 1\nimages:\n"
+        f"  - {{name: both, ref: '${{registry}}/team/both:v1', "
+        f"pull: '{up_host}/{both['repo']}:v1@{both['image'].index_digest}'}}\n"
+        f"  - {{name: part, ref: '${{registry}}/team/part:v1', "
+        f"pull: '{up_host}/{three['repo']}:v1@{three['image'].index_digest}'}}\n"
+        f"  - {{name: solo, ref: '${{registry}}/team/solo:v1', platforms: [{AMD}], "
+        f"pull: '{up_host}/{both['repo']}:v1'}}\n"
+        f"environments:\n  it:\n    registry: '{host}'\n    registry_ca: ca.pem\n"
+        f"    platforms: [{AMD}, {ARM}]\n"
+        "    store: {type: dir, path: store, url: 'http://127.0.0.1:1/'}\n")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")  # none is needed
+    assert kiln(folder, "bake", "--quiet") == 0, capsys.readouterr().err
+    lock = json.loads((folder / "dist/it/images.lock.json").read_text())
+    stored = {(i["name"], i["platform"]): i for i in lock["images"]}
+    for name, made in (("both", both["image"]), ("part", three["image"])):
+        for platform in (AMD, ARM):  # the upstream index as served, in the store
+            entry = stored[(name, platform)]
+            assert entry["index_digest"] == made.index_digest
+            assert (folder / "store" / entry["index_key"]).read_bytes() == made.index
+            assert entry["index_size"] == len(made.index)
+
+    monkeypatch.setenv("KILN_REGISTRY_USERNAME", USER)
+    monkeypatch.setenv("KILN_REGISTRY_PASSWORD", PASSWORD)
+    capsys.readouterr()
+    assert kiln(folder, "push") == 0, capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert ("part: the upstream index " + three["image"].index_digest + " also lists "
+            "linux/s390x, which the lock does not hold") in said
+    # both: the upstream index byte for byte, and each platform's manifest under it
+    served, headers = call(internal, "GET", "team/both/manifests/v1")
+    assert (served, headers["Docker-Content-Digest"]) == (both["image"].index,
+                                                         both["image"].index_digest)
+    for made in (both["image"], three["image"]):
+        repo = "team/both" if made is both["image"] else "team/part"
+        for platform in (AMD, ARM):
+            one = made.platforms[platform]
+            served, headers = call(internal, "GET", f"{repo}/manifests/{one.digest}")
+            assert (served, headers["Docker-Content-Digest"]) == (one.manifest, one.digest)
+    # part: kiln's index of the two platforms it holds (the registry refuses the upstream's)
+    served, _ = call(internal, "GET", "team/part/manifests/v1")
+    listed = {(m["platform"]["architecture"], m["digest"])
+              for m in json.loads(served)["manifests"]}
+    assert listed == {(p.split("/")[1], three["image"].platforms[p].digest) for p in (AMD, ARM)}
+    # solo: one platform of an index: its manifest under the ref, as before
+    served, headers = call(internal, "GET", "team/solo/manifests/v1")
+    assert headers["Docker-Content-Digest"] == both["image"].platforms[AMD].digest
+
+    assert kiln(folder, "verify-registry", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["name"], r["platform"], r["state"]) for r in rows} == {
+        ("both", AMD, "ok"), ("both", ARM, "ok"), ("part", AMD, "ok"), ("part", ARM, "ok"),
+        ("solo", AMD, "ok")}
+    assert kiln(folder, "push", "--json") == 0  # again: nothing to do
+    assert {r["result"] for r in json.loads(capsys.readouterr().out)} == {"present"}
+
+    # a ref serving one platform's manifest where the lock has two: not-an-index
+    arm = both["image"].platforms[ARM]
+    put_manifest(internal, "team/both", "v1", arm.manifest, ocibuild.MANIFEST)
+    assert kiln(folder, "verify-registry", "--json") == 1
+    states = {(r["name"], r["platform"]): r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert states[("both", AMD)] == states[("both", ARM)] == "not-an-index"
+    assert kiln(folder, "push", "--quiet") == 0, capsys.readouterr().err
+    assert call(internal, "GET", "team/both/manifests/v1")[0] == both["image"].index

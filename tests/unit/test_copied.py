@@ -213,6 +213,36 @@ def test_an_index_gives_its_platform_manifest_and_its_own_digest(tmp_path: Path)
         bake(other, upstream)
 
 
+def test_the_upstream_index_is_stored_as_served_and_an_older_lock_gains_it_once(
+        tmp_path: Path) -> None:
+    upstream = FakeUpstream()
+    amd64, amd64_blobs = registry_image(b"amd64")
+    upstream.push(f"{UP}:amd64", amd64, amd64_blobs)
+    index = image_index([(amd64, "linux/amd64")])
+    index_digest = upstream.push(f"{UP}:v1", index, {})
+    folder = project(tmp_path, f'pull: "{UP}:v1@{index_digest}"')
+    (image,) = bake(folder, upstream).images
+    assert image.index_key == f"blobs/sha256/{index_digest[7:]}"
+    assert (folder / "store" / image.index_key).read_bytes() == index  # push serves it again
+    assert image.index_size == len(index)
+    lock_file = folder / "dist/dev/images.lock.json"
+    stored = lock_file.read_bytes()
+    # a lock an older kiln wrote (no index stored): the pinned rebake asks the registry once
+    older = json.loads(stored)
+    for entry in older["images"]:
+        del entry["index_key"], entry["index_size"]
+    lock_file.write_text(json.dumps(older))
+    (folder / "store" / image.index_key).unlink()
+    asked = FakeUpstream()
+    asked.served, asked.blobs = upstream.served, upstream.blobs
+    bake(folder, asked)
+    assert asked.calls == [("manifest", f"{UP}@{index_digest}")]  # nothing copied again
+    assert lock_file.read_bytes() == stored
+    offline = FakeUpstream()
+    bake(folder, offline)
+    assert offline.calls == [] and lock_file.read_bytes() == stored
+
+
 def test_an_image_of_another_platform_is_refused(tmp_path: Path) -> None:
     upstream = FakeUpstream()
     upstream.push(f"{UP}:v1", *registry_image(b"arm", arch="arm64"))
