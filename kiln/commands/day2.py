@@ -48,8 +48,9 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
             entries = [i for i in lock.images if i.name == name]
             try:
                 result = push_several(entries, store, registry, quiet)
+                index = registry.digest(entries[0].ref)  # the upstream's, or kiln's
                 for image in entries:
-                    push_signature(image, store, registry, quiet)
+                    push_signature(image, store, registry, quiet, index)
                     sign_built(image, registry, team_key, quiet)
             except KilnError as exc:
                 failures.append(f"image {name!r}: {exc}")
@@ -92,23 +93,27 @@ def push_cmd(config_path: str, env_name: str | None, *, dist: str | None = None,
     return EXIT_FAILED if failures else EXIT_OK
 
 
-def signature_ref(image: LockedImage) -> str | None:
-    """Where the registry keeps the upstream signature of what it serves (cosign's tag), when
-    the lock carries one for the manifest the registry serves."""
+def signature_ref(image: LockedImage, index: str | None = None) -> str | None:
+    """Where the registry keeps the upstream signature of what it serves under the ref (cosign's
+    tag): the lock carries one for that manifest or, when the registry serves the upstream index
+    byte for byte (``index``: the digest it serves), for that index."""
     if image.signature_key is None or image.signed is None:
         return None
-    if image.signed != image.manifest_digest:
-        return None  # it signs the upstream index; the registry serves the platform manifest
+    if image.signed not in (image.manifest_digest, index):
+        return None  # it signs an index the registry does not serve under the ref
     return f"{refs.parse(image.ref).repository}:{provenance.signature_tag(image.signed)}"
 
 
-def push_signature(image: LockedImage, store: Store, registry: Registry, quiet: bool) -> None:
-    """The upstream signature, byte for byte, beside the image it signs: an in-cluster
-    verifier (cosign, policy-controller, Kyverno) checks the very digest nodes hold."""
-    ref = signature_ref(image)
+def push_signature(image: LockedImage, store: Store, registry: Registry, quiet: bool,
+                   index: str | None = None) -> None:
+    """The upstream signature, byte for byte, beside what it signs: an in-cluster verifier
+    (cosign, policy-controller, Kyverno) checks the very digest the registry serves under the
+    ref (the platform manifest nodes hold, or the upstream index pushed as served)."""
+    ref = signature_ref(image, index)
     if image.signature_key is not None and ref is None:
         _say(f"kiln: warning: {image.name}: its signature signs the upstream index "
-             f"{image.signed}, which the registry does not serve: not pushed", quiet)
+             f"{image.signed}, which the registry does not serve under {image.ref} (the lock "
+             "holds only some of its platforms): not pushed", quiet)
     if ref is None or registry.digest(ref) == image.signature:
         return
     assert image.signature_key is not None and image.signature_sha256 is not None
@@ -160,7 +165,7 @@ def verify_registry_cmd(config_path: str, env_name: str | None, *, dist: str | N
                           "want": image.image_id, "served": served.image_id if served else None,
                           "want_digest": image.manifest_digest,
                           "served_digest": served.manifest_digest if served else None})
-            ref = signature_ref(image)
+            ref = signature_ref(image, served.index_digest if served else None)
             if ref is not None and found[-1]["state"] == "ok" and registry.digest(
                     ref) != image.signature:
                 found[-1]["state"] = "missing-signature"

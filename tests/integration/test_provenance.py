@@ -11,6 +11,7 @@ import json
 import shutil
 import ssl
 import subprocess
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pytest
 from kiln.cli import main
 from kiln.localengine import Daemon
 from tests.helpers import registry_image
+from tests.integration import ocibuild
 from tests.integration.conftest import scratch_context, skopeo_home, tls_registry_at
 
 USER, PASSWORD = "upstream", "up-s3cret"
@@ -184,6 +186,74 @@ def test_bake_accepts_what_the_key_signed_and_refuses_the_rest(
                  "--json"]) == 0
     assert [r["state"] for r in json.loads(capsys.readouterr().out)] == ["ok"]
 
+
+
+def test_a_signed_upstream_index_is_pushed_with_its_signature(
+        tmp_path: Path, upstream: Registry, internal: Registry, home: None,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """cosign signs the index digest of a multi-platform image: once push serves that index
+    byte for byte (the lock holds all its platforms), the signature goes beside it; an image
+    baked for one of its platforms is served as that manifest, so the index's signature is not
+    pushed (a warning says so) and verify-registry does not ask for it."""
+    host, team = upstream[0], f"t{uuid.uuid4().hex[:8]}"
+    shutil.copy(internal[1], tmp_path / "internal-ca.pem")
+    key, pub = keypair(tmp_path, "upstream")
+    made = ocibuild.image({"linux/amd64": b"amd64 signed\n", "linux/arm64": b"arm64 signed\n"})
+    for name in ("both", "one"):
+        for one in made.platforms.values():
+            put(upstream, f"{team}/{name}", one.digest, one.manifest,
+                {ocibuild.digest(one.layer): one.layer, one.image_id: one.config},
+                ocibuild.MANIFEST)
+        assert put(upstream, f"{team}/{name}", "v1", made.index, {},
+                   ocibuild.INDEX) == made.index_digest
+    signature = cosign_sign(upstream, f"{team}/both", made.index_digest, key)
+    cosign_sign(upstream, f"{team}/one", made.index_digest, key)
+    (tmp_path / "images.yaml").write_text(
+        f"version: 1\nimages:\n"
+        f"  - {{name: both, ref: '${{registry}}/{team}/both:v1', pull: '{host}/{team}/both:v1',"
+        " platforms: [linux/amd64, linux/arm64]}\n"
+        f"  - {{name: one, ref: '${{registry}}/{team}/one:v1', pull: '{host}/{team}/one:v1'}}\n"
+        f"environments:\n  it:\n    registry: '{internal[0]}'\n"
+        "    registry_ca: internal-ca.pem\n    verify: {key: upstream.pub}\n"
+        "    store: {type: dir, path: store, url: 'http://127.0.0.1:1/'}\n")
+    args = ["--env", "it", "--config", str(tmp_path / "images.yaml")]
+    assert main(["bake", *args, "--quiet"]) == 0, capsys.readouterr().err
+    entries = json.loads((tmp_path / "dist/it/images.lock.json").read_text())["images"]
+    assert {(e["name"], e["signed"], e["signature"]) for e in entries if e["name"] == "both"} \
+        == {("both", made.index_digest, signature)}
+
+    monkeypatch.setenv("KILN_REGISTRY_USERNAME", USER)
+    monkeypatch.setenv("KILN_REGISTRY_PASSWORD", PASSWORD)
+    capsys.readouterr()
+    assert main(["push", *args]) == 0, capsys.readouterr().err
+    said = capsys.readouterr().err
+    tag = made.index_digest.replace(":", "-") + ".sig"
+    with call(internal, "GET", f"{team}/both/manifests/{tag}") as answer:
+        assert answer.headers["Docker-Content-Digest"] == signature
+        (layer,) = json.loads(answer.read())["layers"]
+    with call(internal, "GET", f"{team}/both/blobs/{layer['digest']}") as answer:
+        payload = answer.read()  # names the index the internal registry serves under v1
+    assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] \
+        == made.index_digest
+    (tmp_path / "sig.der").write_bytes(base64.b64decode(
+        layer["annotations"]["dev.cosignproject.cosign/signature"]))
+    checked = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature",
+                              str(tmp_path / "sig.der")], input=payload, capture_output=True)
+    assert checked.stdout.strip() == b"Verified OK"
+    assert (f"one: its signature signs the upstream index {made.index_digest}, which the "
+            "registry does not serve") in said
+    with pytest.raises(urllib.error.HTTPError):
+        call(internal, "GET", f"{team}/one/manifests/{tag}")
+    assert main(["verify-registry", *args, "--json"]) == 0
+    assert {r["state"] for r in json.loads(capsys.readouterr().out)} == {"ok"}
+
+    # another signature under the tag (another key's): verify-registry says so per platform
+    cosign_sign(internal, f"{team}/both", made.index_digest, keypair(tmp_path, "other")[0])
+    assert main(["verify-registry", *args, "--json"]) == 1
+    assert {(r["name"], r["state"]) for r in json.loads(capsys.readouterr().out)} == {
+        ("both", "missing-signature"), ("one", "ok")}
+    assert main(["push", *args, "--quiet"]) == 0, capsys.readouterr().err
+    assert main(["verify-registry", *args]) == 0
 
 def test_push_signs_what_kiln_built_with_the_team_key(
         tmp_path: Path, internal: Registry, dockerd: Daemon, monkeypatch: pytest.MonkeyPatch,
