@@ -143,7 +143,7 @@ class NodeSettings:
     stall_timeout: int = 60  # a download slower than 1 KiB/s this long is abandoned
     import_budget: int = 1800  # seconds one importer run may spend fetching, retries included
     retries: int = 8  # download attempts per image in one run
-    retry_max_delay: int = 300  # cap of the jittered exponential back-off
+    retry_max_delay: int = 20  # cap of the jittered exponential back-off (AWS SDKs: 20 s)
     on_import_failure: Literal["hold-kubelet", "start-kubelet"] = "hold-kubelet"
 
 

@@ -132,7 +132,7 @@ sigv4_token=""
 retries=8
 stall_timeout=60
 import_budget=1800
-retry_max_delay=300
+retry_max_delay=20
 lock_id=""
 count=0
 released="" stale_pins=""  # names whose pin this run released; stale pins --check found

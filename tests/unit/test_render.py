@@ -309,7 +309,7 @@ def test_hold_kubelet_is_the_default_and_gates_kubelet(env: config_mod.Environme
     node = tmp_path / "prod/node"
     data = (node / "images.data").read_text().splitlines()
     for line in ("set stall_timeout 60", "set import_budget 1800", "set retries 8",
-                 "set retry_max_delay 300"):
+                 "set retry_max_delay 20"):
         assert line in data
     dropin = (node / "10-kiln-import.conf").read_text()
     # Requires= would fail kubelet's start job for good when the first import run fails
