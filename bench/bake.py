@@ -278,7 +278,7 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], endpoint: str
         awscli = "" if args.only_pull else f"awscli {base_times[-1]:.1f} s, "
         print(f"bench: round {rnd + 1}: {awscli}docker pull pipeline {pull_times[-1]:.1f} s, "
               f"skopeo floor {floor_times[-1]:.1f} s "
-              f"(+ upload {stored_times[-1]:.1f} s), kiln {elapsed:.1f} s", flush=True)
+              f"(then stored: {stored_times[-1]:.1f} s), kiln {elapsed:.1f} s", flush=True)
     if args.profile:
         empty_bucket(s3, "bench")
         shutil.rmtree(work / "dist", ignore_errors=True)

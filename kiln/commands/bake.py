@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 from kiln import lint as lint_mod
-from kiln import signing
+from kiln import lookups, signing
 from kiln.bake import Baker
 from kiln.commands.render import check_golden_credentials, render_env
 from kiln.engine import DockerEngine
@@ -21,9 +21,12 @@ from kiln.upstream import SkopeoUpstream
 
 
 def served_by(registry: Registry) -> Callable[[str, str], str | None]:
-    """What the registry serves for a ref (its manifest digest), for the rebind check."""
+    """What the registry serves for a ref (its manifest digest), for the rebind check; each
+    ref asked once, whatever the number of its platforms."""
+    document = lookups.once(registry.manifest)
+
     def lookup(ref: str, platform: str) -> str | None:
-        served = registry.served(ref, platform)
+        served = registry.served_from(ref, document(ref), platform)
         return None if served is None else served.manifest_digest
     return lookup
 
