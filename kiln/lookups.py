@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,10 +93,25 @@ def asked_early(previous: Lock | None, wanted: Iterable[tuple[str, str]],
             failed.append(exc)
             raise
 
-    pool = ThreadPoolExecutor(min(ASKED_AT_ONCE, len(keys)), thread_name_prefix="kiln-registry")
-    futures: dict[tuple[str, str], Future[str | None]] = {
-        key: pool.submit(ask, *key) for key in keys}
-    pool.shutdown(wait=False)  # each question ends on its own (the registry's timeout)
+    futures: dict[tuple[str, str], Future[str | None]] = {key: Future() for key in keys}
+    queue = list(keys)
+    taking = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with taking:
+                if not queue:
+                    return
+                key = queue.pop(0)
+            future = futures[key]
+            try:
+                future.set_result(ask(*key))
+            except BaseException as exc:  # handed to whoever reads the answer
+                future.set_exception(exc)
+
+    # daemons: a bake that fails meanwhile exits without waiting for a registry's timeout
+    for n in range(min(ASKED_AT_ONCE, len(keys))):
+        threading.Thread(target=work, name=f"kiln-registry-{n}", daemon=True).start()
 
     def answer(ref: str, platform: str) -> str | None:
         future = futures.get((ref, platform))

@@ -179,3 +179,16 @@ def test_the_rebind_lookup_reads_an_index_once_for_every_platform() -> None:
                                   f"{repo}@{digest(arm64)}", f"{repo}:v2"]
     finally:
         registry.close()
+
+
+def test_a_registry_that_hangs_never_holds_a_failed_bake_at_exit() -> None:
+    release = threading.Event()
+
+    def hangs(ref: str, platform: str) -> str | None:
+        release.wait(5)
+        return None
+
+    lookups.asked_early(None, [("r.example.com/f/a:v1", "linux/amd64")], hangs)
+    askers = [t for t in threading.enumerate() if t.name.startswith("kiln-registry")]
+    assert askers and all(t.daemon for t in askers)
+    release.set()
