@@ -91,7 +91,7 @@ bench: bench-bake bench-node bench-render bench-lint
 
 bench-bake: venv
 	$(PY) -m pip install --quiet -e '.[test,dev,bench]'
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/bake.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/bake.py $(BENCH_ARGS)
 
 bench-node: venv
 	$(PY) bench/node_import.py

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kiln import buildinputs, copied, provenance, refs
+from kiln import buildinputs, copied, lookups, provenance, refs
 from kiln import lock as lockfile
 from kiln import rebind as rebind_mod
 from kiln.errors import KilnError
@@ -75,7 +75,7 @@ class Baker:
         self.signatures = signatures  # checks upstream signatures (kiln/signing.py)
         self.env = env
         self.engine = engine  # asked only for builds and `docker save` archives
-        self.upstream = upstream  # copies pull sources and OCI archives as served
+        self.upstream = lookups.manifests_once(upstream)  # copies pull sources as served
         self.store = store
         self.reporter = reporter
         self.lock_path = lockfile.lock_path(dist, env.name)
@@ -373,11 +373,13 @@ class Baker:
     def run(self) -> BakeResult:
         self.store.check()
         images = self.config.per_platform(self.env)
-        for image in images:
-            self.ref_locks.setdefault(image.ref, threading.Lock())
+        self.ref_locks = {image.ref: threading.Lock() for image in images}
+        self.registry_lookup = lookups.asked_early(  # answered while the images copy
+            self.previous, [(i.ref, i.platform) for i in images], self.registry_lookup)
         try:
             entries = self._parallel([(label(image), self._task(image)) for image in images])
-            moved = self.check_refs(entries)
+            moved = rebind_mod.check(self.previous, entries, self.rebind, self.registry_lookup,
+                                     self.reporter.finish)
             new = Lock(environment=self.env.name, registry=self.env.registry,
                        images=tuple(sorted(entries, key=lockfile.entry_key)),
                        store=self.store.facts(),
@@ -389,10 +391,6 @@ class Baker:
         self.store.put_bytes(lock_key(self.store.prefix, self.env.name),
                              lockfile.to_json(new).encode())
         return BakeResult(new, tuple(self.uploaded), tuple(self.reused), tuple(self.repaired))
-
-    def check_refs(self, entries: list[LockedImage]) -> list[lockfile.Rebound]:
-        return rebind_mod.check(self.previous, entries, self.rebind, self.registry_lookup,
-                                self.reporter.finish)
 
     def _drop_created(self) -> None:
         """Take away the objects this bake created (their keys were absent before): an

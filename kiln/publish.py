@@ -1,5 +1,6 @@
 """Export stream -> OCI archive with compressed layers -> sha256 -> store, in one pass; or a
-copy of an image as served (kiln/copied.py) -> OCI archive, byte for byte -> store.
+copy of an image as served (kiln/copied.py) -> OCI archive, byte for byte -> sha256, then the
+store reads the archive again from the copy's files (kiln/replay.py).
 
 Nothing uncompressed touches the disk (a layer waits, compressed, in a spool until its size
 and digest are known) and memory stays bounded. The object's key is its sha256, known only at
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from kiln import copied, ociarchive
+from kiln import copied, ociarchive, replay
 from kiln.errors import KilnError
 from kiln.model import Compression
 from kiln.stores import Store, blob_key
@@ -83,16 +84,25 @@ def publish_copy(layout: Path, ref: str, platform: str, store: Store, size_hint:
                  progress: Callable[[int], None] = lambda _: None,
                  cancel: threading.Event | None = None) -> tuple[Published, copied.Copied]:
     """The image copied as served into the OCI layout folder ``layout``, stored as an archive
-    naming it ``ref``: its blobs byte for byte (kiln/copied.py)."""
-    found: list[copied.Copied] = []
+    naming it ``ref``: its blobs byte for byte (kiln/copied.py). The archive is written once
+    to be checked and hashed, then the store reads it again from the layout (kiln/replay.py):
+    no spool."""
+    recorder = replay.Recorder(layout)
+    digest = hashlib.sha256()
 
-    def write(sink: Callable[[bytes], None]) -> ociarchive.Converted:
-        found.append(copied.write_archive(layout, ref, platform, sink, progress, cancel))
-        image = found[0]
-        return ociarchive.Converted(image.size, {ref: image.image_id},
-                                    {ref: image.manifest_digest})
+    def sink(data: bytes) -> None:
+        digest.update(data)
+        recorder(data)
 
-    return _store(write, store, size_hint, cancel), found[0]
+    try:
+        found = copied.write_archive(layout, ref, platform, sink, progress, cancel)
+        archive = recorder.finish()
+    finally:
+        recorder.close()
+    key = blob_key(store.prefix, digest.hexdigest())
+    uploaded = store.put_source(key, archive, cancel)
+    return Published(key, digest.hexdigest(), archive.size, found.size, uploaded,
+                     {ref: found.image_id}, {ref: found.manifest_digest}), found
 
 
 def _store(write: Callable[[Callable[[bytes], None]], ociarchive.Converted], store: Store,

@@ -105,7 +105,11 @@ class Registry:
     def served(self, ref: str, platform: str = "linux/amd64") -> ServedImage | None:
         """The manifest digest and image ID the registry serves for ``ref`` and ``platform``
         (through its index when the ref names one); None when it has no such ref."""
-        raw = self._inspect(ref)
+        return self.served_from(ref, self._inspect(ref), platform)
+
+    def served_from(self, ref: str, raw: bytes | None, platform: str) -> ServedImage | None:
+        """As served(), from the document ``raw`` the registry served for ``ref`` (None: no
+        such ref): an index read once answers for each of its platforms."""
         if raw is None:
             return None
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()

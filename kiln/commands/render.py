@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from kiln.commands.common import data_signer, trusted_lock
 from kiln.errors import EXIT_OK, ConfigError, Problem
@@ -44,7 +45,8 @@ def check_nodes_get_images(nodes: list[Node], lock: Lock, inventory: str) -> Non
 
 def render_env(config: Config, env: Environment, dist: Path, inventory: str | None = None,
                quiet: bool = False, after_bake: bool = False,
-               allow_credentials_in_golden_image: bool = False) -> int:
+               allow_credentials_in_golden_image: bool = False,
+               presign_client: Any = None) -> int:
     check_golden_credentials(env, allow_credentials_in_golden_image)
     missing = missing_url(env)
     if missing and after_bake:  # a bake into a store nodes cannot read yet is still a bake
@@ -54,8 +56,8 @@ def render_env(config: Config, env: Environment, dist: Path, inventory: str | No
     nodes = load_inventory(Path(inventory), inventory) if inventory else None
     if nodes is not None and inventory is not None:
         check_nodes_get_images(nodes, lock, inventory)
-    result = render(env, lock, dist, locator_for(env), nodes=nodes, sign=data_signer(),
-                    packer_dir=config.root / "packer",
+    result = render(env, lock, dist, locator_for(env, client=presign_client), nodes=nodes,
+                    sign=data_signer(), packer_dir=config.root / "packer",
                     allow_credentials_in_golden_image=allow_credentials_in_golden_image)
     for warning in result.warnings:
         sys.stderr.write(f"kiln: warning: {warning}\n")

@@ -58,6 +58,30 @@ class ObjectWriter(Protocol):
         ...
 
 
+class SourceStream(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+
+class Source(Protocol):
+    """An object's bytes that can be read again, from any offset: what a store is handed
+    instead of a stream when the bytes already lie on disk (kiln/replay.py), so that nothing
+    is spooled."""
+
+    size: int
+
+    def open(self, cancel: threading.Event | None = None) -> SourceStream:
+        """A stream of the bytes from the first; reading with ``cancel`` set fails."""
+        ...
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """``size`` bytes from ``offset``; safe from several threads."""
+        ...
+
+
 class Store(Protocol):
     prefix: str
 
@@ -75,6 +99,11 @@ class Store(Protocol):
 
     def writer(self, size_hint: int, cancel: threading.Event | None = None) -> ObjectWriter:
         """A writer for one object; ``cancel`` set makes a long commit give up cleanly."""
+        ...
+
+    def put_source(self, key: str, source: Source, cancel: threading.Event | None = None) -> bool:
+        """Store ``source`` under ``key`` (its sha256, known to the caller), visible only once
+        complete; False when an equal object was there already."""
         ...
 
     def put_bytes(self, key: str, data: bytes) -> None: ...

@@ -12,9 +12,10 @@ from typing import BinaryIO
 
 from kiln import config
 from kiln.files import write_atomic
-from kiln.stores import Entry, StoreError, sha256_of
+from kiln.stores import Entry, Source, StoreError, sha256_of
 
 PARTIAL = ".partial-"  # a writer's temp file; left behind only by a killed bake
+CHUNK = 1 << 20
 
 
 def _os_error(action: str, path: Path, exc: OSError) -> StoreError:
@@ -104,6 +105,17 @@ class DirectoryStore:
 
     def writer(self, size_hint: int, cancel: threading.Event | None = None) -> DirectoryWriter:
         return DirectoryWriter(self.root, self.root / "blobs" / "sha256")
+
+    def put_source(self, key: str, source: Source, cancel: threading.Event | None = None) -> bool:
+        writer = self.writer(source.size, cancel)
+        try:
+            stream = source.open(cancel)
+            while chunk := stream.read(CHUNK):
+                writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.commit(key)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         try:

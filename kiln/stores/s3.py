@@ -1,10 +1,11 @@
 """S3-compatible stores (MinIO, Ceph RGW, AWS) through boto3.
 
 Credentials come only from boto3's standard chain. The compressed stream is spooled (memory,
-then a temp file) until its sha256, and so its content-addressed key, is known; then it goes up
-in one PUT, or as a multipart upload with parts in parallel straight to that key (S3 shows a
-multipart object only once complete, so the key never holds part of one). Abort (an error,
-Ctrl-C) aborts the multipart upload: nothing is left behind.
+then a temp file) until its sha256, and so its content-addressed key, is known (bytes already
+on disk are read again from there instead: put_source); then it goes up in one PUT, or as a
+multipart upload with parts in parallel straight to that key (S3 shows a multipart object only
+once complete, so the key never holds part of one). Abort (an error, Ctrl-C) aborts the
+multipart upload: nothing is left behind.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import errno
 import math
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -26,7 +28,7 @@ import botocore.exceptions
 from kiln import config
 from kiln.errors import Cancelled, KilnError
 from kiln.files import spool, spool_dir
-from kiln.stores import Entry, StoreError, sha256_of
+from kiln.stores import Entry, Source, SourceStream, StoreError, sha256_of
 
 MIN_PART = 8 << 20
 MAX_PARTS = 10_000
@@ -81,17 +83,15 @@ class S3Writer:
     The key is the stream's sha256, known only at the end. Spooling the *compressed* bytes
     locally costs a little disk; the alternative, streaming to a staging key and copying it
     server-side, makes the storage cluster rewrite every object (50 GB for a 50 GB image).
+    Bytes that already lie on disk need no spool: put_source reads them again from there.
     """
 
     def __init__(self, store: S3ObjectStore, cancel: threading.Event | None) -> None:
         self.store = store
-        self.cancel = cancel or threading.Event()
-        self.client = store.client
+        self.cancel = cancel
         # The writer owns the spool from write() to commit()/abort(), which close it.
         self.spool = spool()
         self.size = 0
-        self.upload_id: str | None = None
-        self.key = ""
 
     def write(self, chunk: bytes) -> None:
         try:
@@ -102,9 +102,55 @@ class S3Writer:
         self.size += len(chunk)
 
     def commit(self, key: str) -> bool:
-        self.key = key
         try:
             self.spool.flush()
+            return self.store.put_source(key, _Spooled(self.spool, self.size), self.cancel)
+        finally:
+            self.spool.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.spool.close()
+
+
+class _Spooled:
+    """A spool as a Source: the PUT reads it as a stream, parts read it at their offsets."""
+
+    def __init__(self, spooled: tempfile.SpooledTemporaryFile[bytes], size: int) -> None:
+        self.spool = spooled
+        self.size = size
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def open(self, cancel: threading.Event | None = None) -> SourceStream:
+        self.spool.seek(0)
+        return self.spool
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            if self._fd is None:
+                self.spool.rollover()  # a real file, so that parts can be read at offsets
+                self._fd = self.spool.fileno()
+        return os.pread(self._fd, size, offset)
+
+
+class _Upload:
+    """One object to its content address: in one PUT, or in parallel parts straight to the
+    key (S3 shows a multipart object only once complete); aborted on error or Ctrl-C."""
+
+    def __init__(self, store: S3ObjectStore, key: str, source: Source,
+                 cancel: threading.Event | None) -> None:
+        self.store = store
+        self.client = store.client
+        self.key = key
+        self.source = source
+        self.size = source.size
+        self.cancel = cancel or threading.Event()
+        self.upload_id: str | None = None
+
+    def run(self) -> bool:
+        key = self.key
+        try:
             if (self.store.stat(key) == self.size
                     and self.store.verify(key, key.rsplit("/", 1)[-1], self.size) is not False):
                 self.store.touch(key)  # reused now: a prune's grace period starts again
@@ -112,8 +158,8 @@ class S3Writer:
             if self.cancel.is_set():
                 raise Cancelled("interrupted")
             if self.size <= multipart_threshold():
-                self.spool.seek(0)
-                self.client.put_object(Bucket=self.store.bucket, Key=key, Body=self.spool,
+                self.client.put_object(Bucket=self.store.bucket, Key=key,
+                                       Body=self.source.open(self.cancel),
                                        ContentLength=self.size)
             else:
                 self._multipart(key)
@@ -132,18 +178,14 @@ class S3Writer:
         except BaseException:
             self.abort()
             raise
-        finally:
-            self.spool.close()
 
     def _multipart(self, key: str) -> None:
         """Parts in parallel straight to ``key``: S3 shows it only once complete."""
         part = part_size_for(self.size)
         started = self.client.create_multipart_upload(Bucket=self.store.bucket, Key=key)
         self.upload_id = started["UploadId"]
-        self.spool.rollover()  # a real file, so that parts can be read at their offsets
-        fd = self.spool.fileno()
         futures = [
-            self.store.submit(self._upload_part, number, fd, offset, min(part, self.size - offset))
+            self.store.submit(self._upload_part, number, offset, min(part, self.size - offset))
             for number, offset in enumerate(range(0, self.size, part), start=1)
         ]
         try:
@@ -166,10 +208,10 @@ class S3Writer:
                                               MultipartUpload={"Parts": parts})
         self.upload_id = None
 
-    def _upload_part(self, number: int, fd: int, offset: int, length: int) -> dict[str, Any]:
+    def _upload_part(self, number: int, offset: int, length: int) -> dict[str, Any]:
         if self.cancel.is_set():
             raise Cancelled("interrupted")
-        data = os.pread(fd, length, offset)
+        data = self.source.read_at(offset, length)
         try:
             answer = self.client.upload_part(Bucket=self.store.bucket, Key=self.key,
                                              UploadId=self.upload_id, PartNumber=number,
@@ -184,8 +226,6 @@ class S3Writer:
                 self.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key,
                                                    UploadId=self.upload_id)
             self.upload_id = None
-        with contextlib.suppress(OSError):
-            self.spool.close()
 
 
 class S3ObjectStore:
@@ -268,6 +308,9 @@ class S3ObjectStore:
 
     def writer(self, size_hint: int, cancel: threading.Event | None = None) -> S3Writer:
         return S3Writer(self, cancel)
+
+    def put_source(self, key: str, source: Source, cancel: threading.Event | None = None) -> bool:
+        return _Upload(self, key, source, cancel).run()
 
     def put_bytes(self, key: str, data: bytes) -> None:
         try:

@@ -19,7 +19,7 @@ CORE = ("refs", "config", "yamlio", "grammar", "errors", "lock", "files", "ociar
         "manifests", "ports", "project", "inventory", "pem", "cloudconfig", "render", "verify",
         "diff", "model", "schema", "environments", "locators", "buildinputs", "tarstream",
         "lint/__init__", "lint/charts", "lint/context", "lint/rules/__init__", "lint/values",
-        "lint/conventions")
+        "lint/conventions", "lookups", "replay")
 FORBIDDEN_IN_CORE = (*EDGE_LIBRARIES, "subprocess", "kiln.cli", "kiln.commands",
                      "kiln.engine", "kiln.containerd", "kiln.localengine", "kiln.vm",
                      "kiln.stores.s3", "kiln.registry", "kiln.upstream")
@@ -54,6 +54,14 @@ def test_commands_that_need_no_engine_load_none(command: str) -> None:
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert json.loads(out) == [], f"`kiln {command}` loads {out.strip()}"
+
+
+def test_bake_loads_the_docker_sdk_only_for_an_engine() -> None:
+    """A bake of pull sources and OCI archives needs no engine: its start-up skips the SDK."""
+    probe = "import sys, kiln.cli, kiln.commands.bake; print('docker' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_the_rule_ids_the_config_accepts_are_the_rules_that_run() -> None:
