@@ -278,7 +278,7 @@ class Baker:
                                                image.platform)
                     served, raw = copied.Served(copied.layout_digest(layout), None), b""
                     kept = self.reusable_copy(image, served.manifest_digest)
-            kept = (self.publish_copied(image, layout, served) if kept is None else
+            kept = (self.publish_copied(image, layout, served, raw) if kept is None else
                     self.unchanged(image, kept, "the lock's manifest digest"))
             index = self.keep(raw) if served.index_digest else None  # push serves it again
             return provenance.recorded(replace(
@@ -324,7 +324,8 @@ class Baker:
             return None  # verified with another key, or never: ask the registry
         if (pinned is None or old is None or old.source != source.kind or old.ref != image.ref
                 or old.platform != image.platform
-                or pinned not in (old.index_digest, old.manifest_digest)):
+                or pinned not in (old.index_digest, old.manifest_digest)
+                or old.index_unnamed):
             return None
         index_kept = old.index_digest is None or (  # else (an older kiln): ask once
             old.index_key is not None and self.intact(old.index_key, old.index_digest[7:],
@@ -335,7 +336,8 @@ class Baker:
         """The lock's entry when it holds this very manifest under the same ref, intact."""
         old = self.previous.image(image.name, image.platform) if self.previous else None
         if (old is None or old.source != image.source.kind or old.ref != image.ref
-                or old.platform != image.platform or old.manifest_digest != manifest_digest):
+                or old.platform != image.platform or old.manifest_digest != manifest_digest
+                or old.index_unnamed):  # an older kiln's object: made again
             return None
         return old if self.intact(old.key, old.sha256, old.size) else None
 
@@ -346,7 +348,8 @@ class Baker:
         return replace(kept, roles=image.roles,
                        upstream=source.ref if isinstance(source, PullSource) else None)
 
-    def publish_copied(self, image: Image, layout: Path, served: copied.Served) -> LockedImage:
+    def publish_copied(self, image: Image, layout: Path, served: copied.Served,
+                       raw: bytes) -> LockedImage:
         size_hint = sum(p.stat().st_size for p in layout.rglob("*") if p.is_file())
 
         def progress(done: int) -> None:
@@ -354,7 +357,8 @@ class Baker:
 
         self.reporter.step(label(image), "storing")
         published, found = publish_copy(layout, image.ref, image.platform, self.store,
-                                        size_hint, progress, self.cancel)
+                                        size_hint, progress, self.cancel,
+                                        raw if served.index_digest else None)
         self.record(label(image), published)
         source = image.source
         return LockedImage(
@@ -365,8 +369,7 @@ class Baker:
             source=source.kind,
             upstream=source.ref if isinstance(source, PullSource) else None,
             manifest_digests=((image.platform, found.manifest_digest),),
-            index_digest=served.index_digest,
-        )
+            index_digest=served.index_digest, index_named=bool(served.index_digest) or None)
 
     # -- the whole bake -----------------------------------------------------------------------
 

@@ -28,8 +28,10 @@ from kiln import grammar, refs
 from kiln.errors import Cancelled
 from kiln.manifests import is_index, platform_manifest
 from kiln.ociarchive import (
+    INDEX,
     MANIFEST,
     METADATA_LIMIT,
+    NAME_ANNOTATION,
     blob_name,
     finish_layout,
     named_descriptor,
@@ -176,9 +178,12 @@ def _top(layout: Path) -> dict[str, Any]:
 
 def write_archive(layout: Path, ref: str, platform: str, sink: Callable[[bytes], None],
                   progress: Callable[[int], None] = lambda _: None,
-                  cancel: threading.Event | None = None) -> Copied:
+                  cancel: threading.Event | None = None, index: bytes | None = None) -> Copied:
     """The image of the OCI layout folder ``layout`` as the stored archive on ``sink``, named
-    ``ref``: its blobs byte for byte (see the module doc)."""
+    ``ref``: its blobs byte for byte (see the module doc). With ``index`` (the upstream index
+    it was picked from, as served), the archive holds that index too, named
+    ``repo@<its digest>``: `ctr import` gives nodes that name (the CRI resolves a chart's
+    index-digest pin against it); its other platforms' manifests are not in the archive."""
     blobs = _Blobs(layout)
     top = _top(layout)
     manifest_bytes = blobs.small(top)
@@ -209,11 +214,30 @@ def write_archive(layout: Path, ref: str, platform: str, sink: Callable[[bytes],
     platform_desc = {"os": str(config.get("os")), "architecture": str(config.get("architecture"))}
     if config.get("variant"):
         platform_desc["variant"] = str(config["variant"])
-    finish_layout([named_descriptor(media, top["digest"], len(manifest_bytes), platform_desc,
-                                    ref)], out)
+    named = [named_descriptor(media, top["digest"], len(manifest_bytes), platform_desc, ref)]
+    if index is not None:
+        named.append(_index_descriptor(index, top["digest"], ref))
+        out.add_bytes(blob_name(named[-1]["digest"]), index)
+    finish_layout(named, out)
     compression = layers_compression([str(d.get("mediaType", "")) for d in layer_descs])
     return Copied(str(config_desc["digest"]), str(top["digest"]), found, compression,
                   read.total + len(manifest_bytes) + int(config_desc["size"]))
+
+
+def _index_descriptor(index: bytes, manifest_digest: str, ref: str) -> dict[str, Any]:
+    """The index.json entry naming the upstream ``index`` ``repo@<digest>``: it must list the
+    manifest copied (else it is not the index that manifest was picked from)."""
+    try:
+        doc = json.loads(index)
+        listed = {m.get("digest") for m in doc["manifests"]}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArchiveError(f"the upstream index of {ref} is not an index ({exc})") from None
+    if not is_index(doc) or manifest_digest not in listed:
+        raise ArchiveError(f"the upstream index of {ref} does not list {manifest_digest}")
+    digest = digest_of(index)
+    return {"mediaType": str(doc.get("mediaType") or INDEX), "digest": digest,
+            "size": len(index),
+            "annotations": {NAME_ANNOTATION: f"{refs.parse(ref).repository}@{digest}"}}
 
 
 class _Reader:

@@ -55,6 +55,9 @@ class LockedImage:
     # that index as served, stored (its sha256 is the index digest): `push` serves it again
     index_key: str | None = None
     index_size: int | None = None
+    # the stored object holds that index too, named repo@<index digest>: nodes hold that name
+    # (a chart pinning the index digest hits their cache). None: an older kiln's object
+    index_named: bool | None = None
     # pull with `verify: {key}`: the key that signed it (sha256 of its DER), the signature
     # artifact's manifest digest, and the digest it signs (the index's or the manifest's)
     signed_by: str | None = None
@@ -79,6 +82,22 @@ class LockedImage:
             return None if digest is None else f"{refs.parse(self.ref).repository}@{digest}"
         except refs.ReferenceError:
             return None  # a ref kiln would not write (render refuses it by name)
+
+    @property
+    def index_unnamed(self) -> bool:
+        """An object of an older kiln, made from an index it does not hold: made again."""
+        return self.index_digest is not None and not self.index_named
+
+    @property
+    def index_ref(self) -> str | None:
+        """``repo@sha256:<index digest>``: the third name nodes hold when the stored object
+        names the upstream index (a chart pinning the index digest resolves against it)."""
+        if not self.index_named or self.index_digest is None:
+            return None
+        try:
+            return f"{refs.parse(self.ref).repository}@{self.index_digest}"
+        except refs.ReferenceError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -140,7 +159,7 @@ def _plain(entry: dict[str, Any]) -> dict[str, Any]:
 
 # written only when set: a lock without them reads as before
 OPTIONAL = {"inputs", "signed_by", "signature", "signed", "signature_key", "signature_sha256",
-            "signature_size", "index_key", "index_size"}
+            "signature_size", "index_key", "index_size", "index_named"}
 
 
 def from_json(text: str, where: str = "lock") -> Lock:
@@ -188,9 +207,9 @@ def _rebound(item: dict[str, Any], where: str) -> Rebound:
 def node_digests(image: LockedImage) -> tuple[str, ...]:
     """The digests a chart may pin for ``image`` (``ref@sha256:…`` or ``repo@sha256:…``): a
     node holds ``repo@sha256:<d>`` for each, so kubelet finds it in the cache: the manifest
-    digest of the entry's platform (nodes do not hold the upstream index: README, Multi-arch)."""
-    digest = image.manifest_digest
-    return () if digest is None else (digest,)
+    digest of the entry's platform and, when its object names it, the upstream index's."""
+    held = (image.manifest_digest, image.index_digest if image.index_ref else None)
+    return tuple(d for d in held if d is not None)
 
 
 def _content_address(sha256: object) -> re.Pattern[str]:
@@ -239,6 +258,10 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
         sizes.append(("signature_size", image.signature_size))
     if image.index_key is not None:
         sizes.append(("index_size", image.index_size))
+    if image.index_named is not None and (not isinstance(image.index_named, bool)
+                                          or image.index_digest is None):
+        raise KilnError(f"{where}: image {image.name!r}: index_named {image.index_named!r} "
+                        "is not what kiln writes (edited by hand?)")
     for field_name, number in sizes:
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:
             raise KilnError(f"{where}: image {image.name!r}: {field_name} {number!r} is not a "

@@ -40,6 +40,7 @@ from typing import IO, Any, BinaryIO, Protocol, cast
 import zstandard
 
 from kiln.files import spool
+from kiln.manifests import INDEX_TYPES
 from kiln.model import Compression
 from kiln.tarstream import CHUNK, ArchiveError, TarReader, TarWriter
 
@@ -353,6 +354,8 @@ def describe(stream: BinaryIO) -> list[ArchivedImage]:
                 blobs[digest] = body if len(body) < METADATA_LIMIT else b""
     found = []
     for desc in index.get("manifests", []):
+        if desc.get("mediaType") in INDEX_TYPES:
+            continue  # the upstream index, named for nodes (kiln/copied.py): not an image
         manifest = json.loads(blobs[desc["digest"]])
         platform = desc.get("platform", {})
         found.append(ArchivedImage(

@@ -82,7 +82,8 @@ def publish(
 
 def publish_copy(layout: Path, ref: str, platform: str, store: Store, size_hint: int,
                  progress: Callable[[int], None] = lambda _: None,
-                 cancel: threading.Event | None = None) -> tuple[Published, copied.Copied]:
+                 cancel: threading.Event | None = None, index: bytes | None = None
+                 ) -> tuple[Published, copied.Copied]:
     """The image copied as served into the OCI layout folder ``layout``, stored as an archive
     naming it ``ref``: its blobs byte for byte (kiln/copied.py). The archive is written once
     to be checked and hashed, then the store reads it again from the layout (kiln/replay.py):
@@ -95,7 +96,7 @@ def publish_copy(layout: Path, ref: str, platform: str, store: Store, size_hint:
         recorder(data)
 
     try:
-        found = copied.write_archive(layout, ref, platform, sink, progress, cancel)
+        found = copied.write_archive(layout, ref, platform, sink, progress, cancel, index)
         archive = recorder.finish()
     finally:
         recorder.close()

@@ -12,21 +12,48 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import refs
 from kiln.errors import KilnError
-from kiln.manifests import is_index, platform_manifest
+from kiln.manifests import INDEX_TYPES, is_index, platform_manifest
 from kiln.upstream import reason as skopeo_reason
 
 INSPECT_TIMEOUT = 60  # seconds: a registry that does not answer is not waited for longer
 USER_ENV, PASSWORD_ENV = "KILN_REGISTRY_USERNAME", "KILN_REGISTRY_PASSWORD"
+
+
+def one_image(archive: Path) -> None:
+    """An archive that also names the upstream index (for nodes: kiln/copied.py) is rewritten
+    in place to list its image only: skopeo takes an archive's image by name only when its
+    manifest is an OCI one, so it must be the one listed (the index's blob stays, unlisted)."""
+    with tarfile.open(archive) as tar:
+        member = tar.getmember("index.json")
+        stream = tar.extractfile(member)
+        assert stream is not None
+        index = json.loads(stream.read(1 << 20))
+    manifests = [m for m in index.get("manifests", []) if m.get("mediaType") not in INDEX_TYPES]
+    if len(manifests) == len(index.get("manifests", [])):
+        return
+    index["manifests"] = manifests
+    data = json.dumps(index, sort_keys=True).encode()
+    rewritten = archive.with_name(archive.name + ".one")
+    with tarfile.open(archive) as tar, tarfile.open(rewritten, "w") as out:
+        for member in tar:
+            if member.name == "index.json":
+                member.size = len(data)
+                out.addfile(member, io.BytesIO(data))
+            else:
+                out.addfile(member, tar.extractfile(member) if member.isreg() else None)
+    os.replace(rewritten, archive)
 
 
 class RegistryError(KilnError):
@@ -140,6 +167,7 @@ class Registry:
             argv += ["--dest-cert-dir", str(self.cert_dir)]
         if self.authfile:
             argv += ["--dest-authfile", str(self.authfile)]
+        one_image(archive)
         done = self._skopeo(*argv, f"oci-archive:{archive}", f"docker://{ref}")
         if done.returncode != 0:
             reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"

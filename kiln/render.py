@@ -67,7 +67,7 @@ DATA_FIELDS: dict[str, re.Pattern[str]] = {
     "name": grammar.NAME, "ref": grammar.REFERENCE, "digest_ref": grammar.DIGEST_REFERENCE,
     "image_id": grammar.IMAGE_ID, "sha256": grammar.SHA256_HEX, "size": grammar.COUNT,
     "uncompressed_size": grammar.COUNT, "compression": grammar.COMPRESSION,
-    "platform": grammar.PLATFORM, "url": grammar.URL,
+    "platform": grammar.PLATFORM, "url": grammar.URL, "index_ref": grammar.INDEX_REFERENCE,
 }
 # ... and of each `set` line kiln writes.
 SETTING_VALUES: dict[str, re.Pattern[str]] = {
@@ -149,7 +149,7 @@ class Renderer:
                    "sha256": image.sha256, "size": str(image.size),
                    "uncompressed_size": str(image.uncompressed_size),
                    "compression": image.compression, "platform": image.platform,
-                   "url": self.url(image.key)}
+                   "url": self.url(image.key), "index_ref": image.index_ref or "-"}
             for field_name, value in row.items():
                 if not grammar.matches(DATA_FIELDS[field_name], value):
                     raise RenderError(f"image {image.name!r}: the {field_name} {value!r} "

@@ -80,7 +80,8 @@ def verify_node(lock: Lock, client: Containerd, roles: Sequence[str] = (),
                                      "not in containerd", image.manifest_digest))
             continue
         have = client.image_id(K8S_NAMESPACE, found.manifest_digest, image.platform)
-        state, detail = _judge(image, found, have, k8s.get(image.digest_ref or ""))
+        state, detail = _judge(image, found, have, k8s.get(image.digest_ref or ""),
+                               k8s.get(image.index_ref or ""))
         out.append(NodeImage(image.name, image.ref, state, image.image_id, have, detail,
                              image.manifest_digest, found.manifest_digest))
     return out + stale_pins(lock, k8s, roles)
@@ -91,8 +92,9 @@ def stale_pins(lock: Lock, k8s: dict[str, ContainerdImage], roles: Sequence[str]
     """Names the importer pinned for this environment that the lock (for ``roles``) no longer
     lists: an earlier release's, which kubelet's image GC can never reclaim while pinned. The
     importer releases them after its next successful run."""
-    listed = {n for i in images_for_roles(lock, roles or None) for n in (i.ref, i.digest_ref)}
-    everywhere = {n: i for i in lock.images for n in (i.ref, i.digest_ref)}
+    listed = {n for i in images_for_roles(lock, roles or None)
+              for n in (i.ref, i.digest_ref, i.index_ref)}
+    everywhere = {n: i for i in lock.images for n in (i.ref, i.digest_ref, i.index_ref) if n}
     return [NodeImage("", name, STALE_PIN, "", None, _stale_why(lock, everywhere.get(name)),
                       None, found.manifest_digest)
             for name, found in sorted(k8s.items())
@@ -111,7 +113,8 @@ def _stale_why(lock: Lock, other: LockedImage | None) -> str:
 
 
 def _judge(image: LockedImage, found: ContainerdImage, have: str,
-           by_digest: ContainerdImage | None) -> tuple[str, str]:
+           by_digest: ContainerdImage | None, by_index: ContainerdImage | None
+           ) -> tuple[str, str]:
     """The state of an image present under its ref, and why."""
     if have != image.image_id:
         return WRONG_ID, f"the ref resolves to {have}, the lock says {image.image_id}"
@@ -122,7 +125,10 @@ def _judge(image: LockedImage, found: ContainerdImage, have: str,
     if by_digest is None or by_digest.manifest_digest != image.manifest_digest:
         return MISSING_DIGEST_REF, (f"no {image.digest_ref}: a digest-pinned reference "
                                     "misses the cache")
-    names = (found, by_digest)
+    if image.index_ref and (by_index is None or by_index.manifest_digest != image.index_digest):
+        return MISSING_DIGEST_REF, (f"no {image.index_ref}: a chart pinning the upstream index "
+                                    "digest misses the cache")
+    names = (found, by_digest, *((by_index,) if by_index else ()))
     if any(n.labels.get(MANAGED_LABEL) != "managed" for n in names):
         return NOT_VISIBLE, (f"no {MANAGED_LABEL}=managed label: the CRI has not taken it in "
                              "(is the CRI plugin enabled?)")
@@ -130,7 +136,8 @@ def _judge(image: LockedImage, found: ContainerdImage, have: str,
         unpinned = ", ".join(n.ref for n in names if n.labels.get(PIN_LABEL) != "pinned")
         return NOT_PINNED, f"no {PIN_LABEL}=pinned label on {unpinned}: kubelet's image GC " \
                            "may delete it"
-    return PRESENT, f"pinned, also as {image.digest_ref}"
+    also = " and ".join(n for n in (image.digest_ref, image.index_ref) if n)
+    return PRESENT, f"pinned, also as {also}"
 
 
 def as_dicts(found: list[NodeImage]) -> list[dict[str, object]]:

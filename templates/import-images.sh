@@ -192,8 +192,8 @@ check_signed_data() {
   log "the data file's signature verifies with $data_key"
 }
 if [ -e "$data_key" ]; then check_signed_data; fi
-# shellcheck disable=SC2034 # c..j are read by the eval below
-while read -r kind a b c d e f g h i j rest; do
+# shellcheck disable=SC2034 # c..k are read by the eval below
+while read -r kind a b c d e f g h i j k rest; do
   case "$kind" in
     ''|'#'*) continue ;;
     set)
@@ -214,19 +214,29 @@ while read -r kind a b c d e f g h i j rest; do
         *) log "warning: unknown setting $a in $data" ;;
       esac ;;
     image)
-      if [ -z "$j" ] || [ -n "$rest" ]; then die "$data: malformed image line for ${a:-?}"; fi
+      if [ -z "$k" ] || [ -n "$rest" ]; then die "$data: malformed image line for ${a:-?}"; fi
       if ! ours "$i"; then others="$others $a=$i"; continue; fi
       ours_names="$ours_names$a "
       count=$((count + 1))
       # eval assigns from the variables named on the right: values are never re-parsed.
       eval "name_$count=\$a ref_$count=\$b dref_$count=\$c id_$count=\$d sha_$count=\$e"
       eval "size_$count=\$f raw_$count=\$g comp_$count=\$h plat_$count=\$i url_$count=\$j"
+      # the upstream index's name, when the object holds it: repo@sha256:<hex>, the repo the
+      # digest name's (a name this program pins as root: checked whole here too)
+      if [ "$k" = - ]; then k=""; else
+        x=${k##*@sha256:}
+        case "$x" in *[!0-9a-f]*) x="" ;; esac
+        if [ "${#x}" -ne 64 ] || [ "${k%@sha256:*}" != "${c%@*}" ]; then
+          die "$data: image $a: '$k' is not $a's index name (repo@sha256:<64 hex>)"
+        fi
+      fi
+      eval "xref_$count=\$k"
       ;;
     sig) ;;  # the data file's signature (checked above when this node holds the key)
     *) die "$data: unknown line kind: $kind" ;;
   esac
 done < "$data_read"
-[ "$format" = oci-archive+digest ] ||
+[ "$format" = oci-archive+index ] ||
   die "$data is for another importer (format ${format:-docker-archive}): render it and this program again with the same kiln"
 # The images the lock has for other platforms only: each is missing here, named in one line.
 lacking=""
@@ -330,7 +340,8 @@ is_pinned() { has_label "$1" "$PIN=pinned"; }
 
 # What containerd holds of image N: present (ref and digest name both on the lock's manifest,
 # whose config is the lock's image ID), missing, wrong-image-id, wrong-digest (the same image
-# under another manifest: imported from another archive) or missing-digest-ref.
+# under another manifest: imported from another archive), missing-digest-ref or
+# missing-index-ref (the upstream index's name, which only an import of the object gives).
 state_of() {
   so_ref=$(get ref "$1") so_dref=$(get dref "$1")
   so_digest=${so_dref##*@}
@@ -339,6 +350,10 @@ state_of() {
   if [ "$(config_of "$so_target")" != "$(get id "$1")" ]; then echo wrong-image-id; return 0; fi
   if [ "$so_target" != "$so_digest" ]; then echo wrong-digest; return 0; fi
   if [ "$(target_of "$so_dref")" != "$so_digest" ]; then echo missing-digest-ref; return 0; fi
+  so_xref=$(get xref "$1")
+  if [ -n "$so_xref" ] && [ "$(target_of "$so_xref")" != "${so_xref##*@}" ]; then
+    echo missing-index-ref; return 0  # imported from an object without the index: again
+  fi
   echo present
 }
 
@@ -351,7 +366,8 @@ name_and_pin() {
   if [ "$np_has" != "${np_dref##*@}" ]; then
     ctr_ images tag --force "$np_ref" "$np_dref" >/dev/null 2>&1 || return 1
   fi
-  for np_name in "$np_ref" "$np_dref"; do
+  np_xref=$(get xref "$1")
+  for np_name in "$np_ref" "$np_dref" ${np_xref:+"$np_xref"}; do
     np_adopt=""
     if is_pinned "$np_name" && ! has_label "$np_name" "$OWNER=$env_name"; then
       np_adopt="$ADOPTED=true"
@@ -467,7 +483,7 @@ done
 
 # -- what is already there ----------------------------------------------------------------------
 listed=$(n=1; while [ "$n" -le "$count" ]; do get ref "$n"; echo; get dref "$n"; echo
-         n=$((n + 1)); done)
+         x=$(get xref "$n"); if [ -n "$x" ]; then echo "$x"; fi; n=$((n + 1)); done)
 # shellcheck disable=SC2086 # one name a word
 lacking_n=$(set -- $lacking; echo $#)
 # shellcheck disable=SC2046 # one filter a name: names have no white space or glob
@@ -490,7 +506,8 @@ while [ "$n" -le "$count" ]; do
   fi
   if [ "$state" = present ]; then
     if [ "$check_only" = 1 ]; then
-      if is_pinned "$ref" && is_pinned "$dref"; then
+      x=$(get xref "$n")
+      if is_pinned "$ref" && is_pinned "$dref" && { [ -z "$x" ] || is_pinned "$x"; }; then
         eval "state_$n=present"; log "$name: present $ref and $dref ($want), pinned"
       else
         eval "state_$n=unpinned"; missing=$((missing + 1)); log "$name: present but not pinned"
@@ -754,6 +771,11 @@ import_one() {
       [ "$(pick "$io_names" "$io_ref")" != "${io_dref##*@}" ] ||
       [ "$(pick "$io_names" "$io_dref")" != "${io_dref##*@}" ]; then
     echo "could not name and pin $io_ref and $io_dref" > "$work/$io_n.result"
+    return 1
+  fi
+  io_xref=$(get xref "$io_n")  # the upstream index's name, given by the import itself
+  if [ -n "$io_xref" ] && [ "$(target_of "$io_xref")" != "${io_xref##*@}" ]; then
+    echo "after import $io_xref is not the index ${io_xref##*@}" > "$work/$io_n.result"
     return 1
   fi
   log "$(get name "$io_n"): imported $io_ref and $io_dref (image $io_want), pinned"

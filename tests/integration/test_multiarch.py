@@ -140,7 +140,7 @@ def test_a_two_platform_index_is_baked_per_platform_and_each_node_imports_its_ow
     node = next(nodes)
     try:
         data = (node.folder / "dist/it/node/images.data").read_text()
-        assert sorted(line.split()[-2] for line in data.splitlines()
+        assert sorted(line.split()[-3] for line in data.splitlines()
                       if line.startswith("image ")) == [AMD, AMD, ARM]
 
         # this machine: linux/amd64
@@ -155,8 +155,31 @@ def test_a_two_platform_index_is_baked_per_platform_and_each_node_imports_its_ow
                 assert held[name].labels.get("io.cri-containerd.pinned") == "pinned"
             assert node.ctr.image_id(digest) == image_id
         assert f"registry.example.com/{repo}@{arm.digest}" not in held
+        # the upstream index's name too (a chart pinning the index digest resolves to it):
+        # the index itself, pinned, complete for this platform, its config the lock's image
+        by_index = f"registry.example.com/{repo}@{made.index_digest}"
+        assert held[by_index].manifest_digest == made.index_digest, done.stderr
+        assert held[by_index].labels.get("io.cri-containerd.pinned") == "pinned"
+        checked = node.ctr.run("images", "check", f"name=={by_index}").decode()
+        assert "complete" in checked and "incomplete" not in checked, checked
+        assert node.ctr.run("content", "get", made.index_digest) == made.index
+        assert not any("@" in n and n.endswith(made.index_digest) for n in held
+                       if n.startswith(f"registry.example.com/{repo}-solo"))
         assert node.status()["platform"] == AMD and node.status()["missing_platform"] == []
         assert node.run("--check").returncode == 0
+        # without it: --check and verify say so, and a run imports the object again
+        node.ctr.run("images", "rm", by_index)
+        check = node.run("--check")
+        assert check.returncode == 1 and "app: missing-index-ref" in check.stderr
+        capsys.readouterr()
+        assert kiln(node.folder, "verify", "--containerd-address",
+                    str(fresh_containerd.socket), "--json") == 1
+        states = {f["name"]: (f["state"], f["detail"]) for f in
+                  json.loads(capsys.readouterr().out)}
+        assert states["app"][0] == "missing-digest-ref" and by_index in states["app"][1]
+        done = node.run()
+        assert done.returncode == 0, done.stderr
+        assert node.ctr.images()[by_index].manifest_digest == made.index_digest
         assert kiln(node.folder, "verify", "--containerd-address",
                     str(fresh_containerd.socket), "--json") == 0  # this machine's platform
 
@@ -177,6 +200,8 @@ def test_a_two_platform_index_is_baked_per_platform_and_each_node_imports_its_ow
         for name in (f"{ours}:v1", f"{ours}@{arm.digest}"):
             assert held[name].manifest_digest == arm.digest, done.stderr
             assert held[name].labels.get("io.cri-containerd.pinned") == "pinned"
+        assert held[by_index].manifest_digest == made.index_digest
+        assert held[by_index].labels.get("io.cri-containerd.pinned") == "pinned"
         assert node.ctr.image_id(arm.digest) == arm.image_id
         assert f"registry.example.com/{repo}-solo:v1" not in held
         check = node.run("--check", env=arm_env)

@@ -435,7 +435,7 @@ def test_a_node_that_states_its_platform_gets_only_its_lines(env: config_mod.Env
     arm_data = (tmp_path / "prod/nodes/a-1/user-data").read_text()
     every = (tmp_path / "prod/nodes/x-1/user-data").read_text()
     def platforms_of(text: str) -> list[str]:
-        return [line.split()[-2] for line in text.splitlines()
+        return [line.split()[-3] for line in text.splitlines()
                 if line.strip().startswith("image dex ")]
 
     assert platforms_of(arm_data) == ["linux/arm64"]
