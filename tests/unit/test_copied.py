@@ -243,6 +243,34 @@ def test_the_upstream_index_is_stored_as_served_and_an_older_lock_gains_it_once(
     assert offline.calls == [] and lock_file.read_bytes() == stored
 
 
+def test_the_object_names_the_index_for_nodes_and_an_older_object_is_made_again(
+        tmp_path: Path) -> None:
+    upstream = FakeUpstream()
+    amd64, amd64_blobs = registry_image(b"amd64")
+    upstream.push(f"{UP}:amd64", amd64, amd64_blobs)
+    index = image_index([(amd64, "linux/amd64")])
+    index_digest = upstream.push(f"{UP}:v1", index, {})
+    folder = project(tmp_path, f'pull: "{UP}:v1"')
+    (image,) = bake(folder, upstream).images
+    assert image.index_named is True
+    assert image.index_ref == f"{REF.rsplit(':', 1)[0]}@{index_digest}"
+    with tarfile.open(folder / "store" / image.key) as tar:
+        listed = json.loads(tar.extractfile("index.json").read())["manifests"]  # type: ignore
+        assert tar.extractfile(f"blobs/sha256/{index_digest[7:]}").read() == index  # type: ignore
+    assert {(m["digest"], m["annotations"]["io.containerd.image.name"]) for m in listed} == {
+        (digest(amd64), REF), (index_digest, image.index_ref)}
+    # an older kiln's lock (its object holds no index): the next bake makes the object again
+    lock_file = folder / "dist/dev/images.lock.json"
+    stored = lock_file.read_text()
+    older = json.loads(stored)
+    del older["images"][0]["index_named"]
+    lock_file.write_text(json.dumps(older))
+    upstream.calls.clear()
+    (again,) = bake(folder, upstream).images
+    assert ("copy", f"{UP}@{digest(amd64)}") in upstream.calls
+    assert again == image and lock_file.read_text() == stored
+
+
 def test_an_image_of_another_platform_is_refused(tmp_path: Path) -> None:
     upstream = FakeUpstream()
     upstream.push(f"{UP}:v1", *registry_image(b"arm", arch="arm64"))

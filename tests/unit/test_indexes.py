@@ -85,8 +85,11 @@ def test_the_stored_index_is_in_the_lock_and_kept_by_prune() -> None:
     {"index_key": "blobs/sha256/", "index_size": 4},
     {"index_digest": D[2], "index_key": "blobs/sha256/" + "c" * 64, "index_size": -1},
     {"index_digest": D[2], "index_key": "blobs/sha256/" + "c" * 64},
+    {"index_digest": D[2], "index_named": "yes"}, {"index_digest": D[2], "index_named": 1},
+    {"index_named": True},
 ])
 def test_an_index_key_that_is_not_the_index_digests_address_is_refused(
         extra: dict[str, object]) -> None:
+    """(and an index_named that is not kiln's: a bool, beside an index digest)"""
     with pytest.raises(KilnError, match=r"edited by hand|not a size"):
         lockfile.from_json(lock_text(entry(**extra)))

@@ -19,7 +19,8 @@ HELD = "sha256:" + "3" * 64
 OTHER = "sha256:" + "4" * 64
 
 
-def run(root: Path, manifest: str, with_lock: bool = True) -> list[tuple[int, int, str, str]]:
+def run(root: Path, manifest: str, with_lock: bool = True, index: str | None = None,
+        named: bool | None = None) -> list[tuple[int, int, str, str]]:
     write_tree(root, {"images.yaml": f"""
         version: 1
         images: [{{name: dex, ref: {REF}, build: ctx}}]
@@ -28,7 +29,8 @@ def run(root: Path, manifest: str, with_lock: bool = True) -> list[tuple[int, in
         """, "m.yaml": manifest, "c/Chart.yaml": "name: c\n"})
     image = LockedImage("dex", REF, "sha256:" + "1" * 64, "linux/amd64", "2" * 64, 1, 1, "zstd",
                         1, "blobs/sha256/" + "2" * 64, (), "build",
-                        manifest_digests=(("linux/amd64", HELD),))
+                        manifest_digests=(("linux/amd64", HELD),), index_digest=index,
+                        index_named=named)
     lock = Lock("dev", "registry.example.com", images=(image,))
     lockfile.write(root / "l.json", lock)
     cfg = config.load(Path("images.yaml"), "images.yaml")
@@ -54,6 +56,19 @@ def test_another_digest_is_refused_with_a_lock(tmp_path: Path) -> None:
     assert run(tmp_path, f"image: {REF}@{OTHER}\n", with_lock=False) == []
     assert run(tmp_path, f"image: {REPO}:v2.41.2@{OTHER}\n", with_lock=False) == [
         (1, 8, "error", "chart-mismatch")]
+
+
+def test_the_upstream_index_digest_is_held_when_the_object_names_it(tmp_path: Path) -> None:
+    """Nodes hold repo@<index digest> when the stored object names the upstream index (kiln's
+    objects do since it was added); an older kiln's object does not: the pin misses."""
+    index = "sha256:" + "5" * 64
+    for pinned in (f"{REF}@{index}", f"{REPO}@{index}"):
+        assert run(tmp_path, f"image: {pinned}\n", index=index, named=True) == []
+        assert run(tmp_path, f"image: {pinned}\n", index=index, named=None) == [
+            (1, 8, "error", "chart-digest-mismatch")]
+    assert run(tmp_path, f"image: {REF}@{HELD}\n", index=index, named=True) == []
+    assert run(tmp_path, f"image: {REF}@{OTHER}\n", index=index, named=True) == [
+        (1, 8, "error", "chart-digest-mismatch")]
 
 
 def test_a_digest_set_in_values_is_pointed_at(tmp_path: Path) -> None:
