@@ -65,6 +65,10 @@ class Upstream(Protocol):
         """The manifest or index ``ref`` resolves to, byte for byte as the registry serves it."""
         ...
 
+    def config(self, ref: str) -> bytes:
+        """The config blob of the image manifest ``ref`` (``repo@sha256:…``), as served."""
+        ...
+
     def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None,
                    compression: tuple[str, int] | None = None) -> None:
         """``ref`` (``repo@sha256:<manifest digest>``) as served, into the OCI layout folder

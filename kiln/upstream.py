@@ -64,6 +64,10 @@ class SkopeoUpstream:
         return self._run(["inspect", "--raw", "--retry-times", RETRIES, f"docker://{ref}"],
                          f"cannot read {ref}")
 
+    def config(self, ref: str) -> bytes:
+        return self._run(["inspect", "--config", "--raw", "--retry-times", RETRIES,
+                          f"docker://{ref}"], f"cannot read the config of {ref}")
+
     def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None,
                    compression: tuple[str, int] | None = None) -> None:
         keep = ["--preserve-digests"] if compression is None else [

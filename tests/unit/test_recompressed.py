@@ -9,6 +9,7 @@ import hashlib
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -22,6 +23,7 @@ from tests.helpers import image_index, registry_image, write_layout
 from tests.unit.test_copied import UP, FakeUpstream, bake, project
 
 LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
 
 
@@ -30,12 +32,17 @@ def digest(data: bytes) -> str:
 
 
 class Recompressing(FakeUpstream):
-    """skopeo without --preserve-digests: an OCI manifest of the same config, each layer
-    decompressed and compressed again (``config`` replaces the config: a broken copy)."""
+    """skopeo without --preserve-digests: an OCI manifest, each layer decompressed and
+    compressed again; a Docker manifest's config is rewritten on the way (as skopeo converts
+    it to OCI). ``config`` replaces the copy's config: a broken copy."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.config: bytes | None = None
+        self.config_override: bytes | None = None
+
+    def config(self, ref: str) -> bytes:
+        self.calls.append(("config", ref))
+        return self.blobs[json.loads(self.served[ref])["config"]["digest"]]
 
     def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None,
                    compression: tuple[str, int] | None = None) -> None:
@@ -43,17 +50,31 @@ class Recompressing(FakeUpstream):
             return super().copy_image(ref, layout, cancel)
         self.calls.append(("recompress", f"{ref} {compression[0]} -{compression[1]}"))
         served = json.loads(self.served[ref])
-        config = self.config or self.blobs[served["config"]["digest"]]
+        config = self.blobs[served["config"]["digest"]]
+        if served["mediaType"] != OCI_MANIFEST:
+            config = json.dumps(json.loads(config), separators=(",", ":")).encode()
+        config = self.config_override or config
         layers = [zstandard.ZstdCompressor(level=compression[1]).compress(
             gzip.decompress(self.blobs[d["digest"]])) for d in served["layers"]]
         manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                        "digest": digest(config), "size": len(config)},
             "layers": [{"mediaType": LAYER_ZSTD, "digest": digest(b), "size": len(b)}
                        for b in layers]}).encode()
         write_layout(layout, manifest, {digest(b): b for b in (config, manifest, *layers)})
         return None
+
+
+def oci_image(payload: bytes, arch: str = "amd64") -> tuple[bytes, dict[str, bytes]]:
+    """registry_image's image with an OCI manifest (skopeo keeps its config as is)."""
+    manifest, blobs = registry_image(payload, arch)
+    doc = json.loads(manifest)
+    doc["mediaType"], doc["config"]["mediaType"] = OCI_MANIFEST, \
+        "application/vnd.oci.image.config.v1+json"
+    doc["layers"][0]["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip"
+    oci = json.dumps(doc).encode()
+    return oci, {**{d: b for d, b in blobs.items() if b != manifest}, digest(oci): oci}
 
 
 def image_id_of(manifest: bytes) -> str:
@@ -68,12 +89,13 @@ def lint(folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
 def test_an_image_opts_in_and_a_rebake_keeps_its_lock(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     upstream = Recompressing()
-    manifest, blobs = registry_image(b"one " * 500)
+    manifest, blobs = oci_image(b"one " * 500)
     pinned = f"{UP}:v1@{upstream.push(f'{UP}:v1', manifest, blobs)}"
     folder = project(tmp_path, f'pull: "{pinned}", recompress: true')
     (image,) = bake(folder, upstream).images
     assert upstream.calls[-1] == ("recompress", f"{UP}@{digest(manifest)} zstd -3")
-    assert image.image_id == image_id_of(manifest)  # the upstream's config
+    assert image.image_id == image_id_of(manifest)  # the upstream's config: no need to ask
+    assert [c[0] for c in upstream.calls] == ["manifest", "recompress"]
     assert image.manifest_digest not in (None, digest(manifest))  # kiln's manifest
     assert (image.compression, image.compression_level) == ("zstd", 3)
     assert (image.index_digest, image.signed_by, image.upstream) == (None, None, pinned)
@@ -123,8 +145,8 @@ def test_the_environment_opts_in_and_an_image_opts_out(
 
 def test_one_platform_of_an_index_is_recompressed_without_the_index(tmp_path: Path) -> None:
     upstream = Recompressing()
-    amd, amd_blobs = registry_image(b"amd")
-    arm, arm_blobs = registry_image(b"arm", "arm64")
+    amd, amd_blobs = oci_image(b"amd")
+    arm, arm_blobs = oci_image(b"arm", "arm64")
     for name, (m, b) in {"amd": (amd, amd_blobs), "arm": (arm, arm_blobs)}.items():
         upstream.push(f"{UP}:{name}", m, b)
     upstream.push(f"{UP}:multi", image_index([(amd, "linux/amd64"), (arm, "linux/arm64")]), {})
@@ -137,14 +159,34 @@ def test_one_platform_of_an_index_is_recompressed_without_the_index(tmp_path: Pa
     assert {i.manifest_digest for i in images}.isdisjoint({digest(amd), digest(arm)})
 
 
-def test_a_copy_of_another_image_is_refused(tmp_path: Path) -> None:
+def test_a_docker_manifest_gets_kiln_s_config_with_the_upstream_s_layers(
+        tmp_path: Path) -> None:
     upstream = Recompressing()
-    upstream.push(f"{UP}:v1", *registry_image(b"one"))
-    upstream.config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    manifest, blobs = registry_image(b"docker")
+    upstream.push(f"{UP}:v1", manifest, blobs)
     folder = project(tmp_path, f'pull: "{UP}:v1", recompress: true')
-    with pytest.raises(KilnError, match="not the upstream's sha256:"):
+    (image,) = bake(folder, upstream).images
+    assert image.image_id != image_id_of(manifest)  # skopeo rewrote the config
+    assert image.inputs == digest(manifest)  # what it was made from
+    assert upstream.calls[-1] == ("config", f"{UP}@{digest(manifest)}")  # layers compared
+
+
+@pytest.mark.parametrize(("manifest", "config", "why"), [
+    (oci_image, {"architecture": "amd64", "os": "linux"}, "is image sha256:"),
+    (registry_image, {"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": ["sha256:" + "0" * 64]}}, "other layers"),
+    (registry_image, {"architecture": "arm64", "os": "linux"}, "other layers"),
+])
+def test_a_copy_of_another_image_is_refused(tmp_path: Path, manifest: Any,
+                                            config: dict[str, Any], why: str) -> None:
+    upstream = Recompressing()
+    upstream.push(f"{UP}:v1", *manifest(b"one"))
+    upstream.config_override = json.dumps(config).encode()
+    folder = project(tmp_path, f'pull: "{UP}:v1", recompress: true')
+    with pytest.raises(KilnError, match=why):
         bake(folder, upstream)
     assert not (folder / "dist/dev/images.lock.json").exists()
+    assert not [p for p in (folder / "store").rglob("*") if p.is_file()]  # nothing stored
 
 
 def test_turning_it_on_for_a_locked_ref_moves_the_ref(
