@@ -3,7 +3,7 @@
 `build:` images and `docker save` archives go through the engine (tagged with the ref,
 exported, layers compressed: kiln's digests). `pull:` sources and OCI archives are copied as
 they are served, without an engine (kiln/upstream.py, kiln/copied.py): their image ID and
-manifest digest stay the upstream's.
+manifest digest stay the upstream's (a pull source may opt in: kiln/recompressed.py).
 
 An image whose ref, image ID, platform and compression match the previous lock, and whose
 object is still in the store, is not exported again: a no-change rebake costs the engine's
@@ -18,6 +18,7 @@ not exist.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import tempfile
 import threading
@@ -26,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kiln import buildinputs, copied, lookups, provenance, refs
+from kiln import buildinputs, copied, lookups, model, provenance, recompressed, refs
 from kiln import lock as lockfile
 from kiln import rebind as rebind_mod
 from kiln.errors import KilnError
@@ -244,6 +245,8 @@ class Baker:
 
     def bake_copied(self, image: Image) -> LockedImage:
         source = image.source
+        if isinstance(source, PullSource) and model.recompresses(image, self.env):
+            return recompressed.bake(self, image, source)  # the opt-in: kiln's manifest
         kept = self.pinned_in_lock(image)
         if kept is not None:  # with a key: verified with this key when the lock was baked
             policy = (provenance.policy_for(source, self.env.verify)
@@ -356,9 +359,8 @@ class Baker:
             self.reporter.progress(label(image), done, size_hint)
 
         self.reporter.step(label(image), "storing")
-        published, found = publish_copy(layout, image.ref, image.platform, self.store,
-                                        size_hint, progress, self.cancel,
-                                        raw if served.index_digest else None)
+        published, found = publish_copy(layout, image.ref, image.platform, self.store, size_hint,
+                                        progress, self.cancel, raw if served.index_digest else None)
         self.record(label(image), published)
         source = image.source
         return LockedImage(
@@ -380,7 +382,8 @@ class Baker:
         self.registry_lookup = lookups.asked_early(  # answered while the images copy
             self.previous, [(i.ref, i.platform) for i in images], self.registry_lookup)
         try:
-            entries = self._parallel([(label(image), self._task(image)) for image in images])
+            entries = self._parallel([(label(image), functools.partial(self.bake_image, image))
+                                      for image in images])
             moved = rebind_mod.check(self.previous, entries, self.rebind, self.registry_lookup,
                                      self.reporter.finish)
             new = Lock(environment=self.env.name, registry=self.env.registry,
@@ -408,9 +411,6 @@ class Baker:
             if key not in named:
                 with contextlib.suppress(Exception):
                     self.store.delete(key)
-
-    def _task(self, image: Image) -> Callable[[], LockedImage]:
-        return lambda: self.bake_image(image)
 
     def _parallel(self, tasks: list[tuple[str, Callable[[], LockedImage]]]) -> list[LockedImage]:
         """Run the per-image tasks ``jobs`` at a time; collect every failure, not just one."""

@@ -38,6 +38,7 @@ from kiln.model import (
     Source,
     Store,
     parse_duration,
+    recompresses,
 )
 from kiln.yamlio import compose_file
 
@@ -92,6 +93,7 @@ class _Reader(EnvironmentReader):
         images: list[Image] = []
         if "images" in fields:
             images = self.images(fields["images"][1], registries)
+        self.signed_and_recompressed(images, environments)
         return Config(self.path, self.root, version, tuple(images), environments)
 
     def images(self, node: yaml.Node, registries: list[str]) -> list[Image]:
@@ -111,7 +113,7 @@ class _Reader(EnvironmentReader):
         fields = self.mapping(
             node, "image",
             ("name", "ref", "build", "pull", "archive", "platform", "platforms", "roles",
-             "verify"),
+             "verify", "recompress"),
             ("name", "ref"),
         )
         if fields is None:
@@ -143,6 +145,7 @@ class _Reader(EnvironmentReader):
             elif source is not None:
                 self.error(fields["verify"][0], "verify checks a pull source's upstream "
                                                 "signature: this image is not pulled")
+        recompress = self.recompress(fields, source)
         if name is None or ref is None or source is None:
             return None
         source_key = fields[sources[0]][0]
@@ -152,7 +155,52 @@ class _Reader(EnvironmentReader):
             roles=roles,
             at=self.at(node), name_at=self.at(fields["name"][1]),
             ref_at=self.at(fields["ref"][1]), source_at=self.at(source_key),
+            recompress=recompress,
+            recompress_at=self.at(fields["recompress"][0]) if "recompress" in fields else None,
         )
+
+    def recompress(self, fields: dict[str, tuple[yaml.Node, yaml.Node]],
+                   source: Source | None) -> bool | None:
+        """``recompress: true|false``: a pull source's opt-in (or opt-out) of recompression."""
+        if "recompress" not in fields:
+            return None
+        key, node = fields["recompress"]
+        value = self.scalar(node)
+        if not isinstance(value, bool):
+            self.error(node, "recompress must be true or false")
+            return None
+        if source is not None and not isinstance(source, PullSource):
+            self.error(key, "recompress applies to pull sources only (what kiln builds or "
+                            "converts is always compressed with the environment's compression)")
+            return None
+        return value
+
+    def signed_and_recompressed(self, images: list[Image],
+                                environments: dict[str, Environment]) -> None:
+        """A recompressed pull is not what the upstream signed (its manifest is kiln's): a
+        ``verify: {key}`` that would apply to it is an error, at the setting that turned
+        recompression on for it."""
+        for image in images:
+            source = image.source
+            if not isinstance(source, PullSource):
+                continue
+            for env in environments.values():
+                policy = source.verify if source.verify is not None else env.verify
+                if policy is None or policy.key is None or not recompresses(image, env):
+                    continue
+                why = ("recompress: true" if image.recompress
+                       else f"environment {env.name}'s compression pulls: recompress")
+                whose = "its own" if source.verify is not None else f"environment {env.name}'s"
+                # where to change it: the image's own setting first
+                where = (image.recompress_at if image.recompress else
+                         policy.at if source.verify is not None else env.compression.pulls_at)
+                where = where or image.at
+                self.problems.append(Problem(
+                    where.path, where.line, where.column,
+                    f"image {image.name!r}: {why} and {whose} verify: {{key}} exclude each "
+                    "other: a recompressed image has kiln's manifest digest, which the "
+                    "upstream signature does not name; write verify: none on the image, or "
+                    "recompress: false"))
 
     def image_platforms(self, fields: dict[str, tuple[yaml.Node, yaml.Node]]
                         ) -> tuple[str, ...]:

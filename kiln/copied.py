@@ -7,7 +7,8 @@ as the registry served them, so the image ID (config digest) and the manifest di
 upstream's, and upstream signatures still name what the nodes hold. Only the index.json around
 them is kiln's: it names the image by its ref, as for what kiln builds (kiln/ociarchive.py),
 which is how `ctr import` names it. Nothing is recompressed: the environment's `compression`
-applies to what kiln builds or converts, and the lock records the layers' own.
+applies to what kiln builds or converts, and the lock records the layers' own (unless a pull
+source opts in to recompression: kiln/recompressed.py).
 
 Each blob is hashed on the way into the archive and must be the digest and size its manifest
 names; the config must be of the platform images.yaml asks for.
@@ -58,6 +59,17 @@ class Copied:
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def config_digest(manifest: bytes) -> str:
+    """The config digest (image ID) an image manifest names."""
+    try:
+        found = json.loads(manifest)["config"]["digest"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArchiveError(f"not an image manifest ({type(exc).__name__}: {exc})") from None
+    if not isinstance(found, str) or not grammar.matches(grammar.DIGEST, found):
+        raise ArchiveError(f"not an image manifest (config digest {str(found)[:80]!r})")
+    return found
 
 
 def lookup(ref: str) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from kiln import lock as lockfile
 from kiln import platforms
 from kiln.lock import Lock
-from kiln.model import Environment, Image, PullSource
+from kiln.model import Environment, Image, PullSource, recompresses
 from kiln.stores import BLOB_PREFIX, Entry, Store
 
 
@@ -41,6 +41,13 @@ def image_changes(images: tuple[Image, ...], env: Environment, lock: Lock | None
                                                f"{new.source.kind} {upstream or ''}".strip()))
         elif new.platform != old.platform:
             out.append(Change("rebuilt", name, f"platform {old.platform} -> {new.platform}"))
+        elif old.source == "pull" and recompresses(new, env) != (
+                old.compression_level != lockfile.AS_SERVED):  # the opt-in turned on or off
+            was = ("as served" if old.compression_level == lockfile.AS_SERVED
+                   else f"-{old.compression_level}")
+            out.append(Change("recompressed", name, f"{old.compression} {was} -> " + (
+                f"{env.compression.algorithm} -{env.compression.level}"
+                if recompresses(new, env) else "as served")))
         elif old.compression_level != lockfile.AS_SERVED and (
                 env.compression.algorithm, env.compression.level) != (
                 old.compression, old.compression_level):

@@ -261,7 +261,7 @@ class EnvironmentReader(NodeReader):
                 return None
             level = DEFAULT_ZSTD_LEVEL if algorithm == "zstd" else DEFAULT_GZIP_LEVEL
             return Compression(algorithm, level)  # type: ignore[arg-type]
-        fields = self.mapping(node, "compression", ("algorithm", "level"))
+        fields = self.mapping(node, "compression", ("algorithm", "level", "pulls"))
         if fields is None:
             return None
         algorithm = "zstd"
@@ -271,9 +271,14 @@ class EnvironmentReader(NodeReader):
         level = DEFAULT_ZSTD_LEVEL if algorithm == "zstd" else DEFAULT_GZIP_LEVEL
         if "level" in fields:
             level = self.integer(fields["level"][1], "compression level", 1, high) or level
+        pulls, pulls_at = "as-served", None
+        if "pulls" in fields:
+            pulls_at = self.at(fields["pulls"][1])
+            pulls = self.choice(fields["pulls"][1], "compression pulls",
+                                ("as-served", "recompress")) or pulls
         if not algorithm:
             return None
-        return Compression(algorithm, level)  # type: ignore[arg-type]
+        return Compression(algorithm, level, pulls, pulls_at)  # type: ignore[arg-type]
 
     def cloud_init(self, node: yaml.Node) -> CloudInitSnippets:
         fields = self.mapping(node, "cloud_init", ("write_files", "runcmd"))

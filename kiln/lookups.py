@@ -54,8 +54,12 @@ class ManifestsOnce:
     def manifest(self, ref: str) -> bytes:
         return self._manifest(ref)
 
-    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None) -> None:
-        self.upstream.copy_image(ref, layout, cancel)
+    def config(self, ref: str) -> bytes:
+        return self.upstream.config(ref)
+
+    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None,
+                   compression: tuple[str, int] | None = None) -> None:
+        self.upstream.copy_image(ref, layout, cancel, compression)
 
     def copy_archive(self, archive: Path, layout: Path, cancel: threading.Event | None = None,
                      platform: str | None = None) -> None:

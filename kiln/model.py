@@ -39,6 +39,7 @@ RULE_IDS = (
     "chart-invalid-ref",
     "chart-digest-mismatch",
     "unverified-pull",
+    "recompressed-upstream",
 )
 _DURATION_RE = re.compile(r"([0-9]{1,9})([smhd]?)", re.ASCII)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -107,6 +108,11 @@ class Image:
     source_at: Location
     # `platforms:` as written (empty: the environment's); Config.images_for resolves it
     platforms: tuple[str, ...] = ()
+    # pull sources: True recompresses the layers with the environment's compression (kiln's
+    # manifest digest: upstream digests and signatures no longer match); None: the
+    # environment's `compression: pulls`
+    recompress: bool | None = None
+    recompress_at: Location | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,9 @@ class CloudInitSnippets:
 class Compression:
     algorithm: Literal["zstd", "gzip"] = "zstd"
     level: int = DEFAULT_ZSTD_LEVEL
+    # pull sources: copied as served, or recompressed (an opt-in; an image's own wins)
+    pulls: Literal["as-served", "recompress"] = "as-served"
+    pulls_at: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -238,6 +247,17 @@ class Config:
         the lock records, sorted by name and platform."""
         return tuple(replace(image, platform=platform)
                      for image in self.images_for(env) for platform in image.platforms)
+
+
+def recompresses(image: Image, env: Environment) -> bool:
+    """Is this pull source recompressed in ``env``? Its own ``recompress``, else the
+    environment's ``compression: pulls``; what is not pulled is never "recompressed" (kiln
+    compresses what it builds or converts anyway)."""
+    if not isinstance(image.source, PullSource):
+        return False
+    if image.recompress is not None:
+        return image.recompress
+    return env.compression.pulls == "recompress"
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:

@@ -65,10 +65,16 @@ class Upstream(Protocol):
         """The manifest or index ``ref`` resolves to, byte for byte as the registry serves it."""
         ...
 
-    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None) -> None:
+    def config(self, ref: str) -> bytes:
+        """The config blob of the image manifest ``ref`` (``repo@sha256:…``), as served."""
+        ...
+
+    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None,
+                   compression: tuple[str, int] | None = None) -> None:
         """``ref`` (``repo@sha256:<manifest digest>``) as served, into the OCI layout folder
         ``layout``: manifest, config and compressed layers byte for byte. ``cancel`` set ends
-        the copy (Cancelled)."""
+        the copy (Cancelled). ``compression`` (algorithm, level): the opt-in recompression
+        instead (kiln's manifest, the upstream's config)."""
         ...
 
     def copy_archive(self, archive: Path, layout: Path, cancel: threading.Event | None = None,

@@ -2,7 +2,8 @@
 copies of images exactly as they are served (pull sources, OCI archives) into an OCI layout
 folder, from which kiln/copied.py writes the stored archive. No Docker engine.
 
-`skopeo copy --preserve-digests`: skopeo fails rather than change a manifest or a layer.
+`skopeo copy --preserve-digests`: skopeo fails rather than change a manifest or a layer
+(except for the opt-in recompression of a pull source, kiln/recompressed.py).
 Credentials and CAs of upstream registries are skopeo's standard ones, never images.yaml's:
 auth from `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json` or
 `~/.docker/config.json` (`skopeo login`, `docker login`); a registry's CA from a
@@ -63,8 +64,16 @@ class SkopeoUpstream:
         return self._run(["inspect", "--raw", "--retry-times", RETRIES, f"docker://{ref}"],
                          f"cannot read {ref}")
 
-    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None) -> None:
-        self._run(["copy", "--quiet", "--preserve-digests", "--retry-times", RETRIES,
+    def config(self, ref: str) -> bytes:
+        return self._run(["inspect", "--config", "--raw", "--retry-times", RETRIES,
+                          f"docker://{ref}"], f"cannot read the config of {ref}")
+
+    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None,
+                   compression: tuple[str, int] | None = None) -> None:
+        keep = ["--preserve-digests"] if compression is None else [
+            "--dest-compress-format", compression[0],
+            "--dest-compress-level", str(compression[1])]
+        self._run(["copy", "--quiet", *keep, "--retry-times", RETRIES,
                    f"docker://{ref}", f"oci:{layout}:image"], f"copy of {ref} failed", cancel)
 
     def copy_archive(self, archive: Path, layout: Path, cancel: threading.Event | None = None,

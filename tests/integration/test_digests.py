@@ -11,6 +11,7 @@ import json
 import shutil
 import ssl
 import subprocess
+import tarfile
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 import docker
 import pytest
+import zstandard
 
 from kiln.cli import main
 from kiln.localengine import Daemon
@@ -175,3 +177,64 @@ def test_the_upstream_digest_reaches_the_lock_the_node_and_the_registry(
         assert (digest, served) == (seeded["digest"], seeded["manifest"])  # byte for byte
     assert kiln(folder, "verify-registry", "--json") == 0
     assert {r["state"] for r in json.loads(capsys.readouterr().out)} == {"ok"}
+
+
+
+def test_a_recompressed_pull_takes_kiln_s_manifest_with_the_upstream_s_layers(
+        tmp_path: Path, upstream: Registry, seeded: dict[str, Any], upstream_home: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The opt-in with the real skopeo: zstd -5 layers instead of the upstream's gzip. Of an
+    OCI manifest the image ID stays the upstream's; a Docker one is converted to OCI (zstd
+    exists only there) and skopeo rewrites its config: the layers are still the upstream's."""
+    up_host, team = upstream[0], seeded["team"]
+    subprocess.run(["skopeo", "copy", "--quiet", "--format", "oci",  # the same image as OCI
+                    f"docker://{up_host}/{team}/app:v1", f"docker://{up_host}/{team}/app:oci"],
+                   check=True)
+    oci, oci_digest = api(upstream, UP_USER, UP_PASSWORD, f"{team}/app/manifests/oci")
+    assert json.loads(oci)["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "images.yaml").write_text(
+        "version: 1\nimages:\n"
+        f"  - {{name: oci, ref: 'registry.example.com/{team}/oci:v1', recompress: true, "
+        f"pull: '{up_host}/{team}/app:oci@{oci_digest}'}}\n"
+        f"  - {{name: docker, ref: 'registry.example.com/{team}/docker:v1', "
+        f"pull: '{up_host}/{team}/app:multi@{seeded['index_digest']}'}}\n"
+        "environments:\n  it:\n    registry: registry.example.com\n"
+        "    store: {type: dir, path: store}\n"
+        "    compression: {algorithm: zstd, level: 5, pulls: recompress}\n")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")  # none is needed
+
+    assert kiln(folder, "bake", "--quiet") == 0, capsys.readouterr().err
+    lock_text = (folder / "dist/it/images.lock.json").read_text()
+    docker_entry, oci_entry = sorted(json.loads(lock_text)["images"], key=lambda i: i["name"])
+    assert oci_entry["image_id"] == json.loads(oci)["config"]["digest"]  # the upstream's
+    assert docker_entry["image_id"] != seeded["image_id"]  # skopeo's OCI config
+    assert (oci_entry["inputs"], docker_entry["inputs"]) == (oci_digest, seeded["digest"])
+    for entry, upstream_digest in ((oci_entry, oci_digest), (docker_entry, seeded["digest"])):
+        manifest_digest = entry["manifest_digests"]["linux/amd64"]
+        assert manifest_digest != upstream_digest  # kiln's manifest
+        assert (entry["compression"], entry["compression_level"]) == ("zstd", 5)
+        assert entry.get("index_digest") is None and entry.get("signed_by") is None
+        with tarfile.open(folder / "store" / entry["key"]) as tar:
+            def blob(digest: str) -> bytes:
+                found = tar.extractfile(f"blobs/sha256/{digest[7:]}")
+                assert found is not None
+                return found.read()
+            manifest = json.loads(blob(manifest_digest))
+            config = json.loads(blob(manifest["config"]["digest"]))
+            layers = [blob(d["digest"]) for d in manifest["layers"]]
+        assert manifest["config"]["digest"] == entry["image_id"]
+        assert {d["mediaType"] for d in manifest["layers"]} == {
+            "application/vnd.oci.image.layer.v1.tar+zstd"}
+        assert all(layer.startswith(b"\x28\xb5\x2f\xfd") for layer in layers)  # zstd frames
+        assert [hashlib.sha256(zstandard.ZstdDecompressor().decompressobj().decompress(layer))
+                .hexdigest() for layer in layers] == [
+            d[7:] for d in config["rootfs"]["diff_ids"]]  # the upstream's layers uncompressed
+
+    # the same images.yaml: the same lock, nothing copied again
+    assert kiln(folder, "bake") == 0
+    assert '"unchanged": 2}' in capsys.readouterr().err  # both, no copy
+    assert (folder / "dist/it/images.lock.json").read_text() == lock_text
+    assert main(["lint", "--env", "it", "--config", str(folder / "images.yaml")]) == 0
+    assert capsys.readouterr().out.count("recompressed-upstream") == 2

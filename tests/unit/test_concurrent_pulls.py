@@ -29,7 +29,9 @@ class OrderedUpstream(FakeUpstream):
         self.finish = finish
         self.ended: list[str] = []
 
-    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None) -> None:
+    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None,
+                   compression: tuple[str, int] | None = None) -> None:
+        assert compression is None  # as served
         repository = ref.split("@")[0]
         position = self.finish.index(repository.rsplit("-", 1)[1])
         if position:

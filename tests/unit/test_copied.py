@@ -60,7 +60,9 @@ class FakeUpstream:
             raise UpstreamError(f"cannot read {ref}: manifest unknown")
         return self.served[ref]
 
-    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None) -> None:
+    def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None,
+                   compression: tuple[str, int] | None = None) -> None:
+        assert compression is None  # as served
         self.calls.append(("copy", ref))
         manifest = self.served[ref]
         blobs = {d: b for d, b in self.blobs.items() if d[7:] in manifest.decode() or

@@ -35,6 +35,7 @@ TREE = {
             ref: registry.example.com/foundation/registry:v0.4.2
             pull: docker.io/library/registry:2@{D}
             verify: none
+            recompress: true
         environments:
           dev:
             registry: registry.example.com
@@ -94,6 +95,7 @@ EXPECTED = [
     ("images.yaml", 15, 11, "error", "duplicate-name"),
     ("images.yaml", 16, 10, "error", "duplicate-ref"),
     ("images.yaml", 18, 13, "warning", "unverified-pull"),
+    ("images.yaml", 19, 5, "warning", "recompressed-upstream"),
     ("manifest.yaml", 7, 24, "error", "pull-policy-always"),
     ("manifest.yaml", 14, 14, "error", "chart-mismatch"),
     ("rel/values.yaml", 2, 3, "warning", "image-unresolved"),
@@ -175,7 +177,7 @@ def test_chart_syntax_error_points_at_the_file(tree: Path, capsys: pytest.Captur
 def test_missing_chart_path(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tree / "manifest.yaml").unlink()
     assert main(["lint", "--env", "dev"]) == 2
-    assert "images.yaml:23:22: charts: no such file or folder" in capsys.readouterr().err
+    assert "images.yaml:24:22: charts: no such file or folder" in capsys.readouterr().err
 
 
 def test_internal_error_exit_3_with_log(tree: Path, capsys: pytest.CaptureFixture[str],

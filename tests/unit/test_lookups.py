@@ -118,10 +118,10 @@ def test_a_multi_arch_bake_reads_the_upstream_index_once_and_asks_the_registry_e
     platforms_asked: list[str] = []
 
     class Upstream(FakeUpstream):
-        def copy_image(self, ref: str, layout: Path,
-                       cancel: threading.Event | None = None) -> None:
+        def copy_image(self, ref: str, layout: Path, cancel: threading.Event | None = None,
+                       compression: tuple[str, int] | None = None) -> None:
             copies_saw_it_asked.append(asked.wait(5))  # the old order would wait in vain
-            super().copy_image(ref, layout, cancel)
+            super().copy_image(ref, layout, cancel, compression)
 
     upstream = Upstream()
     amd64, amd64_blobs = registry_image(b"amd64")

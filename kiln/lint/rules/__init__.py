@@ -22,6 +22,7 @@ from kiln.lint.rules import (
     mutable_tag,
     not_fully_qualified,
     pull_policy_always,
+    recompressed_upstream,
     registry_mismatch,
     unpinned_upstream,
     unverified_pull,
@@ -45,5 +46,5 @@ RULES: tuple[Rule, ...] = tuple(cast(Rule, module) for module in (
     not_fully_qualified, mutable_tag, registry_mismatch, duplicate_ref, duplicate_name,
     unpinned_upstream, chart_undeclared, chart_mismatch, pull_policy_always,
     image_unresolved, chart_upstream, chart_unreachable, chart_invalid, chart_digest_mismatch,
-    unverified_pull,
+    unverified_pull, recompressed_upstream,
 ))
