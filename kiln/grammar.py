@@ -50,6 +50,8 @@ OWNER = re.compile(r"[a-z_][a-z0-9_-]{0,31}(?::[a-z_][a-z0-9_-]{0,31})?", re.ASC
 REFERENCE = refs.REFERENCE_RE
 # ``repo@sha256:<hex>``: the digest name nodes hold beside the ref (no tag: the CRI drops it).
 DIGEST_REFERENCE = re.compile(rf"{refs.NAME_PATTERN}@sha256:[0-9a-f]{{64}}", re.ASCII)
+# A keyless signer's identity or OIDC issuer as a certificate names it: no control character.
+CERTIFICATE_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,4096}")
 NODE_PATH = re.compile(r"/[A-Za-z0-9._+@%=,:~/-]{0,4095}", re.ASCII)
 
 
