@@ -9,13 +9,18 @@ import copy
 import hashlib
 import json
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kiln import config as config_mod
 from kiln import der, keyless, provenance, signing
-from kiln.model import Keyless, Location, Verify
+from kiln import lock as lockfile
+from kiln.errors import ConfigError, KilnError
+from kiln.lock import Lock, LockedImage
+from kiln.model import Keyless, Location, PullSource, Verify
 from tests.helpers import write_layout
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "keyless"
@@ -176,3 +181,114 @@ def test_a_payload_for_another_digest_is_refused_before_any_certificate(tmp_path
     with pytest.raises(provenance.NotVerified, match=f"a payload for {SIGNED}, not sha256:0"):
         provenance.check(layout(tmp_path / "sig"), "sha256:" + "0" * 64, REPO,
                          policy(tmp_path), signing.Openssl())
+
+
+CONFIG = """
+    version: 1
+    images:
+      - name: a
+        ref: r.example.com/f/a:v1
+        pull: up.example.com/a:1
+        verify: {verify}
+    environments:
+      dev: {{registry: r.example.com, store: {{type: dir, path: store}}}}
+    """
+
+
+def test_a_keyless_policy_reads_with_paths_beside_images_yaml(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys/roots.pem").write_text((DATA / "fulcio_v1.crt.pem").read_text())
+    (tmp_path / "keys/rekor.pub").write_text((DATA / "rekor.pub").read_text())
+    (tmp_path / "images.yaml").write_text(textwrap.dedent(CONFIG.format(verify=(
+        "{identity_regexp: 'https://github\\.com/org/.*', issuer: " + ISSUER
+        + ", roots: keys/roots.pem, rekor_key: keys/rekor.pub}"))))
+    config = config_mod.load(tmp_path / "images.yaml", "images.yaml")
+    source = config.images[0].source
+    assert isinstance(source, PullSource) and source.verify is not None
+    assert source.verify.key is None and source.verify.checked
+    assert source.verify.keyless == Keyless(r"https://github\.com/org/.*", ISSUER,
+                                            tmp_path / "keys/roots.pem",
+                                            tmp_path / "keys/rekor.pub", identity_regexp=True)
+
+
+@pytest.mark.parametrize(("verify", "at", "message"), [
+    ("{key: k.pub, identity: x}", "identity", "verify: key and identity do not go together"),
+    ("{}", "{", "verify: give key: FILE"),
+    ("{issuer: i, roots: roots.pem, rekor_key: k.pub}", "{",
+     "verify: give identity or identity_regexp (keyless)"),
+    ("{identity: a, identity_regexp: b, issuer: i, roots: roots.pem, rekor_key: k.pub}",
+     "identity_regexp", "verify: give identity or identity_regexp, not both"),
+    ("{identity_regexp: '(', issuer: i, roots: roots.pem, rekor_key: k.pub}", "'('",
+     "verify identity_regexp: not a regular expression"),
+    ("{identity: a, issuer: i, roots: nope.pem, rekor_key: k.pub}", "nope.pem",
+     "verify roots: cannot read"),
+    ("{identity: a, issuer: i, roots: inter.pem, rekor_key: k.pub}", "inter.pem",
+     "holds no self-signed root certificate"),
+    ("{identity: a, issuer: i, roots: k.pub, rekor_key: k.pub}", "k.pub", "verify roots: "),
+    ("{identity: a, issuer: i, roots: roots.pem, rekor_key: k.pem}", "k.pem",
+     "verify rekor_key: "),
+    ("{identity: a, issuer: i, roots: roots.pem}", "{", "missing required key 'rekor_key'"),
+])
+def test_a_wrong_keyless_policy_is_refused_where_it_is_written(
+        tmp_path: Path, verify: str, at: str, message: str) -> None:
+    (tmp_path / "roots.pem").write_text((DATA / "fulcio_v1.crt.pem").read_text())
+    (tmp_path / "inter.pem").write_text((DATA / "fulcio_intermediate_v1.crt.pem").read_text())
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-out", str(tmp_path / "k.pem")], check=True)
+    subprocess.run(["openssl", "pkey", "-in", str(tmp_path / "k.pem"), "-pubout", "-out",
+                    str(tmp_path / "k.pub")], check=True)
+    (tmp_path / "images.yaml").write_text(textwrap.dedent(CONFIG.format(verify=verify)))
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(tmp_path / "images.yaml", "images.yaml")
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.column) == (7, 13 + verify.index(at)), problem
+    assert message in problem.message, problem
+
+
+def test_the_lock_records_the_signer_and_refuses_one_edited_into_a_control_character(
+        ) -> None:
+    sha = "a" * 64
+    image = LockedImage(
+        name="up", ref="r.example.com/f/up:v1", image_id="sha256:" + "b" * 64,
+        platform="linux/amd64", sha256=sha, size=10, uncompressed_size=20, compression="zstd",
+        compression_level=0, key=f"blobs/sha256/{sha}", roles=(), source="pull",
+        manifest_digests=(("linux/amd64", SIGNED),))
+    root = der.from_pem((DATA / "fulcio_v1.crt.pem").read_text())[0].fingerprint
+    signer = keyless.Signer(IDENTITY, ISSUER, root, "sha256:" + "c" * 64, LOGGED_AT)
+    entry = provenance.recorded(image, provenance.Verified(root, "sha256:" + "d" * 64, SIGNED,
+                                                           signer=signer))
+    text = lockfile.to_json(Lock("dev", "r.example.com", images=(entry,)))
+    (back,) = lockfile.from_json(text).images
+    assert (back.signed_by, back.signer_identity, back.signer_issuer, back.logged_by,
+            back.logged_at) == (root, IDENTITY, ISSUER, "sha256:" + "c" * 64, LOGGED_AT)
+    assert provenance.recorded(back, None).signer_identity is None
+    keyed = provenance.recorded(back, provenance.Verified(root, "sha256:" + "d" * 64, SIGNED))
+    assert keyed.signer_identity is None and keyed.logged_at is None
+    with pytest.raises(KilnError, match="signer_identity"):
+        lockfile.from_json(text.replace("refs/tags/v0.0.30", "refs/tags/v0.0.30\\u001b[2J"))
+
+
+def test_a_pinned_rebake_trusts_the_lock_only_under_the_same_policy(tmp_path: Path) -> None:
+    """bake skips the registry for a pinned digest only when the lock's entry was verified
+    under this policy: the same roots and Rekor key, an identity and issuer it accepts."""
+    sha = "a" * 64
+    image = LockedImage(
+        name="up", ref="r.example.com/f/up:v1", image_id="sha256:" + "b" * 64,
+        platform="linux/amd64", sha256=sha, size=10, uncompressed_size=20, compression="zstd",
+        compression_level=0, key=f"blobs/sha256/{sha}", roles=(), source="pull",
+        manifest_digests=(("linux/amd64", SIGNED),))
+    verified = provenance.check(layout(tmp_path / "sig"), SIGNED, REPO, policy(tmp_path),
+                                signing.Openssl())
+    entry = provenance.recorded(image, verified)
+    assert provenance.trusted_in_lock(entry, policy(tmp_path))
+    assert provenance.trusted_in_lock(entry, policy(tmp_path, identity=".*/release.yaml@.*",
+                                                    identity_regexp=True))
+    assert not provenance.trusted_in_lock(entry, policy(tmp_path, identity="someone@else"))
+    assert not provenance.trusted_in_lock(entry, policy(tmp_path, issuer="https://other"))
+    assert not provenance.trusted_in_lock(entry, policy(tmp_path,
+                                                        rekor=other_rekor(tmp_path)))
+    assert not provenance.trusted_in_lock(entry, Verify(
+        None, Location("images.yaml", 1, 1),
+        Keyless(IDENTITY, ISSUER, other_root(tmp_path), DATA / "rekor.pub")))
+    assert not provenance.trusted_in_lock(entry, Verify(DATA / "rekor.pub",
+                                                        Location("images.yaml", 1, 1)))
