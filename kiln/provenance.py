@@ -42,7 +42,7 @@ MAX_PAYLOAD = 64 << 10
 MAX_DOCUMENT = 1 << 20
 
 class NotVerified(KilnError):
-    """A pull source whose signature does not verify with the configured key."""
+    """A pull source whose signature does not hold up against its policy (key or keyless)."""
 
 
 @dataclass(frozen=True)
