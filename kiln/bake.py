@@ -34,7 +34,7 @@ from kiln.errors import KilnError
 from kiln.files import spool_dir
 from kiln.lock import Lock, LockedImage
 from kiln.model import ArchiveSource, BuildSource, Config, Environment, Image, PullSource
-from kiln.ports import Engine, Upstream
+from kiln.ports import Engine, SignatureChecks, Upstream
 from kiln.progress import Reporter, human
 from kiln.publish import Published, publish, publish_copy
 from kiln.stores import Store, blob_key, lock_key
@@ -67,7 +67,7 @@ class Baker:
     def __init__(self, config: Config, env: Environment, engine: Engine, store: Store,
                  reporter: Reporter, dist: Path, jobs: int = 2,
                  verify_store: bool = False, upstream: Upstream | None = None,
-                 signatures: provenance.Verifier | None = None,
+                 signatures: SignatureChecks | None = None,
                  rebind: frozenset[str] = frozenset(),
                  registry_lookup: rebind_mod.RegistryLookup | None = None) -> None:
         self.config = config
@@ -251,7 +251,8 @@ class Baker:
         if kept is not None:  # with a key: verified with this key when the lock was baked
             policy = (provenance.policy_for(source, self.env.verify)
                       if isinstance(source, PullSource) else None)
-            kept = kept if policy is not None and policy.key else provenance.recorded(kept, None)
+            kept = kept if policy is not None and policy.checked else provenance.recorded(
+                kept, None)
             return self.unchanged(image, kept, "its pinned digest is the lock's")
         verified = None
         if self.upstream is None:
@@ -290,17 +291,16 @@ class Baker:
 
     def check_signature(self, image: Image, source: PullSource, served: copied.Served,
                         work: Path) -> provenance.Verified | None:
-        """With a key for this pull source, its upstream signature must verify before
-        anything is copied (provenance.NotVerified says why not: the image fails)."""
+        """A policy's upstream signature verifies before any copy (else NotVerified: fails)."""
         policy = provenance.policy_for(source, self.env.verify)
-        if policy is None or policy.key is None:
+        if policy is None or not policy.checked:
             return None
         if self.upstream is None or self.signatures is None:
             raise KilnError("no signature checker to verify upstream signatures with")
         self.reporter.step(image.name, f"checking the signature of {source.ref}")
         digests = tuple(d for d in (served.index_digest, served.manifest_digest) if d)
         verified = provenance.verify_pull(self.upstream, refs.parse(source.ref).repository,
-                                          digests, policy.key, self.signatures, work,
+                                          digests, policy, self.signatures, work,
                                           self.cancel)
         assert verified.layout is not None
         # small: the store keeps it beside the image
@@ -322,9 +322,9 @@ class Baker:
         pinned = refs.parse(source.ref).digest if isinstance(source, PullSource) else None
         policy = (provenance.policy_for(source, self.env.verify)
                   if isinstance(source, PullSource) else None)
-        if policy is not None and policy.key is not None and (
-                old is None or old.signed_by != provenance.key_fingerprint(policy.key)):
-            return None  # verified with another key, or never: ask the registry
+        if policy is not None and policy.checked and (
+                old is None or not provenance.trusted_in_lock(old, policy)):
+            return None  # verified under another policy, or never: ask the registry
         if (pinned is None or old is None or old.source != source.kind or old.ref != image.ref
                 or old.platform != image.platform
                 or pinned not in (old.index_digest, old.manifest_digest)

@@ -186,7 +186,7 @@ class _Reader(EnvironmentReader):
                 continue
             for env in environments.values():
                 policy = source.verify if source.verify is not None else env.verify
-                if policy is None or policy.key is None or not recompresses(image, env):
+                if policy is None or not policy.checked or not recompresses(image, env):
                     continue
                 why = ("recompress: true" if image.recompress
                        else f"environment {env.name}'s compression pulls: recompress")
@@ -197,7 +197,8 @@ class _Reader(EnvironmentReader):
                 where = where or image.at
                 self.problems.append(Problem(
                     where.path, where.line, where.column,
-                    f"image {image.name!r}: {why} and {whose} verify: {{key}} exclude each "
+                    f"image {image.name!r}: {why} and {whose} "
+                    f"{'verify: {key}' if policy.key else 'keyless verify'} exclude each "
                     "other: a recompressed image has kiln's manifest digest, which the "
                     "upstream signature does not name; write verify: none on the image, or "
                     "recompress: false"))

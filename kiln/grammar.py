@@ -52,6 +52,8 @@ REFERENCE = refs.REFERENCE_RE
 DIGEST_REFERENCE = re.compile(rf"{refs.NAME_PATTERN}@sha256:[0-9a-f]{{64}}", re.ASCII)
 # the upstream index's digest name, when nodes hold one, else ``-``
 INDEX_REFERENCE = re.compile(rf"-|{DIGEST_REFERENCE.pattern}", re.ASCII)
+# A keyless signer's identity or OIDC issuer as a certificate names it: no control character.
+CERTIFICATE_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,4096}")
 NODE_PATH = re.compile(r"/[A-Za-z0-9._+@%=,:~/-]{0,4095}", re.ASCII)
 
 

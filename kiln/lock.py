@@ -67,6 +67,13 @@ class LockedImage:
     signature_key: str | None = None
     signature_sha256: str | None = None
     signature_size: int | None = None
+    # keyless (kiln/keyless.py): `signed_by` is then the Fulcio root's sha256 (DER); the
+    # certificate's identity and OIDC issuer, the Rekor key (sha256 of its DER: the logID) and
+    # when Rekor logged the signature (integratedTime, seconds since the epoch)
+    signer_identity: str | None = None
+    signer_issuer: str | None = None
+    logged_by: str | None = None
+    logged_at: int | None = None
 
     @property
     def manifest_digest(self) -> str | None:
@@ -159,7 +166,8 @@ def _plain(entry: dict[str, Any]) -> dict[str, Any]:
 
 # written only when set: a lock without them reads as before
 OPTIONAL = {"inputs", "signed_by", "signature", "signed", "signature_key", "signature_sha256",
-            "signature_size", "index_key", "index_size", "index_named"}
+            "signature_size", "index_key", "index_size", "index_named", "signer_identity",
+            "signer_issuer", "logged_by", "logged_at"}
 
 
 def from_json(text: str, where: str = "lock") -> Lock:
@@ -240,7 +248,10 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
           if image.index_key is not None or image.index_size is not None else []),
         *((name, value, grammar.DIGEST) for name, value in (
             ("signed_by", image.signed_by), ("signature", image.signature),
-            ("signed", image.signed)) if value is not None),
+            ("signed", image.signed), ("logged_by", image.logged_by)) if value is not None),
+        *((name, value, grammar.CERTIFICATE_NAME) for name, value in (
+            ("signer_identity", image.signer_identity),
+            ("signer_issuer", image.signer_issuer)) if value is not None),
         *([("signature_sha256", image.signature_sha256, grammar.SHA256_HEX),
            ("signature_key", image.signature_key, _content_address(image.signature_sha256))]
           if image.signature_key is not None or image.signature_sha256 is not None else []),
@@ -258,6 +269,8 @@ def _checked(image: LockedImage, where: str) -> LockedImage:
         sizes.append(("signature_size", image.signature_size))
     if image.index_key is not None:
         sizes.append(("index_size", image.index_size))
+    if image.logged_at is not None or image.logged_by is not None:
+        sizes.append(("logged_at", image.logged_at))
     if image.index_named is not None and (not isinstance(image.index_named, bool)
                                           or image.index_digest is None):
         raise KilnError(f"{where}: image {image.name!r}: index_named {image.index_named!r} "

@@ -72,11 +72,29 @@ class BuildSource:
 
 
 @dataclass(frozen=True)
+class Keyless:
+    """A keyless (Fulcio certificate + Rekor bundle) signature's policy (kiln/keyless.py)."""
+
+    identity: str  # the certificate's subject alternative name: equal, or matching whole
+    issuer: str  # its OIDC issuer (Fulcio's extension): equal, or matching whole
+    roots: Path  # PEM: the trusted Fulcio root(s), maybe with their intermediates
+    rekor_key: Path  # PEM public key of the Rekor log whose signed entry timestamp is checked
+    identity_regexp: bool = False
+    issuer_regexp: bool = False
+
+
+@dataclass(frozen=True)
 class Verify:
     """How a pull source's upstream signature is checked (kiln/provenance.py)."""
 
-    key: Path | None  # a PEM public key; None: `verify: none` (not checked, and lint says so)
+    key: Path | None  # a PEM public key; None: keyless, or `verify: none`
     at: Location
+    keyless: Keyless | None = None  # neither key nor keyless: `verify: none` (lint says so)
+
+    @property
+    def checked(self) -> bool:
+        """False for `verify: none`."""
+        return self.key is not None or self.keyless is not None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ hand fakes to the core through these Protocols.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -87,6 +87,26 @@ class Upstream(Protocol):
                        cancel: threading.Event | None = None) -> bool:
         """A signature artifact (cosign's ``sha256-H.sig`` tag) as served, into ``layout``;
         False when the registry has no such tag."""
+        ...
+
+
+class SignatureChecks(Protocol):
+    """The cryptography of upstream signatures (kiln/signing.py: openssl); kiln/provenance.py
+    and kiln/keyless.py decide what is checked against what."""
+
+    def verifies(self, data: bytes, signature: bytes, public_key: Path) -> bool:
+        """Does ``signature`` (DER) of sha256(``data``) verify with the PEM key file?"""
+        ...
+
+    def verifies_spki(self, data: bytes, signature: bytes, public_key: bytes) -> bool:
+        """The same with the key as DER SubjectPublicKeyInfo (a certificate's key)."""
+        ...
+
+    def chains(self, leaf: bytes, intermediates: Sequence[bytes], root: bytes, at: int
+               ) -> str | None:
+        """Why the DER certificate ``leaf`` does not chain to the DER ``root`` through
+        ``intermediates`` with every certificate valid at ``at`` (seconds since the epoch);
+        None: it does."""
         ...
 
 

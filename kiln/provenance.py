@@ -1,5 +1,5 @@
 """Upstream signatures in cosign's convention, checked at bake (core: no program is run here;
-the signature check itself is handed in, kiln/signing.py does it with openssl).
+the signature checks themselves are handed in, kiln/signing.py does them with openssl).
 
 A signature of the image whose manifest (or index) digest is ``sha256:H`` is an OCI artifact
 tagged ``sha256-H.sig`` in the image's repository: each layer of media type
@@ -10,6 +10,8 @@ kiln pulls and a repository equal to the source's, and its signature verifies wi
 environment (or the image) names. This is what cosign and containers/image check for a key;
 Debian's skopeo 1.9.3 would do it, but is built with sigstore disabled ("Debian-local change:
 sigstore disabled"), so kiln checks the payload here and the signature with openssl.
+A keyless signature (a Fulcio certificate and a Rekor bundle instead of a key) is checked
+against the policy's identity, issuer, roots and Rekor key by kiln/keyless.py.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln import refs
+from kiln import der, keyless, refs
 from kiln.errors import KilnError
 from kiln.lock import LockedImage
 from kiln.model import PullSource, Verify
-from kiln.ports import Upstream
+from kiln.ports import SignatureChecks, Upstream
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -39,20 +41,30 @@ MAX_SIGNATURES = 64  # layers of one signature artifact read
 MAX_PAYLOAD = 64 << 10
 MAX_DOCUMENT = 1 << 20
 
-Verifier = Callable[[bytes, bytes, Path], bool]  # payload, DER signature, PEM public key
-
-
 class NotVerified(KilnError):
-    """A pull source whose signature does not verify with the configured key."""
+    """A pull source whose signature does not hold up against its policy (key or keyless)."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One signature of an artifact: the payload, its signature (DER), the layer's
+    annotations (a keyless one's certificate, chain and Rekor bundle: kiln/keyless.py)."""
+
+    payload: bytes
+    signature: bytes
+    annotations: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Verified:
-    signed_by: str  # sha256:<hex> of the public key (DER SubjectPublicKeyInfo)
+    # sha256:<hex> of what vouches: the public key (DER SubjectPublicKeyInfo), or for a
+    # keyless signature the root certificate (DER) its certificate chains to
+    signed_by: str
     signature: str  # the digest of the signature artifact's manifest
     signed: str  # the digest the signature names (the index's or the manifest's)
     layout: Path | None = None  # the artifact as served (bake stores it; not in the lock)
     stored: tuple[str, str, int] | None = None  # its object: key, sha256, size
+    signer: keyless.Signer | None = None  # keyless: identity, issuer, log, logged time
 
 
 def archive(layout: Path) -> bytes:
@@ -81,14 +93,12 @@ def signature_tag(digest: str) -> str:
 
 def key_fingerprint(public_key: Path) -> str:
     """sha256 of the key's DER (what `openssl pkey -pubin -outform DER | sha256sum` gives)."""
-    lines = public_key.read_text(encoding="ascii", errors="replace").splitlines()
     try:
-        start = lines.index("-----BEGIN PUBLIC KEY-----")
-        end = lines.index("-----END PUBLIC KEY-----", start)
-        der = base64.b64decode("".join(lines[start + 1:end]), validate=True)
-    except (ValueError, binascii.Error):
-        raise KilnError(f"{public_key}: not a PEM public key") from None
-    return "sha256:" + hashlib.sha256(der).hexdigest()
+        der_bytes = der.public_key(public_key.read_text(encoding="ascii", errors="replace"),
+                                   str(public_key))
+    except der.DerError as exc:
+        raise KilnError(str(exc)) from None
+    return "sha256:" + hashlib.sha256(der_bytes).hexdigest()
 
 
 def _json(path: Path, limit: int = MAX_DOCUMENT) -> Any:
@@ -112,9 +122,9 @@ def _blob(layout: Path, digest: str, limit: int) -> bytes:
     return data
 
 
-def signatures(layout: Path) -> tuple[str, list[tuple[bytes, bytes]]]:
-    """The artifact's manifest digest and its (payload, DER signature) pairs, from the OCI
-    layout a copy of ``sha256-H.sig`` wrote (bounded; a layer of another kind is skipped)."""
+def signatures(layout: Path) -> tuple[str, list[Layer]]:
+    """The artifact's manifest digest and its signatures, from the OCI layout a copy of
+    ``sha256-H.sig`` wrote (bounded; a layer of another kind is skipped)."""
     try:
         index = _json(layout / "index.json")
         manifest_digest = str(index["manifests"][0]["digest"])
@@ -123,11 +133,12 @@ def signatures(layout: Path) -> tuple[str, list[tuple[bytes, bytes]]]:
         for layer in list(manifest.get("layers") or [])[:MAX_SIGNATURES]:
             if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLE_SIGNING:
                 continue
-            encoded = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION)
+            annotations = dict(layer.get("annotations") or {})
+            encoded = annotations.get(SIGNATURE_ANNOTATION)
             if not isinstance(encoded, str):
                 continue
-            found.append((_blob(layout, str(layer["digest"]), MAX_PAYLOAD),
-                          base64.b64decode(encoded, validate=True)))
+            found.append(Layer(_blob(layout, str(layer["digest"]), MAX_PAYLOAD),
+                               base64.b64decode(encoded, validate=True), annotations))
     except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
             binascii.Error) as exc:
         raise NotVerified(f"its signature artifact is not one cosign writes ({exc})") from None
@@ -165,22 +176,56 @@ def same_repository(a: str, b: str) -> bool:
     return hub(a) == hub(b)
 
 
-def check(layout: Path, digest: str, repository: str, key: Path,
-          verifies: Verifier) -> Verified:
+def check(layout: Path, digest: str, repository: str, policy: Verify,
+          checks: SignatureChecks) -> Verified:
     """The first signature in ``layout`` (a copy of ``sha256-H.sig``) that names ``digest``
-    in ``repository`` and verifies with ``key``; NotVerified says why none does."""
-    artifact, pairs = signatures(layout)
+    in ``repository`` and holds up against ``policy`` (its key, or keyless: its identity,
+    roots and Rekor key); NotVerified says why none does."""
+    artifact, layers = signatures(layout)
+    trusted = keyless.trust(policy.keyless) if policy.keyless is not None else None
     reasons = []
-    for payload, signature in pairs:
-        why = payload_names(payload, digest, repository)
-        if why is None:
-            if verifies(payload, signature, key):
-                return Verified(key_fingerprint(key), artifact, digest)
-            why = f"its signature does not verify with {key} (another key signed it)"
-        reasons.append(why)
+    for layer in layers:
+        why = payload_names(layer.payload, digest, repository)
+        if why is None and policy.key is not None:
+            if checks.verifies(layer.payload, layer.signature, policy.key):
+                return Verified(key_fingerprint(policy.key), artifact, digest)
+            why = f"its signature does not verify with {policy.key} (another key signed it)"
+        elif why is None and policy.keyless is not None and trusted is not None:
+            signer = keyless.check(layer.payload, layer.signature, layer.annotations,
+                                   policy.keyless, trusted, checks)
+            if isinstance(signer, keyless.Signer):
+                return Verified(signer.root, artifact, digest, signer=signer)
+            why = signer
+        reasons.append(why or "")
     if not reasons:
         raise NotVerified(f"its signature artifact {artifact} holds no cosign signature")
-    raise NotVerified(f"not signed with {key}: {sorted(set(reasons))[0]}")
+    raise NotVerified(f"not signed {_by(policy)}: {sorted(set(reasons))[0]}")
+
+
+def _by(policy: Verify) -> str:
+    """How messages name the signer the policy wants."""
+    if policy.keyless is None:
+        return f"with {policy.key}"
+    wanted = policy.keyless
+    identity = ("matching " if wanted.identity_regexp else "") + wanted.identity
+    issuer = ("matching " if wanted.issuer_regexp else "") + wanted.issuer
+    return f"by {identity} ({issuer})"
+
+
+def trusted_in_lock(entry: LockedImage, policy: Verify) -> bool:
+    """Was the lock's entry verified under ``policy`` (the same key; or the same roots,
+    Rekor key, and an identity and issuer the policy accepts)? Then a rebake of its pinned
+    digest needs no registry."""
+    if policy.key is not None:
+        return entry.signer_identity is None and entry.signed_by == key_fingerprint(policy.key)
+    wanted = policy.keyless
+    if wanted is None or entry.signer_identity is None or entry.signer_issuer is None:
+        return False
+    trusted = keyless.trust(wanted)
+    return (entry.signed_by in {root.fingerprint for root in trusted.roots}
+            and entry.logged_by == trusted.log
+            and keyless.matches(entry.signer_identity, wanted.identity, wanted.identity_regexp)
+            and keyless.matches(entry.signer_issuer, wanted.issuer, wanted.issuer_regexp))
 
 
 def policy_for(source: PullSource, env_verify: Verify | None) -> Verify | None:
@@ -188,8 +233,8 @@ def policy_for(source: PullSource, env_verify: Verify | None) -> Verify | None:
     return source.verify if source.verify is not None else env_verify
 
 
-def verify_pull(upstream: Upstream, repository: str, digests: tuple[str, ...], key: Path,
-                verifies: Verifier, work: Path, cancel: threading.Event | None = None
+def verify_pull(upstream: Upstream, repository: str, digests: tuple[str, ...], policy: Verify,
+                checks: SignatureChecks, work: Path, cancel: threading.Event | None = None
                 ) -> Verified:
     """Check the signatures of a pull before anything is copied: ``digests`` are what kiln
     pulls, the index's first (what `cosign sign REF` signs), then the platform manifest's."""
@@ -199,7 +244,7 @@ def verify_pull(upstream: Upstream, repository: str, digests: tuple[str, ...], k
         if not upstream.copy_signature(repository, signature_tag(digest), layout, cancel):
             continue
         try:
-            return replace(check(layout, digest, repository, key, verifies), layout=layout)
+            return replace(check(layout, digest, repository, policy, checks), layout=layout)
         except NotVerified as exc:
             reasons.append(str(exc))
     if reasons:
@@ -209,14 +254,21 @@ def verify_pull(upstream: Upstream, repository: str, digests: tuple[str, ...], k
 
 
 def recorded(entry: LockedImage, verified: Verified | None) -> LockedImage:
-    """The lock entry with what was verified (or without it: no key, nothing claimed)."""
+    """The lock entry with what was verified (or without it: no policy, nothing claimed)."""
     if verified is None:
         return replace(entry, signed_by=None, signature=None, signed=None, signature_key=None,
-                       signature_sha256=None, signature_size=None)
+                       signature_sha256=None, signature_size=None, signer_identity=None,
+                       signer_issuer=None, logged_by=None, logged_at=None)
     key, sha256, size = verified.stored or (None, None, None)
-    return replace(entry, signed_by=verified.signed_by, signature=verified.signature,
-                   signed=verified.signed, signature_key=key, signature_sha256=sha256,
-                   signature_size=size)
+    entry = replace(entry, signed_by=verified.signed_by, signature=verified.signature,
+                    signed=verified.signed, signature_key=key, signature_sha256=sha256,
+                    signature_size=size, signer_identity=None, signer_issuer=None,
+                    logged_by=None, logged_at=None)
+    signer = verified.signer
+    if signer is None:
+        return entry
+    return replace(entry, signer_identity=signer.identity, signer_issuer=signer.issuer,
+                   logged_by=signer.log, logged_at=signer.logged_at)
 
 
 def artifact(repository: str, digest: str, sign: Callable[[bytes], bytes]) -> bytes:

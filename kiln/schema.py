@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from kiln import grammar
+from kiln import der, grammar
 from kiln.errors import Problem
-from kiln.model import Location, Verify, did_you_mean
+from kiln.model import Keyless, Location, Verify, did_you_mean
 from kiln.yamlio import construct, mapping_items, position, scalar_value
 
 REMOVED_KEYS = {  # keys older kilns read: say why, not "did you mean"
@@ -24,6 +24,8 @@ REMOVED_KEYS = {  # keys older kilns read: say why, not "did you mean"
 
 
 MAP_TAG = "tag:yaml.org,2002:map"
+VERIFY_KEYS = ("key", "identity", "identity_regexp", "issuer", "issuer_regexp", "roots",
+               "rekor_key")
 NAME_MAX, PATH_MAX = 255, 4000  # Linux's limits (4096 for a path, with room for what kiln adds)
 
 
@@ -191,14 +193,81 @@ class NodeReader:
         return path
 
     def verify(self, node: yaml.Node) -> Verify | None:
-        """``verify: {key: FILE}`` or ``verify: none``."""
+        """``verify: {key: FILE}``; keyless ``verify: {identity (or identity_regexp), issuer
+        (or issuer_regexp), roots: FILE, rekor_key: FILE}``; or ``verify: none``."""
         if isinstance(node, yaml.ScalarNode) and node.value == "none":
             return Verify(None, self.at(node))
-        fields = self.mapping(node, "verify (a mapping with key, or none)", ("key",), ("key",))
-        if fields is None or "key" not in fields:
+        fields = self.mapping(node, "verify (a mapping with key, or with identity, issuer, "
+                                    "roots and rekor_key; or none)", VERIFY_KEYS)
+        if fields is None:
             return None
-        key = self.public_key(fields["key"][1], "verify key")
-        return None if key is None else Verify(key, self.at(node))
+        if "key" in fields:
+            other = next((k for k in fields if k != "key"), None)
+            if other is not None:
+                self.error(fields[other][0], f"verify: key and {other} do not go together: "
+                                             "a public key, or keyless (identity, issuer, "
+                                             "roots, rekor_key)")
+                return None
+            key = self.public_key(fields["key"][1], "verify key")
+            return None if key is None else Verify(key, self.at(node))
+        if not fields:
+            self.error(node, "verify: give key: FILE (the upstream's public key), or keyless "
+                             "identity, issuer, roots and rekor_key")
+            return None
+        keyless = self.keyless(node, fields)
+        return None if keyless is None else Verify(None, self.at(node), keyless)
+
+    def keyless(self, node: yaml.Node, fields: dict[str, tuple[yaml.Node, yaml.Node]]
+                ) -> Keyless | None:
+        """A keyless policy: who (identity, issuer: exact, or a regexp matching the whole
+        value) and what to trust (the Fulcio roots, the Rekor key), all required."""
+        names: dict[str, tuple[str, bool]] = {}
+        for name in ("identity", "issuer"):
+            given = [k for k in (name, f"{name}_regexp") if k in fields]
+            if len(given) != 1:
+                where = fields[given[1]][0] if given else node
+                self.error(where, f"verify: give {name} or {name}_regexp"
+                                  + (", not both" if given else " (keyless)"))
+                continue
+            vnode = fields[given[0]][1]
+            value = self.string(vnode, f"verify {given[0]}")
+            regexp = given[0].endswith("_regexp")
+            if value is not None and regexp:
+                try:
+                    re.compile(value)
+                except re.error as exc:
+                    self.error(vnode, f"verify {given[0]}: not a regular expression ({exc})")
+                    continue
+            if value is not None:
+                names[name] = (value, regexp)
+        for name in ("roots", "rekor_key"):
+            if name not in fields:
+                self.error(node, f"verify: missing required key {name!r} (keyless: the "
+                                 "Fulcio roots and the Rekor public key, copied once)")
+        roots = self.roots(fields["roots"][1]) if "roots" in fields else None
+        rekor = (self.public_key(fields["rekor_key"][1], "verify rekor_key")
+                 if "rekor_key" in fields else None)
+        if roots is None or rekor is None or len(names) != 2:
+            return None
+        return Keyless(identity=names["identity"][0], issuer=names["issuer"][0], roots=roots,
+                       rekor_key=rekor, identity_regexp=names["identity"][1],
+                       issuer_regexp=names["issuer"][1])
+
+    def roots(self, node: yaml.Node) -> Path | None:
+        """A PEM file of certificates with at least one self-signed root."""
+        path = self.input_file(node, "verify roots")
+        if path is None:
+            return None
+        try:
+            certs = der.from_pem(path.read_bytes()[:1 << 20].decode("ascii"))
+        except (UnicodeDecodeError, der.DerError) as exc:
+            self.error(node, f"verify roots: {path}: not PEM certificates ({exc})")
+            return None
+        if not any(c.self_signed for c in certs):
+            self.error(node, f"verify roots: {path} holds no self-signed root certificate "
+                             "(e.g. the Fulcio root, fulcio_v1.crt.pem)")
+            return None
+        return path
 
     def checked(self, node: yaml.Node, what: str, pattern: re.Pattern[str], shape: str,
                 *, empty: bool = False) -> str | None:

@@ -1,5 +1,6 @@
 """Signatures through `openssl` (an edge: it runs a program): the lock's detached signature,
-and the ECDSA signatures of cosign's convention (kiln/provenance.py) kiln checks and makes.
+the ECDSA signatures of cosign's convention (kiln/provenance.py) kiln checks and makes, and
+a keyless signature's certificate chain (kiln/keyless.py: `openssl verify -attime`).
 
 ``dist/<env>/images.lock.json.sig`` is ``openssl dgst -sha256 -sign KEY`` of the lock's bytes:
 an ECDSA (DER) or RSA (PKCS #1 v1.5) signature anyone checks with the public key alone:
@@ -15,10 +16,13 @@ file, ``KILN_SIGNING_PASSPHRASE_FILE`` a file holding its passphrase (when encry
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
+from kiln import der
 from kiln import lock as lockfile
 from kiln.errors import KilnError, UsageError
 from kiln.files import write_atomic
@@ -79,6 +83,51 @@ def verifies(data: bytes, signature: bytes, public_key: Path) -> bool:
         done = _openssl(["dgst", "-sha256", "-verify", str(public_key), "-signature", sig.name],
                         data, "checking the lock's signature")
     return done.returncode == 0 and done.stdout.strip() == b"Verified OK"
+
+
+def verifies_spki(data: bytes, signature: bytes, public_key: bytes) -> bool:
+    """``verifies`` with the key as DER SubjectPublicKeyInfo (a certificate's key)."""
+    with tempfile.NamedTemporaryFile(prefix="kiln-key-", suffix=".pem") as key:
+        key.write(der.pem(public_key, "PUBLIC KEY").encode())
+        key.flush()
+        return verifies(data, signature, Path(key.name))
+
+
+_VERIFY_ERROR = re.compile(rb"error [0-9]+ at [0-9]+ depth lookup: ([^\n]+)")
+
+
+def chains(leaf: bytes, intermediates: Sequence[bytes], root: bytes, at: int) -> str | None:
+    """Why the DER ``leaf`` does not chain to the DER ``root`` (the only anchor: no system
+    store) through ``intermediates``, every certificate valid at ``at``; None: it does."""
+    with tempfile.TemporaryDirectory(prefix="kiln-chain-") as work:
+        files = {"leaf": [leaf], "root": [root], "untrusted": list(intermediates)}
+        for name, certs in files.items():
+            (Path(work) / f"{name}.pem").write_text("".join(der.pem(c) for c in certs))
+        argv = ["verify", "-no-CApath", "-no-CAstore", "-attime", str(at),
+                "-CAfile", f"{work}/root.pem"]
+        if intermediates:
+            argv += ["-untrusted", f"{work}/untrusted.pem"]
+        done = _openssl([*argv, f"{work}/leaf.pem"], b"", "checking a certificate chain")
+    if done.returncode == 0:
+        return None
+    found = _VERIFY_ERROR.search(done.stdout + done.stderr)
+    lines = (done.stdout + done.stderr).decode(errors="replace").strip().splitlines()
+    return (found.group(1).decode(errors="replace") if found else
+            lines[-1] if lines else f"exit {done.returncode}")
+
+
+class Openssl:
+    """The signature checks of kiln/ports.py's SignatureChecks, done by openssl."""
+
+    def verifies(self, data: bytes, signature: bytes, public_key: Path) -> bool:
+        return verifies(data, signature, public_key)
+
+    def verifies_spki(self, data: bytes, signature: bytes, public_key: bytes) -> bool:
+        return verifies_spki(data, signature, public_key)
+
+    def chains(self, leaf: bytes, intermediates: Sequence[bytes], root: bytes, at: int
+               ) -> str | None:
+        return chains(leaf, intermediates, root, at)
 
 
 def sign_file(lock_path: Path, public_key: Path | None) -> Path | None:

@@ -94,7 +94,7 @@ def bake(config_path: str, env_name: str | None, *, dist: str | None = None, job
     # The engine connects on first use: a bake of pull sources and OCI archives needs none.
     baker = Baker(config, env, EngineOnFirstUse(), store, reporter, project.dist, jobs=jobs,
                   verify_store=verify_store, upstream=SkopeoUpstream(),
-                  signatures=signing.verifies, rebind=frozenset(rebind),
+                  signatures=signing.Openssl(), rebind=frozenset(rebind),
                   registry_lookup=None if offline else served_by(registry))
     try:
         result = baker.run()

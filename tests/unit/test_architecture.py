@@ -19,7 +19,7 @@ CORE = ("refs", "config", "yamlio", "grammar", "errors", "lock", "files", "ociar
         "manifests", "ports", "project", "inventory", "pem", "cloudconfig", "render", "verify",
         "diff", "model", "schema", "environments", "locators", "buildinputs", "tarstream",
         "lint/__init__", "lint/charts", "lint/context", "lint/rules/__init__", "lint/values",
-        "lint/conventions", "lookups", "replay")
+        "lint/conventions", "lookups", "replay", "provenance", "der", "keyless")
 FORBIDDEN_IN_CORE = (*EDGE_LIBRARIES, "subprocess", "kiln.cli", "kiln.commands",
                      "kiln.engine", "kiln.containerd", "kiln.localengine", "kiln.vm",
                      "kiln.stores.s3", "kiln.registry", "kiln.upstream")

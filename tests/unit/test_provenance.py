@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from kiln import provenance
+from kiln.model import Location, Verify
 from tests.helpers import write_layout
 
 D = "sha256:" + "a" * 64
@@ -58,9 +60,17 @@ def test_the_artifact_is_read_within_bounds(tmp_path: Path) -> None:
         provenance.signatures(layout)
     seen: list[bytes] = []
 
-    def verifies(data: bytes, signature: bytes, key: Path) -> bool:
-        seen.append(data)
-        return True
+    class Checks:
+        def verifies(self, data: bytes, signature: bytes, key: Path) -> bool:
+            seen.append(data)
+            return True
+
+        def verifies_spki(self, data: bytes, signature: bytes, key: bytes) -> bool:
+            raise AssertionError("no keyless signature here")
+
+        def chains(self, leaf: bytes, intermediates: Sequence[bytes], root: bytes, at: int
+                   ) -> str | None:
+            raise AssertionError("no keyless signature here")
 
     key = tmp_path / "k.pub"
     key.write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
@@ -68,5 +78,5 @@ def test_the_artifact_is_read_within_bounds(tmp_path: Path) -> None:
     empty = write_layout(tmp_path / "empty", unsigned,
                          {"sha256:" + hashlib.sha256(unsigned).hexdigest(): unsigned})
     with pytest.raises(provenance.NotVerified, match="holds no cosign signature"):
-        provenance.check(empty, D, REPO, key, verifies)
+        provenance.check(empty, D, REPO, Verify(key, Location("images.yaml", 1, 1)), Checks())
     assert seen == []

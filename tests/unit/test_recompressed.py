@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,24 @@ def test_bad_settings_are_refused_where_they_are_written(
     assert problem.message[:len(message)] == message
     text = (tmp_path / "images.yaml").read_text().splitlines()[problem.line - 1]
     assert text[problem.column - 1:].startswith(at)
+
+
+def test_a_keyless_policy_and_recompression_are_refused_together(tmp_path: Path) -> None:
+    data = Path(__file__).parents[1] / "data/keyless"
+    shutil.copy(data / "fulcio_v1.crt.pem", tmp_path / "roots.pem")
+    shutil.copy(data / "rekor.pub", tmp_path / "rekor.pub")
+    (tmp_path / "images.yaml").write_text(
+        "version: 1\nimages:\n"
+        "  - {name: a, ref: r.example.com/f/a:v1, pull: up.example.com/a:1, recompress: true}\n"
+        "environments:\n  dev: {registry: r.example.com, store: {type: dir, path: store},\n"
+        "        verify: {identity: me@example.com, issuer: 'https://issuer.example.com',\n"
+        "                 roots: roots.pem, rekor_key: rekor.pub}}\n")
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(tmp_path / "images.yaml", "images.yaml")
+    (problem,) = caught.value.problems
+    assert problem.message.startswith("image 'a': recompress: true and environment dev's "
+                                      "keyless verify exclude each other")
+    assert (problem.line, problem.column) == (3, 68)  # at `recompress: true`
 
 
 def test_a_verified_pull_that_opts_out_loads(tmp_path: Path) -> None:

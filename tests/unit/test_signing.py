@@ -82,4 +82,5 @@ def test_verify_applies_to_pull_sources_only(tmp_path: Path) -> None:
     found = [(p.line, p.message.split(":")[0]) for p in caught.value.problems]
     assert found == [(3, "verify checks a pull source's upstream signature"),
                      (4, "verify key"),
-                     (5, "verify (a mapping with key, or none) must be a mapping")]
+                     (5, "verify (a mapping with key, or with identity, issuer, roots and "
+                         "rekor_key; or none) must be a mapping")]
