@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kiln import buildinputs, copied, lookups, model, provenance, recompressed, refs
+from kiln import buildinputs, copied, lookups, model, provenance, recompressed, refs, reuse
 from kiln import lock as lockfile
 from kiln import rebind as rebind_mod
 from kiln.errors import KilnError
@@ -247,7 +247,7 @@ class Baker:
         source = image.source
         if isinstance(source, PullSource) and model.recompresses(image, self.env):
             return recompressed.bake(self, image, source)  # the opt-in: kiln's manifest
-        kept = self.pinned_in_lock(image)
+        kept = reuse.pinned_in_lock(self.previous, image, self.env.verify, self.intact)
         if kept is not None:  # with a key: verified with this key when the lock was baked
             policy = (provenance.policy_for(source, self.env.verify)
                       if isinstance(source, PullSource) else None)
@@ -265,7 +265,9 @@ class Baker:
                     raw = self.upstream.manifest(copied.lookup(source.ref))
                     served = copied.served(raw, source.ref, image.platform)
                     verified = self.check_signature(image, source, served, Path(work))
-                    kept = self.reusable_copy(image, served.manifest_digest)
+                    index = copied.index_to_name(raw, served, image.platforms)
+                    kept = reuse.reusable_copy(self.previous, image, served.manifest_digest,
+                                               served.index_digest, bool(index), self.intact)
                     if kept is None:
                         self.reporter.step(label(image), f"copying {source.ref}")
                         repository = refs.parse(source.ref).repository
@@ -281,13 +283,15 @@ class Baker:
                     self.upstream.copy_archive(source.path, layout, self.cancel,
                                                image.platform)
                     served, raw = copied.Served(copied.layout_digest(layout), None), b""
-                    kept = self.reusable_copy(image, served.manifest_digest)
-            kept = (self.publish_copied(image, layout, served, raw) if kept is None else
+                    index = None
+                    kept = reuse.reusable_copy(self.previous, image, served.manifest_digest,
+                                               None, False, self.intact)
+            kept = (self.publish_copied(image, layout, served, index) if kept is None else
                     self.unchanged(image, kept, "the lock's manifest digest"))
-            index = self.keep(raw) if served.index_digest else None  # push serves it again
+            stored = self.keep(raw) if served.index_digest else None  # push serves it again
             return provenance.recorded(replace(
-                kept, index_digest=served.index_digest, index_key=index and index[0],
-                index_size=index and index[2]), verified)
+                kept, index_digest=served.index_digest, index_key=stored and stored[0],
+                index_size=stored and stored[2]), verified)
 
     def check_signature(self, image: Image, source: PullSource, served: copied.Served,
                         work: Path) -> provenance.Verified | None:
@@ -314,36 +318,6 @@ class Baker:
             self.store.put_bytes(key, data)
         return key, sha256, len(data)
 
-    def pinned_in_lock(self, image: Image) -> LockedImage | None:
-        """The lock's entry when the pull source is pinned by a digest the lock holds (as the
-        index or the manifest digest) and the object is intact: no registry is asked."""
-        source = image.source
-        old = self.previous.image(image.name, image.platform) if self.previous else None
-        pinned = refs.parse(source.ref).digest if isinstance(source, PullSource) else None
-        policy = (provenance.policy_for(source, self.env.verify)
-                  if isinstance(source, PullSource) else None)
-        if policy is not None and policy.checked and (
-                old is None or not provenance.trusted_in_lock(old, policy)):
-            return None  # verified under another policy, or never: ask the registry
-        if (pinned is None or old is None or old.source != source.kind or old.ref != image.ref
-                or old.platform != image.platform
-                or pinned not in (old.index_digest, old.manifest_digest)
-                or old.index_unnamed):
-            return None
-        index_kept = old.index_digest is None or (  # else (an older kiln): ask once
-            old.index_key is not None and self.intact(old.index_key, old.index_digest[7:],
-                                                      old.index_size or 0))
-        return old if index_kept and self.intact(old.key, old.sha256, old.size) else None
-
-    def reusable_copy(self, image: Image, manifest_digest: str) -> LockedImage | None:
-        """The lock's entry when it holds this very manifest under the same ref, intact."""
-        old = self.previous.image(image.name, image.platform) if self.previous else None
-        if (old is None or old.source != image.source.kind or old.ref != image.ref
-                or old.platform != image.platform or old.manifest_digest != manifest_digest
-                or old.index_unnamed):  # an older kiln's object: made again
-            return None
-        return old if self.intact(old.key, old.sha256, old.size) else None
-
     def unchanged(self, image: Image, kept: LockedImage, why: str) -> LockedImage:
         self.reporter.finish(label(image), f"unchanged {image.ref} ({why}; {human(kept.size)})")
         self.reused.append(label(image))
@@ -352,7 +326,8 @@ class Baker:
                        upstream=source.ref if isinstance(source, PullSource) else None)
 
     def publish_copied(self, image: Image, layout: Path, served: copied.Served,
-                       raw: bytes) -> LockedImage:
+                       index: bytes | None) -> LockedImage:
+        """Store the copy; ``index``: the upstream index its object names for nodes."""
         size_hint = sum(p.stat().st_size for p in layout.rglob("*") if p.is_file())
 
         def progress(done: int) -> None:
@@ -360,7 +335,7 @@ class Baker:
 
         self.reporter.step(label(image), "storing")
         published, found = publish_copy(layout, image.ref, image.platform, self.store, size_hint,
-                                        progress, self.cancel, raw if served.index_digest else None)
+                                        progress, self.cancel, index)
         self.record(label(image), published)
         source = image.source
         return LockedImage(
@@ -371,7 +346,8 @@ class Baker:
             source=source.kind,
             upstream=source.ref if isinstance(source, PullSource) else None,
             manifest_digests=((image.platform, found.manifest_digest),),
-            index_digest=served.index_digest, index_named=bool(served.index_digest) or None)
+            index_digest=served.index_digest,
+            index_named=index is not None if served.index_digest else None)
 
     # -- the whole bake -----------------------------------------------------------------------
 

@@ -103,6 +103,19 @@ def served(raw: bytes, ref: str, platform: str) -> Served:
     return Served(chosen, digest)
 
 
+def index_to_name(raw: bytes, served: Served, platforms: tuple[str, ...]) -> bytes | None:
+    """The upstream index ``raw`` when nodes may hold its name ``repo@<its digest>``: the
+    image is baked for several platforms and they are every one the index lists, so `push`
+    serves this very index under the ref (kiln/indexes.py) and a chart pinning its digest is
+    served on day 2 as from the node cache on day 1. Else None: nodes hold no index name."""
+    if served.index_digest is None or len(platforms) < 2:
+        return None
+    doc = json.loads(raw)
+    listed = {m.get("digest") for m in doc.get("manifests", []) if isinstance(m, dict)}
+    held = {platform_manifest(doc, platform) for platform in platforms}
+    return raw if held == listed and len(listed) == len(doc["manifests"]) else None
+
+
 def platform_of(config: dict[str, Any]) -> str:
     found = f"{config.get('os')}/{config.get('architecture')}"
     return f"{found}/{config['variant']}" if config.get("variant") else found

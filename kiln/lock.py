@@ -56,7 +56,8 @@ class LockedImage:
     index_key: str | None = None
     index_size: int | None = None
     # the stored object holds that index too, named repo@<index digest>: nodes hold that name
-    # (a chart pinning the index digest hits their cache). None: an older kiln's object
+    # (a chart pinning the index digest hits their cache); only when `push` serves that index
+    # (every platform it lists is baked). False: not named; None: no index, or an older kiln
     index_named: bool | None = None
     # pull with `verify: {key}`: the key that signed it (sha256 of its DER), the signature
     # artifact's manifest digest, and the digest it signs (the index's or the manifest's)
@@ -92,8 +93,8 @@ class LockedImage:
 
     @property
     def index_unnamed(self) -> bool:
-        """An object of an older kiln, made from an index it does not hold: made again."""
-        return self.index_digest is not None and not self.index_named
+        """An object of an older kiln, picked from an index it says nothing of: made again."""
+        return self.index_digest is not None and self.index_named is None
 
     @property
     def index_ref(self) -> str | None:

@@ -131,7 +131,7 @@ def bake(baker: Baker, image: Image, source: PullSource) -> LockedImage:
                                       compression=(comp.algorithm, comp.level))
             check_same_image(baker.upstream, pinned, manifest, layout)
         entry = baker.publish_copied(image, layout, copied.Served(
-            copied.layout_digest(layout), None), b"")
+            copied.layout_digest(layout), None), None)
     # no upstream index: it names the upstream's manifests, not this one
     return provenance.recorded(replace(
         entry, compression_level=comp.level, inputs=served.manifest_digest, index_digest=None,

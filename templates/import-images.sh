@@ -221,15 +221,19 @@ while read -r kind a b c d e f g h i j k rest; do
       # eval assigns from the variables named on the right: values are never re-parsed.
       eval "name_$count=\$a ref_$count=\$b dref_$count=\$c id_$count=\$d sha_$count=\$e"
       eval "size_$count=\$f raw_$count=\$g comp_$count=\$h plat_$count=\$i url_$count=\$j"
-      # the upstream index's name, when the object holds it: repo@sha256:<hex>, the repo the
-      # digest name's (a name this program pins as root: checked whole here too)
-      if [ "$k" = - ]; then k=""; else
-        x=${k##*@sha256:}
-        case "$x" in *[!0-9a-f]*) x="" ;; esac
-        if [ "${#x}" -ne 64 ] || [ "${k%@sha256:*}" != "${c%@*}" ]; then
-          die "$data: image $a: '$k' is not $a's index name (repo@sha256:<64 hex>)"
+      # the digest name and the upstream index's (when the object holds it): names this
+      # program pins as root, each checked whole here too: REF's repository @sha256:<64 hex>
+      r=${b%@sha256:*}
+      case "${r##*/}" in *:*) r=${r%:*} ;; esac
+      for x in "$c" "${k#-}"; do  # (k is - when there is no index name)
+        [ -n "$x" ] || continue
+        y=${x#"$r"@sha256:}
+        case "$y" in *[!0-9a-f]*) y="" ;; esac
+        if [ "${#y}" -ne 64 ] || [ "$x" != "$r@sha256:$y" ]; then
+          die "$data: image $a: '$x' is not a name of $a (${r}@sha256:<64 hex>)"
         fi
-      fi
+      done
+      if [ "$k" = - ]; then k=""; fi
       eval "xref_$count=\$k"
       ;;
     sig) ;;  # the data file's signature (checked above when this node holds the key)
@@ -744,13 +748,14 @@ import_one() {
   io_ref=$(get ref "$io_n")
   io_dref=$(get dref "$io_n")
   io_want=$(get id "$io_n")
+  io_xref=$(get xref "$io_n")  # the upstream index's name, given by the import itself
   io_rc=0
   # shellcheck disable=SC2086 # $local_flag is a word or nothing on purpose
   ctr_ images import $local_flag --platform "$(get plat "$io_n")" "$work/$io_n.blob" \
     >"$work/$io_n.import" 2>&1 || io_rc=$?
   echo "$io_n slot" >&3
   if [ "$io_rc" != 0 ]; then
-    ctr_ images rm "$io_ref" >/dev/null 2>&1 || :
+    ctr_ images rm "$io_ref" ${io_xref:+"$io_xref"} >/dev/null 2>&1 || :
     echo "import failed: $(tail -n 1 "$work/$io_n.import")" > "$work/$io_n.result"
     return 1
   fi
@@ -759,9 +764,10 @@ import_one() {
   io_names=$(targets_of "$io_ref" "$io_dref")
   io_target=$(pick "$io_names" "$io_ref")
   io_have=$(config_of "$io_target")
-  if [ "$io_target" != "${io_dref##*@}" ] || [ "$io_have" != "$io_want" ]; then
-    ctr_ images rm "$io_ref" >/dev/null 2>&1 || :
-    echo "after import $io_ref is ${io_target:-absent} (image ${io_have:-none}), not ${io_dref##*@} (image $io_want); removed" > "$work/$io_n.result"
+  if [ "$io_target" != "${io_dref##*@}" ] || [ "$io_have" != "$io_want" ] || {
+      [ -n "$io_xref" ] && [ "$(target_of "$io_xref")" != "${io_xref##*@}" ]; }; then
+    ctr_ images rm "$io_ref" ${io_xref:+"$io_xref"} >/dev/null 2>&1 || :
+    echo "after import $io_ref is ${io_target:-absent} (image ${io_have:-none}), not ${io_dref##*@} (image $io_want)${io_xref:+, or $io_xref is not that index}; removed" > "$work/$io_n.result"
     return 1
   fi
   # then both names must point at it (the manifest is content-addressed: its config was just
@@ -771,11 +777,6 @@ import_one() {
       [ "$(pick "$io_names" "$io_ref")" != "${io_dref##*@}" ] ||
       [ "$(pick "$io_names" "$io_dref")" != "${io_dref##*@}" ]; then
     echo "could not name and pin $io_ref and $io_dref" > "$work/$io_n.result"
-    return 1
-  fi
-  io_xref=$(get xref "$io_n")  # the upstream index's name, given by the import itself
-  if [ -n "$io_xref" ] && [ "$(target_of "$io_xref")" != "${io_xref##*@}" ]; then
-    echo "after import $io_xref is not the index ${io_xref##*@}" > "$work/$io_n.result"
     return 1
   fi
   log "$(get name "$io_n"): imported $io_ref and $io_dref (image $io_want), pinned"

@@ -446,24 +446,27 @@ def test_node_settings_in_the_data_file_are_whole_numbers_only(node: Node, line:
     assert node.server.requests == []
 
 
-@pytest.mark.parametrize("index_ref", [
-    "other.example.com/x@sha256:" + "a" * 64, "REPO@sha256:" + "a" * 63, "REPO@sha256:$(reboot)",
-    "REPO@sha256:" + "A" * 64, "REPO:v1"])
-def test_an_index_name_in_the_data_file_is_checked_whole(node: Node, index_ref: str) -> None:
-    """The upstream index's name is pinned by root on every node: only repo@sha256:<64 hex>
-    of the image's own repository passes, before a single request."""
+@pytest.mark.parametrize(("column", "value"), [
+    (-1, "other.example.com/x@sha256:" + "a" * 64), (-1, "REPO@sha256:" + "a" * 63),
+    (-1, "REPO@sha256:$(reboot)"), (-1, "REPO@sha256:" + "A" * 64), (-1, "REPO:v1"),
+    (-1, "a" * 64), (3, "REPO@b@sha256:" + "a" * 64), (3, "a" * 64),
+    (3, "REPO@sha256:" + "a" * 65), (3, "-")])
+def test_a_digest_or_index_name_in_the_data_file_is_checked_whole(node: Node, column: int,
+                                                                  value: str) -> None:
+    """The digest name and the upstream index's are pinned by root on every node: only
+    REPO@sha256:<64 hex> of the image's own repository passes, before a single request."""
     data = node.folder / "dist/it/node/images.data"
     rows = []
     for row in data.read_text().splitlines():
         if row.startswith("image "):
             fields = row.split()
-            repo = fields[3].rsplit("@", 1)[0]
-            row = " ".join([*fields[:-1], index_ref.replace("REPO", repo)])
+            fields[column] = value.replace("REPO", fields[3].rsplit("@", 1)[0])
+            row = " ".join(fields)
         rows.append(row)
     data.write_text("\n".join(rows) + "\n")
     done = node.run()
     assert done.returncode == 1
-    assert "is not" in done.stderr and "index name (repo@sha256:<64 hex>)" in done.stderr
+    assert "is not a name of" in done.stderr and "@sha256:<64 hex>)" in done.stderr
     assert node.server.requests == []
 
 

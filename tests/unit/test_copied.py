@@ -245,32 +245,70 @@ def test_the_upstream_index_is_stored_as_served_and_an_older_lock_gains_it_once(
     assert offline.calls == [] and lock_file.read_bytes() == stored
 
 
-def test_the_object_names_the_index_for_nodes_and_an_older_object_is_made_again(
-        tmp_path: Path) -> None:
+def test_the_object_names_the_index_for_nodes_only_when_push_serves_it(tmp_path: Path) -> None:
+    """Nodes hold repo@<index digest> when the image is baked for every platform the index
+    lists (push serves that very index); for one platform of it, or part of it, they do not;
+    an entry of an older kiln (index_named absent) is made again; when the tag moves to
+    another index (or off an index) the object is made again, never kept with a stale name."""
     upstream = FakeUpstream()
     amd64, amd64_blobs = registry_image(b"amd64")
-    upstream.push(f"{UP}:amd64", amd64, amd64_blobs)
-    index = image_index([(amd64, "linux/amd64")])
+    arm64, arm64_blobs = registry_image(b"arm64", "arm64")
+    s390x, s390x_blobs = registry_image(b"s390x", "s390x")
+    for tag, (manifest, blobs) in {"amd": (amd64, amd64_blobs), "arm": (arm64, arm64_blobs),
+                                   "s390x": (s390x, s390x_blobs)}.items():
+        upstream.push(f"{UP}:{tag}", manifest, blobs)
+    index = image_index([(amd64, "linux/amd64"), (arm64, "linux/arm64")])
     index_digest = upstream.push(f"{UP}:v1", index, {})
-    folder = project(tmp_path, f'pull: "{UP}:v1"')
-    (image,) = bake(folder, upstream).images
-    assert image.index_named is True
-    assert image.index_ref == f"{REF.rsplit(':', 1)[0]}@{index_digest}"
-    with tarfile.open(folder / "store" / image.key) as tar:
+    both = 'pull: "' + UP + ':v1", platforms: [linux/amd64, linux/arm64]'
+    folder = project(tmp_path, both)
+    images = bake(folder, upstream).images
+    assert [i.index_named for i in images] == [True, True]
+    repo = REF.rsplit(":", 1)[0]
+    assert {i.index_ref for i in images} == {f"{repo}@{index_digest}"}
+    with tarfile.open(folder / "store" / images[0].key) as tar:
         listed = json.loads(tar.extractfile("index.json").read())["manifests"]  # type: ignore
         assert tar.extractfile(f"blobs/sha256/{index_digest[7:]}").read() == index  # type: ignore
     assert {(m["digest"], m["annotations"]["io.containerd.image.name"]) for m in listed} == {
-        (digest(amd64), REF), (index_digest, image.index_ref)}
-    # an older kiln's lock (its object holds no index): the next bake makes the object again
+        (digest(amd64), REF), (index_digest, f"{repo}@{index_digest}")}
     lock_file = folder / "dist/dev/images.lock.json"
     stored = lock_file.read_text()
+    assert bake(folder, upstream).images == images and lock_file.read_text() == stored
+
+    # an older kiln's lock (its objects hold no index): the next bake makes them again
     older = json.loads(stored)
-    del older["images"][0]["index_named"]
+    for entry in older["images"]:
+        del entry["index_named"]
     lock_file.write_text(json.dumps(older))
     upstream.calls.clear()
-    (again,) = bake(folder, upstream).images
+    assert bake(folder, upstream).images == images
     assert ("copy", f"{UP}@{digest(amd64)}") in upstream.calls
-    assert again == image and lock_file.read_text() == stored
+    assert lock_file.read_text() == stored
+
+    # the tag moves to an index of three platforms, amd64 and arm64 unchanged: the lock's
+    # platforms are no longer all it lists, so the objects are made again, naming nothing
+    bigger = image_index([(amd64, "linux/amd64"), (arm64, "linux/arm64"),
+                          (s390x, "linux/s390x")])
+    bigger_digest = upstream.push(f"{UP}:v1", bigger, {})
+    moved = bake(folder, upstream).images
+    assert [(i.index_digest, i.index_named, i.index_ref) for i in moved] == [
+        (bigger_digest, False, None)] * 2
+    assert all(i.key != j.key for i, j in zip(moved, images, strict=True))
+    with tarfile.open(folder / "store" / moved[0].key) as tar:
+        names = json.loads(tar.extractfile("index.json").read())["manifests"]  # type: ignore
+    assert [m["digest"] for m in names] == [digest(amd64)]
+    text = lock_file.read_text()
+    assert bake(folder, upstream).images == moved and lock_file.read_text() == text  # stable
+
+    # one platform of an index: push serves its manifest, so no index name either
+    one = project(tmp_path / "one", f'pull: "{UP}:v1"')
+    (single,) = bake(one, upstream).images
+    assert (single.index_digest, single.index_named, single.index_ref) == (
+        bigger_digest, False, None)
+    # the tag moves off the index to the manifest itself: made again, a lock that reads
+    upstream.push(f"{UP}:v1", amd64, amd64_blobs)
+    (plain,) = bake(one, upstream).images
+    assert (plain.index_digest, plain.index_named) == (None, None)
+    assert lockfile.read(one / "dist/dev/images.lock.json").images == (plain,)
 
 
 def test_an_image_of_another_platform_is_refused(tmp_path: Path) -> None:
