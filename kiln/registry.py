@@ -27,6 +27,7 @@ from kiln.errors import KilnError
 from kiln.manifests import INDEX_TYPES, is_index, platform_manifest
 from kiln.upstream import reason as skopeo_reason
 
+MAX_INDEX = 1 << 22  # bytes of an archive's index.json read
 INSPECT_TIMEOUT = 60  # seconds: a registry that does not answer is not waited for longer
 USER_ENV, PASSWORD_ENV = "KILN_REGISTRY_USERNAME", "KILN_REGISTRY_PASSWORD"
 
@@ -34,25 +35,31 @@ USER_ENV, PASSWORD_ENV = "KILN_REGISTRY_USERNAME", "KILN_REGISTRY_PASSWORD"
 def one_image(archive: Path) -> None:
     """An archive that also names the upstream index (for nodes: kiln/copied.py) is rewritten
     in place to list its image only: skopeo takes an archive's image by name only when its
-    manifest is an OCI one, so it must be the one listed (the index's blob stays, unlisted)."""
-    with tarfile.open(archive) as tar:
-        member = tar.getmember("index.json")
-        stream = tar.extractfile(member)
-        assert stream is not None
-        index = json.loads(stream.read(1 << 20))
-    manifests = [m for m in index.get("manifests", []) if m.get("mediaType") not in INDEX_TYPES]
-    if len(manifests) == len(index.get("manifests", [])):
-        return
-    index["manifests"] = manifests
-    data = json.dumps(index, sort_keys=True).encode()
-    rewritten = archive.with_name(archive.name + ".one")
-    with tarfile.open(archive) as tar, tarfile.open(rewritten, "w") as out:
-        for member in tar:
-            if member.name == "index.json":
-                member.size = len(data)
-                out.addfile(member, io.BytesIO(data))
-            else:
-                out.addfile(member, tar.extractfile(member) if member.isreg() else None)
+    manifest is an OCI one, so it must be the one listed (the index's blob stays, unlisted).
+    The archive is kiln's own, its sha256 checked; anything else in it is refused."""
+    try:
+        with tarfile.open(archive) as tar:
+            found = [m for m in tar.getmembers() if m.name == "index.json"]
+            if len(found) != 1 or not found[0].isreg() or found[0].size > MAX_INDEX:
+                raise RegistryError(f"{archive.name}: not one index.json of kiln's")
+            stream = tar.extractfile(found[0])
+            assert stream is not None
+            index = json.loads(stream.read())
+        manifests = [m for m in index["manifests"] if m.get("mediaType") not in INDEX_TYPES]
+        if len(manifests) == len(index["manifests"]):
+            return
+        index["manifests"] = manifests
+        data = json.dumps(index, sort_keys=True).encode()
+        rewritten = archive.with_name(archive.name + ".one")
+        with tarfile.open(archive) as tar, tarfile.open(rewritten, "w") as out:
+            for member in tar:
+                if member.name == "index.json":
+                    member.size = len(data)
+                    out.addfile(member, io.BytesIO(data))
+                else:
+                    out.addfile(member, tar.extractfile(member) if member.isreg() else None)
+    except (tarfile.TarError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RegistryError(f"{archive.name}: not an archive of kiln's ({exc})") from None
     os.replace(rewritten, archive)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +96,41 @@ def test_an_index_key_that_is_not_the_index_digests_address_is_refused(
     """(and an index_named that is not kiln's: a bool, beside an index digest)"""
     with pytest.raises(KilnError, match=r"edited by hand|not a size"):
         lockfile.from_json(lock_text(entry(**extra)))
+
+
+def _tar(path: Path, members: list[tuple[str, bytes | None]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_push_hands_skopeo_the_image_alone_and_refuses_what_kiln_did_not_write(
+        tmp_path: Path) -> None:
+    from kiln.registry import RegistryError, one_image
+
+    image = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": D[1]}
+    index = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": D[2]}
+    both = json.dumps({"schemaVersion": 2, "manifests": [image, index]}).encode()
+    archive = _tar(tmp_path / "a.tar", [("oci-layout", b"{}"), ("blobs/sha256/x", b"blob"),
+                                        ("index.json", both)])
+    one_image(archive)
+    with tarfile.open(archive) as tar:
+        assert tar.getnames() == ["oci-layout", "blobs/sha256/x", "index.json"]
+        listed = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+        assert listed["manifests"] == [image]
+        assert tar.extractfile("blobs/sha256/x").read() == b"blob"  # type: ignore[union-attr]
+    untouched = archive.read_bytes()
+    one_image(archive)  # one image already: as it is
+    assert archive.read_bytes() == untouched
+    for bad in ([("oci-layout", b"{}")], [("index.json", None)],
+                [("index.json", both), ("index.json", both)], [("index.json", b"[1]")],
+                [("index.json", b"{not json")]):
+        with pytest.raises(RegistryError, match=r"a\.tar: not"):
+            one_image(_tar(tmp_path / "a.tar", bad))
