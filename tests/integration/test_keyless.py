@@ -21,7 +21,14 @@ import pytest
 from kiln.cli import main
 from tests.helpers import registry_image
 from tests.integration.conftest import skopeo_home, tls_registry_at
-from tests.integration.test_provenance import PASSWORD, USER, digest_of, keypair, put
+from tests.integration.test_provenance import (
+    PASSWORD,
+    USER,
+    digest_of,
+    keypair,
+    put,
+    put_artifact,
+)
 
 Registry = tuple[str, Path]
 WORKFLOW = "https://github.com/org/app/.github/workflows/release.yml@refs/tags/v1"
@@ -150,24 +157,11 @@ def keyless_sign(registry: Registry, repo: str, digest: str, fulcio: Fulcio, rek
         "type": "cosign container image signature"}, "optional": None},
         separators=(",", ":")).encode()
     signature = openssl(key.parent, "dgst", "-sha256", "-sign", str(key), data=payload)
-    config = json.dumps({"architecture": "", "os": "", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": [digest_of(payload)]}}).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "size": len(config), "digest": digest_of(config)},
-        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
-                    "size": len(payload), "digest": digest_of(payload), "annotations": {
-                        "dev.cosignproject.cosign/signature": base64.b64encode(
-                            signature).decode(),
-                        "dev.sigstore.cosign/certificate": cert,
-                        "dev.sigstore.cosign/chain": fulcio.chain,
-                        "dev.sigstore.cosign/bundle": rekor.bundle(
-                            payload, signature, cert, now if logged is None else logged,
-                            forged_by)}}]}).encode()
-    return put(registry, repo, digest.replace(":", "-") + ".sig", manifest,
-               {digest_of(payload): payload, digest_of(config): config},
-               "application/vnd.oci.image.manifest.v1+json")
+    return put_artifact(registry, repo, digest, payload, {
+        "dev.cosignproject.cosign/signature": base64.b64encode(signature).decode(),
+        "dev.sigstore.cosign/certificate": cert, "dev.sigstore.cosign/chain": fulcio.chain,
+        "dev.sigstore.cosign/bundle": rekor.bundle(
+            payload, signature, cert, now if logged is None else logged, forged_by)})
 
 
 @pytest.fixture(scope="module")

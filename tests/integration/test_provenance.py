@@ -85,6 +85,14 @@ def cosign_sign(registry: Registry, repo: str, digest: str, key: Path,
         "type": "cosign container image signature"}, "optional": None}).encode()
     signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=payload,
                                check=True, capture_output=True).stdout
+    return put_artifact(registry, repo, digest, payload, {
+        "dev.cosignproject.cosign/signature": base64.b64encode(signature).decode()})
+
+
+def put_artifact(registry: Registry, repo: str, digest: str, payload: bytes,
+                 annotations: dict[str, str]) -> str:
+    """A cosign signature artifact beside ``digest``: one simple-signing layer (``payload``,
+    with ``annotations``: the signature, and for keyless its certificate, chain, bundle)."""
     config = json.dumps({"architecture": "", "os": "", "config": {},
                          "rootfs": {"type": "layers", "diff_ids": [digest_of(payload)]}}).encode()
     manifest = json.dumps({
@@ -92,9 +100,8 @@ def cosign_sign(registry: Registry, repo: str, digest: str, key: Path,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "size": len(config), "digest": digest_of(config)},
         "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
-                    "size": len(payload), "digest": digest_of(payload), "annotations": {
-                        "dev.cosignproject.cosign/signature":
-                            base64.b64encode(signature).decode()}}]}).encode()
+                    "size": len(payload), "digest": digest_of(payload),
+                    "annotations": annotations}]}).encode()
     return put(registry, repo, digest.replace(":", "-") + ".sig", manifest,
                {digest_of(payload): payload, digest_of(config): config},
                "application/vnd.oci.image.manifest.v1+json")

@@ -245,14 +245,19 @@ def test_a_wrong_keyless_policy_is_refused_where_it_is_written(
     assert message in problem.message, problem
 
 
-def test_the_lock_records_the_signer_and_refuses_one_edited_into_a_control_character(
-        ) -> None:
+def pulled_image() -> LockedImage:
+    """A lock entry of a pull source whose manifest is the signed digest (before a verify)."""
     sha = "a" * 64
-    image = LockedImage(
+    return LockedImage(
         name="up", ref="r.example.com/f/up:v1", image_id="sha256:" + "b" * 64,
         platform="linux/amd64", sha256=sha, size=10, uncompressed_size=20, compression="zstd",
         compression_level=0, key=f"blobs/sha256/{sha}", roles=(), source="pull",
         manifest_digests=(("linux/amd64", SIGNED),))
+
+
+def test_the_lock_records_the_signer_and_refuses_one_edited_into_a_control_character(
+        ) -> None:
+    image = pulled_image()
     root = der.from_pem((DATA / "fulcio_v1.crt.pem").read_text())[0].fingerprint
     signer = keyless.Signer(IDENTITY, ISSUER, root, "sha256:" + "c" * 64, LOGGED_AT)
     entry = provenance.recorded(image, provenance.Verified(root, "sha256:" + "d" * 64, SIGNED,
@@ -271,12 +276,7 @@ def test_the_lock_records_the_signer_and_refuses_one_edited_into_a_control_chara
 def test_a_pinned_rebake_trusts_the_lock_only_under_the_same_policy(tmp_path: Path) -> None:
     """bake skips the registry for a pinned digest only when the lock's entry was verified
     under this policy: the same roots and Rekor key, an identity and issuer it accepts."""
-    sha = "a" * 64
-    image = LockedImage(
-        name="up", ref="r.example.com/f/up:v1", image_id="sha256:" + "b" * 64,
-        platform="linux/amd64", sha256=sha, size=10, uncompressed_size=20, compression="zstd",
-        compression_level=0, key=f"blobs/sha256/{sha}", roles=(), source="pull",
-        manifest_digests=(("linux/amd64", SIGNED),))
+    image = pulled_image()
     verified = provenance.check(layout(tmp_path / "sig"), SIGNED, REPO, policy(tmp_path),
                                 signing.Openssl())
     entry = provenance.recorded(image, verified)
