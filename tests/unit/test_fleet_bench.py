@@ -118,3 +118,30 @@ def test_the_stand_in_answers_the_real_importer(tmp_path: Path) -> None:
         store.stop()
     result = fleetnode.outcome(files.folder)
     assert [i["verified"] for i in result.imports] == [True, True]
+
+
+def test_the_stand_in_keeps_labels_as_ctr_does(tmp_path: Path) -> None:
+    """Labels set, replaced and removed; filters ORed, a label filter matching the whole pair
+    (the importer reads pins through these filters, never the LABELS column)."""
+    env = {"FLEET_CTR_STATE": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    ctr = ["sh", str(fleetnode.HERE / "fleet-ctr.sh"), "-n", "k8s.io", "images"]
+
+    def run(*args: str) -> str:
+        done = subprocess.run([*ctr, *args], env=env, capture_output=True, text=True,
+                              check=True, timeout=30)
+        return done.stdout
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "content").mkdir()
+    (tmp_path / "images" / "r.example_a_v1").write_text("r.example/a:v1 m sha256:1 9 p -\n")
+    run("tag", "--force", "r.example/a:v1", "r.example/a@sha256:1")
+    run("label", "r.example/a:v1", "pin=pinned", "env=prod", "from=x")
+    run("label", "r.example/a:v1", "env=dev", "from=")
+    line = run("ls", "name==r.example/a:v1").splitlines()[1]
+    assert sorted(line.split()[-1].split(",")) == ["env=dev", "pin=pinned"]
+    assert run("ls", "-q", 'labels."env"==dev') == "r.example/a:v1\n"
+    assert run("ls", "-q", 'labels."env"==de') == ""  # the whole value, not a prefix
+    assert run("ls", "-q", 'name==r.example/a:v1,labels."pin"==pinned') == "r.example/a:v1\n"
+    assert run("ls", "-q", "name==r.example/a@sha256:1,labels.\"pin\"==pinned") == ""
+    both = run("ls", "-q", "name==r.example/a@sha256:1", 'labels."env"==dev')
+    assert sorted(both.split()) == ["r.example/a:v1", "r.example/a@sha256:1"]
