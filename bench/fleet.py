@@ -11,7 +11,7 @@ the outage, and the unverified imports (archives handed to ctr whose sha256 is n
 lock's: must be 0). Needs root (namespaces, veths, tc, iptables); leaves nothing behind.
 
     make bench-fleet         # or: .venv/bin/python bench/fleet.py [--nodes 10,50,200]
-                             #     [--sizes 12,6,3,1] [--store-rate 200mbit] [--no-faults] ...
+                             #     [--sizes 12,6,3,1] [--store-rate 100mbit] [--no-faults] ...
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", default="10,50,200", help="fleet sizes, one run each")
     p.add_argument("--sizes", default="12,6,3,1", help="MB of each image (every node gets all)")
-    p.add_argument("--store-rate", type=rate, default=rate("200mbit"), help="store egress")
+    p.add_argument("--store-rate", type=rate, default=rate("100mbit"), help="store egress")
     p.add_argument("--link-rate", type=rate, default=rate("1gbit"), help="each node's link")
     p.add_argument("--link-delay", type=float, default=1.0, help="one-way ms (see fleetproxy)")
     p.add_argument("--link-loss", type=float, default=0.01, help="percent of packets, each way")
