@@ -120,6 +120,25 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# A run killed outright (SIGKILL, the OOM killer, a node powered off mid-download) cannot remove
+# its folders, and a rack that power-cycles during the import would fill TMPDIR with them. Each
+# folder says whose it is ("PID BOOT_ID" in owner); the next import removes those whose run is
+# gone (another boot's, or a process that no longer exists). Only this user's folders with an
+# owner line are touched: never a link, never another user's.
+boot_id=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || :)
+claim() { printf '%s %s\n' "$$" "$boot_id" > "$1/owner" 2>/dev/null || :; }
+remove_stale_folders() {
+  for rs_dir in "${TMPDIR:-/var/tmp}"/kiln-import.* "${TMPDIR:-/var/tmp}"/kiln-data.*; do
+    if [ ! -d "$rs_dir" ] || [ -L "$rs_dir" ] || [ ! -f "$rs_dir/owner" ]; then continue; fi
+    [ -n "$(find "$rs_dir" -prune -user "$(id -u)" 2>/dev/null)" ] || continue
+    rs_pid="" rs_boot=""
+    read -r rs_pid rs_boot < "$rs_dir/owner" || :
+    case "$rs_pid" in ''|*[!0-9]*) continue ;; esac
+    if [ "$rs_boot" = "$boot_id" ] && kill -0 "$rs_pid" 2>/dev/null; then continue; fi
+    if rm -rf "$rs_dir"; then log "removed $rs_dir, left by a run that was killed"; fi
+  done
+}
+
 # -- the data file: `set KEY VALUE`, `image NAME REF DREF ID SHA256 SIZE RAW COMP PLATFORM URL`
 env_name=""
 format=""
@@ -179,6 +198,7 @@ check_signed_data() {
     die "$data_key is on this node, and openssl is needed to check $data with it"
   checked_dir=$(mktemp -d "${TMPDIR:-/var/tmp}/kiln-data.XXXXXX") ||
     die "cannot create a folder to check $data in"
+  claim "$checked_dir"
   cp "$data" "$checked_dir/data" || die "cannot read $data"
   [ "$(grep -c '^sig ' "$checked_dir/data" || :)" = 1 ] ||
     die "$data is not signed, and this node imports only data signed for $data_key: nothing imported"
@@ -572,7 +592,9 @@ if [ "$failed_runs" -gt 0 ]; then
 fi
 
 # -- room for the downloads ---------------------------------------------------------------------
+remove_stale_folders
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/kiln-import.XXXXXX") || die "cannot create a work folder"
+claim "$work"
 
 # At most `parallel` downloads wait on disk, plus the ones being imported.
 peak=$(for n in $need_list; do get size "$n"; echo; done | sort -rn |

@@ -610,3 +610,58 @@ def test_a_run_stopped_mid_download_keeps_its_partial_for_the_next(
     assert node.server.ranges[big.key][-1] == f"bytes={have}-"
     assert not kept.parent.exists()
     assert_imported(node, {"small", "big"})
+
+
+def test_a_run_killed_outright_leaves_a_folder_the_next_run_removes(
+        node: Node, tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer, a node powered off mid-download) runs no trap: the work folder
+    and its partial download stay. The next import removes the folders whose run is gone and
+    leaves every other one: a live run's, one without an owner line, a link."""
+    import signal
+
+    tmp = tmp_path / "node-tmp"
+    tmp.mkdir()
+    env = node.environ({"TMPDIR": str(tmp)})
+    big = next(i for i in node.lock.images if i.name == "big")
+    node.server.faults[big.key] = ["stall:1048576"]
+    argv = ["sh", str(node.folder / "dist/it/node/import-images"), "--status",
+            str(node.folder / "status.json")]
+    with subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL,
+                          start_new_session=True) as run:
+        deadline = time.monotonic() + 60
+        while not node.server.ranges.get(big.key) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+    node.server.release.set()
+    (killed,) = list(tmp.glob("kiln-import.*"))
+    assert any(killed.glob("*.blob.part"))  # the bytes a killed run had, on the node's disk
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert (killed / "owner").read_text().split()[1] == boot_id
+
+    def folder(name: str, owner: str | None) -> Path:
+        path = tmp / name
+        path.mkdir(mode=0o700)
+        (path / "blob").write_bytes(b"x" * 1000)
+        if owner is not None:
+            (path / "owner").write_text(owner)
+        return path
+
+    live = folder("kiln-import.live", f"{os.getpid()} {boot_id}\n")  # this test: running
+    earlier_boot = folder("kiln-import.reboot", f"{os.getpid()} another-boot\n")
+    no_owner = folder("kiln-import.older", None)  # an earlier kiln's: cannot tell
+    junk = folder("kiln-data.junk", "$(reboot) x\n")  # not a PID
+    outside = folder("elsewhere", "1 another-boot\n")
+    (tmp / "kiln-import.link").symlink_to(outside)
+
+    done = node.run(env={"TMPDIR": str(tmp)})
+    assert done.returncode == 0, done.stderr
+    assert not killed.exists() and not earlier_boot.exists()
+    assert f"removed {killed}, left by a run that was killed" in done.stderr
+    assert live.exists() and no_owner.exists() and junk.exists()
+    assert (tmp / "kiln-import.link").is_symlink() and (outside / "blob").exists()
+    assert_imported(node, {"small", "big"})
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(
+        ["kiln-import.live", "kiln-import.older", "kiln-data.junk", "elsewhere",
+         "kiln-import.link"])  # and this run's own folder is gone
