@@ -122,22 +122,29 @@ trap 'exit 143' TERM
 
 # A run killed outright (SIGKILL, the OOM killer, a node powered off mid-download) cannot remove
 # its folders, and a rack that power-cycles during the import would fill TMPDIR with them. Each
-# folder says whose it is ("PID BOOT_ID" in owner); the next import removes those whose run is
-# gone (another boot's, or a process that no longer exists). Only this user's folders with an
-# owner line are touched: never a link, never another user's.
+# folder says whose it is ("PID BOOT_ID PID_NAMESPACE" in owner); every run, --check too, first
+# removes those whose run is gone: another boot's, or one of this boot and PID namespace whose
+# process no longer exists (a run in another namespace, a container sharing the folder, cannot
+# be seen, so it is left). Only this user's folders with an owner line are touched: never a
+# link, never another user's.
 boot_id=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || :)
-claim() { printf '%s %s\n' "$$" "$boot_id" > "$1/owner" 2>/dev/null || :; }
+pid_ns=$(readlink /proc/self/ns/pid 2>/dev/null || :)
+claim() { printf '%s %s %s\n' "$$" "$boot_id" "$pid_ns" > "$1/owner" 2>/dev/null || :; }
 remove_stale_folders() {
   for rs_dir in "${TMPDIR:-/var/tmp}"/kiln-import.* "${TMPDIR:-/var/tmp}"/kiln-data.*; do
     if [ ! -d "$rs_dir" ] || [ -L "$rs_dir" ] || [ ! -f "$rs_dir/owner" ]; then continue; fi
     [ -n "$(find "$rs_dir" -prune -user "$(id -u)" 2>/dev/null)" ] || continue
-    rs_pid="" rs_boot=""
-    read -r rs_pid rs_boot < "$rs_dir/owner" || :
+    rs_pid="" rs_boot="" rs_ns=""
+    read -r rs_pid rs_boot rs_ns 2>/dev/null < "$rs_dir/owner" || :
     case "$rs_pid" in ''|*[!0-9]*) continue ;; esac
-    if [ "$rs_boot" = "$boot_id" ] && kill -0 "$rs_pid" 2>/dev/null; then continue; fi
+    if [ "$rs_boot" = "$boot_id" ]; then
+      [ "$rs_ns" = "$pid_ns" ] || continue
+      if kill -0 "$rs_pid" 2>/dev/null; then continue; fi
+    fi
     if rm -rf "$rs_dir"; then log "removed $rs_dir, left by a run that was killed"; fi
   done
 }
+remove_stale_folders
 
 # -- the data file: `set KEY VALUE`, `image NAME REF DREF ID SHA256 SIZE RAW COMP PLATFORM URL`
 env_name=""
@@ -592,7 +599,6 @@ if [ "$failed_runs" -gt 0 ]; then
 fi
 
 # -- room for the downloads ---------------------------------------------------------------------
-remove_stale_folders
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/kiln-import.XXXXXX") || die "cannot create a work folder"
 claim "$work"
 

@@ -638,7 +638,8 @@ def test_a_run_killed_outright_leaves_a_folder_the_next_run_removes(
     (killed,) = list(tmp.glob("kiln-import.*"))
     assert any(killed.glob("*.blob.part"))  # the bytes a killed run had, on the node's disk
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    assert (killed / "owner").read_text().split()[1] == boot_id
+    pid_ns = os.readlink("/proc/self/ns/pid")
+    assert (killed / "owner").read_text().split()[1:] == [boot_id, pid_ns]
 
     def folder(name: str, owner: str | None) -> Path:
         path = tmp / name
@@ -648,8 +649,10 @@ def test_a_run_killed_outright_leaves_a_folder_the_next_run_removes(
             (path / "owner").write_text(owner)
         return path
 
-    live = folder("kiln-import.live", f"{os.getpid()} {boot_id}\n")  # this test: running
-    earlier_boot = folder("kiln-import.reboot", f"{os.getpid()} another-boot\n")
+    live = folder("kiln-import.live", f"{os.getpid()} {boot_id} {pid_ns}\n")  # this test
+    earlier_boot = folder("kiln-import.reboot", f"{os.getpid()} another-boot {pid_ns}\n")
+    # a run in a container sharing the folder: its PID means nothing here, so it is left
+    other_ns = folder("kiln-import.container", f"999999999 {boot_id} pid:[1]\n")
     no_owner = folder("kiln-import.older", None)  # an earlier kiln's: cannot tell
     junk = folder("kiln-data.junk", "$(reboot) x\n")  # not a PID
     outside = folder("elsewhere", "1 another-boot\n")
@@ -659,9 +662,17 @@ def test_a_run_killed_outright_leaves_a_folder_the_next_run_removes(
     assert done.returncode == 0, done.stderr
     assert not killed.exists() and not earlier_boot.exists()
     assert f"removed {killed}, left by a run that was killed" in done.stderr
-    assert live.exists() and no_owner.exists() and junk.exists()
+    assert live.exists() and no_owner.exists() and junk.exists() and other_ns.exists()
     assert (tmp / "kiln-import.link").is_symlink() and (outside / "blob").exists()
     assert_imported(node, {"small", "big"})
-    assert sorted(p.name for p in tmp.iterdir()) == sorted(
-        ["kiln-import.live", "kiln-import.older", "kiln-data.junk", "elsewhere",
-         "kiln-import.link"])  # and this run's own folder is gone
+    left = ["kiln-import.live", "kiln-import.older", "kiln-data.junk", "kiln-import.container",
+            "elsewhere", "kiln-import.link"]
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(left)  # this run's own is gone
+
+    # a run with nothing to import, and --check, clean up too (a killed run's last folder)
+    for extra in ([], ["--check"]):
+        dead = folder("kiln-import.dead", f"1 another-boot {pid_ns}\n")
+        again = node.run(*extra, env={"TMPDIR": str(tmp)})
+        assert again.returncode == 0, again.stderr
+        assert not dead.exists()
+        assert sorted(p.name for p in tmp.iterdir()) == sorted(left)
