@@ -8,7 +8,7 @@
 #   ctr -n NS images tag [--force] REF NEW   (the digest name: the same record under NEW)
 #   ctr -n NS images import [--platform P] FILE   (bench/fleetctr.py checks the whole archive)
 set -eu
-# Answers cost what a Go binary's would, not a fork per record: 200 of these share 2 cores.
+# No fork per record or label (200 simulated nodes share 2 cores).
 state=${FLEET_CTR_STATE:?}
 [ -d "$state/content" ] || mkdir -p "$state/images" "$state/content"
 if [ "${1:-}" = -n ]; then shift 2; fi

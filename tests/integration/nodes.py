@@ -146,14 +146,17 @@ class Node:
         assert self.containerd is not None
         return Ctr(str(self.containerd.socket))
 
+    def argv(self, *args: str) -> list[str]:
+        """The rendered importer's command line, with its status file and ``args``."""
+        return ["sh", str(self.folder / "dist/it/node/import-images"),
+                "--status", str(self.folder / "status.json"), *args]
+
     def run(self, *args: str, env: dict[str, str] | None = None,
             address: str | None = None, timeout: float = 300
             ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            ["sh", str(self.folder / "dist/it/node/import-images"),
-             "--status", str(self.folder / "status.json"), *args],
-            env=self.environ(env, address), capture_output=True, text=True, timeout=timeout,
-            check=False)
+            self.argv(*args), env=self.environ(env, address), capture_output=True, text=True,
+            timeout=timeout, check=False)
         self.logs.append(done.stderr)
         return done
 

@@ -578,6 +578,15 @@ def test_a_kept_partial_of_wrong_bytes_is_caught_by_the_sha256_and_never_importe
     assert_imported(node, {"small", "big"})
 
 
+def until_mid_download(node: Node, key: str) -> None:
+    """Return once the object at ``key`` is being served and its first MiB written (its
+    answer stalls after that: ``stall:1048576``)."""
+    deadline = time.monotonic() + 60
+    while not node.server.ranges.get(key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
+
+
 def test_a_run_stopped_mid_download_keeps_its_partial_for_the_next(
         node: Node, tmp_path: Path) -> None:
     """systemd stops a run (SIGTERM: TimeoutStartSec, a shutdown) while a download stalls: the
@@ -588,14 +597,10 @@ def test_a_run_stopped_mid_download_keeps_its_partial_for_the_next(
     big = next(i for i in node.lock.images if i.name == "big")
     node.server.faults[big.key] = ["stall:1048576"]  # headers and 1 MiB, then nothing
     state = tmp_path / "run-kiln" / "failed-runs"
-    argv = ["sh", str(node.folder / "dist/it/node/import-images"), "--status",
-            str(node.folder / "status.json"), "--retry-state", str(state)]
     log = tmp_path / "stopped.log"
-    with log.open("w") as err, subprocess.Popen(argv, env=node.environ(), stderr=err) as run:
-        deadline = time.monotonic() + 60
-        while not node.server.ranges.get(big.key) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1)  # the first MiB is written
+    with log.open("w") as err, subprocess.Popen(node.argv("--retry-state", str(state)),
+                                                env=node.environ(), stderr=err) as run:
+        until_mid_download(node, big.key)
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=60) == 143, log.read_text()
     kept = state.parent / "failed-runs.partial" / big.sha256
@@ -624,14 +629,9 @@ def test_a_run_killed_outright_leaves_a_folder_the_next_run_removes(
     env = node.environ({"TMPDIR": str(tmp)})
     big = next(i for i in node.lock.images if i.name == "big")
     node.server.faults[big.key] = ["stall:1048576"]
-    argv = ["sh", str(node.folder / "dist/it/node/import-images"), "--status",
-            str(node.folder / "status.json")]
-    with subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL,
+    with subprocess.Popen(node.argv(), env=env, stderr=subprocess.DEVNULL,
                           start_new_session=True) as run:
-        deadline = time.monotonic() + 60
-        while not node.server.ranges.get(big.key) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1)
+        until_mid_download(node, big.key)
         os.killpg(run.pid, signal.SIGKILL)
         run.wait(timeout=60)
     node.server.release.set()
