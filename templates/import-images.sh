@@ -141,7 +141,18 @@ remove_stale_folders() {
       [ "$rs_ns" = "$pid_ns" ] || continue
       if kill -0 "$rs_pid" 2>/dev/null; then continue; fi
     fi
-    if rm -rf "$rs_dir"; then log "removed $rs_dir, left by a run that was killed"; fi
+    # owner last: a removal cut short (Ctrl-C, a file that will not go) is tried again next run
+    rs_rest=0
+    for rs_file in "$rs_dir"/*; do
+      [ "$rs_file" != "$rs_dir/owner" ] || continue
+      rm -rf "$rs_file" 2>/dev/null || :
+      if [ -e "$rs_file" ] || [ -L "$rs_file" ]; then rs_rest=1; fi
+    done
+    if [ "$rs_rest" = 0 ] && rm -rf "$rs_dir" 2>/dev/null; then
+      log "removed $rs_dir, left by a run that was killed"
+    else
+      log "warning: could not remove all of $rs_dir (left by a run that was killed); next run tries again"
+    fi
   done
 }
 remove_stale_folders

@@ -676,3 +676,27 @@ def test_a_run_killed_outright_leaves_a_folder_the_next_run_removes(
         assert again.returncode == 0, again.stderr
         assert not dead.exists()
         assert sorted(p.name for p in tmp.iterdir()) == sorted(left)
+
+
+def test_a_stale_folder_that_will_not_go_keeps_its_owner_for_the_next_run(
+        node: Node, tmp_path: Path) -> None:
+    """A removal cut short (here a mount inside the folder: rm fails on it, as it would on a
+    Ctrl-C) leaves the owner line, so the next run tries again; the run itself goes on."""
+    tmp = tmp_path / "node-tmp"
+    stale = tmp / "kiln-import.stale"
+    (stale / "mnt").mkdir(parents=True)
+    (stale / "0.blob.part").write_bytes(b"x" * 4096)
+    (stale / "owner").write_text(f"1 another-boot {os.readlink('/proc/self/ns/pid')}\n")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(stale / "mnt")],
+                   check=True)
+    try:
+        done = node.run(env={"TMPDIR": str(tmp)})
+        assert done.returncode == 0, done.stderr
+        assert f"could not remove all of {stale}" in done.stderr
+        assert sorted(p.name for p in stale.iterdir()) == ["mnt", "owner"]
+    finally:
+        subprocess.run(["umount", str(stale / "mnt")], check=True)
+    again = node.run(env={"TMPDIR": str(tmp)})
+    assert again.returncode == 0, again.stderr
+    assert f"removed {stale}, left by a run that was killed" in again.stderr
+    assert list(tmp.iterdir()) == []
