@@ -23,6 +23,7 @@ MANAGED_LABEL = "io.cri-containerd.image"
 OWNER_LABEL = "io.kiln.environment"  # the node importer's, on every name it pins
 LOCK_LABEL = "io.kiln.lock"  # the sha256 of the lock the name was last pinned from
 NAME_LABEL = "io.kiln.name"  # the name itself: a `ctr images tag` copy keeps labels, not names
+ADOPTED_LABEL = "io.kiln.pinned-before"  # on a name someone else had pinned before kiln did
 
 
 # -- the image engine (build, pull, load, export) --------------------------------------------

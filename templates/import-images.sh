@@ -401,7 +401,10 @@ state_of() {
 
 # Name image N's manifest repo@sha256:<digest> too (from its ref, already checked), and pin
 # both names, with kiln's labels (the environment, the lock). $2, when given: what the digest
-# name points at now (the caller has just looked).
+# name points at now (the caller has just looked). A name pinned by someone else before is
+# marked adopted, except when new_N is 1: none of the image's names was there at the first
+# look, so this run's import and tag made them, with no labels but kiln's (an import keeps
+# an existing name's labels, and `ctr images tag` copies the source's: neither applies).
 name_and_pin() {
   np_ref=$(get ref "$1") np_dref=$(get dref "$1")
   if [ $# -ge 2 ]; then np_has=$2; else np_has=$(target_of "$np_dref"); fi
@@ -409,9 +412,12 @@ name_and_pin() {
     ctr_ images tag --force "$np_ref" "$np_dref" >/dev/null 2>&1 || return 1
   fi
   np_xref=$(get xref "$1")
+  np_new=""
+  eval "np_new=\$new_$1"
   for np_name in "$np_ref" "$np_dref" ${np_xref:+"$np_xref"}; do
     np_adopt=""
-    if is_pinned "$np_name" && ! has_label "$np_name" "$OWNER=$env_name"; then
+    if [ "$np_new" != 1 ] && is_pinned "$np_name" && ! has_label "$np_name" "$OWNER=$env_name"
+    then
       np_adopt="$ADOPTED=true"
     fi
     ctr_ images label "$np_name" "$PIN=pinned" "$OWNER=$env_name" "$FROM=${lock_id:-unknown}" \
@@ -532,15 +538,20 @@ lacking_n=$(set -- $lacking; echo $#)
 known=$(ctr_ images ls $(printf '%s\n' "$listed" | sed 's/^/name==/') 2>/dev/null) || known=""
 missing=$lacking_n
 need_list=""
-name="" ref="" dref="" want="" fresh=0
+name="" ref="" dref="" want="" xref="" fresh=0
 if [ -n "$known" ] && [ "$(printf '%s\n' "$known" | wc -l)" -le 1 ]; then fresh=1; fi
 n=1
 while [ "$n" -le "$count" ]; do
-  eval "name=\$name_$n ref=\$ref_$n dref=\$dref_$n want=\$id_$n"  # (no subshell per value)
+  eval "name=\$name_$n ref=\$ref_$n dref=\$dref_$n want=\$id_$n xref=\$xref_$n new_$n="
   if [ "$fresh" = 1 ]; then
     state=missing  # containerd has none of the names (a new node): nothing more to ask
+    eval "new_$n=1"
   else
     state=$(state_of "$n")
+    if [ "$state" = missing ] && [ -z "$(target_of "$dref")" ] &&
+        { [ -z "$xref" ] || [ -z "$(target_of "$xref")" ]; }; then
+      eval "new_$n=1"
+    fi
   fi
   if [ "$state" = missing-digest-ref ] && [ "$check_only" = 0 ]; then
     # the image is there (an older kiln imported it): name its digest too, no download
@@ -548,8 +559,7 @@ while [ "$n" -le "$count" ]; do
   fi
   if [ "$state" = present ]; then
     if [ "$check_only" = 1 ]; then
-      x=$(get xref "$n")
-      if is_pinned "$ref" && is_pinned "$dref" && { [ -z "$x" ] || is_pinned "$x"; }; then
+      if is_pinned "$ref" && is_pinned "$dref" && { [ -z "$xref" ] || is_pinned "$xref"; }; then
         eval "state_$n=present"; log "$name: present $ref and $dref ($want), pinned"
       else
         eval "state_$n=unpinned"; missing=$((missing + 1)); log "$name: present but not pinned"
@@ -625,16 +635,11 @@ command -v curl >/dev/null 2>&1 || die "curl is not installed"
 # openssl hashes with the CPU's SHA instructions (5x coreutils' sha256sum here)
 if openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then
   sha256_of() { openssl dgst -sha256 -r "$1" | cut -d ' ' -f 1; }
-  sha256_stream() { openssl dgst -sha256 -r | cut -d ' ' -f 1; }
 elif command -v sha256sum >/dev/null 2>&1; then
   sha256_of() { sha256sum "$1" | cut -d ' ' -f 1; }
-  sha256_stream() { sha256sum | cut -d ' ' -f 1; }
 else
   die "neither openssl nor sha256sum is installed"
 fi
-local_flag=""
-if ctr images import --help 2>&1 | grep -q -- '--local'; then local_flag="--local"; fi
-
 # No download outlives the budget: each attempt's --max-time is what is left of it.
 deadline=$(( $(now) + import_budget ))
 budget_spent=0
@@ -683,7 +688,7 @@ curl_get() {
 }
 
 # One download, in the background: retries with back-off, resuming the partial file. Its last
-# line on stderr is its verdict. A download from the first byte leaves its sha256 in $2.sha.
+# line on stderr is its verdict.
 download() {
   url=$1 out=$2 size=$3 dl_name=$4 dl_err=$5
   attempt=1
@@ -693,20 +698,11 @@ download() {
       echo "import budget of ${import_budget}s spent after $((attempt - 1)) tries"; return 1
     fi
     rc=0
-    rm -f "$out.hdr" "$out.sha"
-    if [ -s "$out.part" ]; then  # resume: curl appends; the whole file is hashed after
+    rm -f "$out.hdr"
+    if [ -s "$out.part" ]; then  # resume: curl appends
       curl_config "$url" | curl_get "$out" -C - -o "$out.part" || rc=$?
     else
-      # from the first byte: hashed as it arrives (tee), so no second read of the file; curl's
-      # status and tee's come back through files (POSIX sh has no pipefail)
-      rm -f "$out.tee"
-      { curl_config "$url" | curl_get "$out" -o -; echo "$?" > "$out.rc"; } |
-        { tee "$out.part" || echo failed > "$out.tee"; } | sha256_stream > "$out.sha.new" || :
-      rc=$(cat "$out.rc" 2>/dev/null || :)
-      case "$rc" in ''|*[!0-9]*) rc=1 ;; esac
-      if [ -f "$out.tee" ] && [ "$rc" -eq 0 ]; then rc=23; fi  # curl's code for a write error
-      if [ "$rc" -eq 0 ]; then mv -f "$out.sha.new" "$out.sha"; fi
-      rm -f "$out.rc" "$out.tee" "$out.sha.new"
+      curl_config "$url" | curl_get "$out" -o "$out.part" || rc=$?
     fi
     [ "$rc" -eq 0 ] && break
     # a finished file answers a resume with 416: it is complete, not failed
@@ -736,10 +732,6 @@ download() {
     attempt=$((attempt + 1))
   done
   rm -f "$out.hdr"
-  # the streamed hash stands only for a file of the lock's size (tee wrote all it hashed)
-  if [ -f "$out.sha" ] && [ "$(wc -c < "$out.part" | tr -d " ")" -ne "$size" ]; then
-    rm -f "$out.sha"
-  fi
   mv -f "$out.part" "$out"
 }
 
@@ -751,7 +743,7 @@ start_download() {
   resume_partial "$sd_n"
   (download "$(get url "$sd_n")" "$work/$sd_n.blob" "$(get size "$sd_n")" \
     "$(get name "$sd_n")" "$work/$sd_n.err" &&
-    { [ -s "$work/$sd_n.blob.sha" ] || sha256_of "$work/$sd_n.blob" > "$work/$sd_n.blob.sha"; }
+    sha256_of "$work/$sd_n.blob" > "$work/$sd_n.blob.sha"
   ) >"$work/$sd_n.err" 2>&1 &
   echo $! > "$work/$sd_n.pid"
 }
@@ -774,6 +766,9 @@ for n in $queue; do
     start_download "$n"; started=$((started + 1))
   fi
 done
+# (asked while the first downloads run: the first import needs it)
+local_flag=""
+if ctr images import --help 2>&1 | grep -q -- '--local'; then local_flag="--local"; fi
 
 # What the names $1 and $2 point at: "NAME DIGEST" lines (one ctr call for both).
 targets_of() { ctr_ images ls "name==$1" "name==$2" 2>/dev/null | awk 'NR > 1 { print $1, $3 }'; }

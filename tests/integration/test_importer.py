@@ -19,7 +19,7 @@ import pytest
 from kiln import verify as verify_mod
 from kiln.containerd import CtrContainerd
 from kiln.localengine import Daemon, start_containerd
-from kiln.ports import PIN_LABEL
+from kiln.ports import ADOPTED_LABEL, LOCK_LABEL, NAME_LABEL, OWNER_LABEL, PIN_LABEL
 from tests.integration.nodes import FaultyServer, Node, assert_imported, curl_spy, make_node
 
 
@@ -77,6 +77,33 @@ def test_a_missing_digest_name_is_restored_and_another_manifest_is_replaced(
     assert fixed.returncode == 0, fixed.stderr
     assert f"big: {big.ref} is {resaved.manifest_digest}" in fixed.stderr
     assert node.server.requests.count(big.key) == 2  # imported again from the store
+    assert_imported(node, {"small", "big"})
+
+
+def test_names_an_import_made_are_kiln_s_and_one_pinned_before_is_adopted(node: Node) -> None:
+    """A new node's names are made by the import, so kiln skips asking whether someone pinned
+    them first; a name that was there, pinned by an operator, is still adopted when its
+    image is imported again (kiln lets go of its own labels later, never of that pin)."""
+    assert node.run().returncode == 0, node.logs[-1]
+    small = next(i for i in node.lock.images if i.name == "small")
+    assert small.digest_ref is not None
+    images = node.ctr.images()
+    for name in (small.ref, small.digest_ref):
+        assert images[name].labels[PIN_LABEL] == "pinned"
+        assert images[name].labels[OWNER_LABEL] == "it"
+        assert ADOPTED_LABEL not in images[name].labels
+
+    # the ref is gone; its digest name stayed, pinned by an operator, not kiln's
+    node.ctr.run("images", "rm", small.ref)
+    node.ctr.run("images", "label", small.digest_ref, f"{OWNER_LABEL}=", f"{LOCK_LABEL}=",
+                 f"{NAME_LABEL}=")
+    done = node.run()
+    assert done.returncode == 0, done.stderr
+    assert f"small: imported {small.ref}" in done.stderr
+    images = node.ctr.images()
+    assert images[small.digest_ref].labels.get(ADOPTED_LABEL) == "true"
+    assert images[small.digest_ref].labels[OWNER_LABEL] == "it"
+    assert ADOPTED_LABEL not in images[small.ref].labels
     assert_imported(node, {"small", "big"})
 
 
