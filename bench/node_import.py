@@ -18,9 +18,10 @@ containerd:
   many at once as the importer, a slot refilled as soon as an import ends): no download, no
   hash, no naming or pinning. The importer can only be slower than this.
 
-Then the naive script and the importer again with the link capped at 1 Gbit/s (curl
---limit-rate, shared by the importer's parallel downloads); there the importer's bound is
-max(floor, bytes / link rate).
+Then the naive script and the importer again over a 1 Gbit/s link: they run in a network
+namespace of their own whose veth is shaped to 1 Gbit/s (tbf, both ways), and the store is
+served from another namespace (bench/fleetnet.py); their downloads share that link as on a
+node. There the importer's bound is max(floor, bytes / link rate).
 
     make bench-node          # or: .venv/bin/python bench/node_import.py [--images 5] [--mb 100]
                              #     [--rounds 3] [--keep DIR: build once, reuse later]
@@ -30,6 +31,7 @@ max(floor, bytes / link rate).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import resource
@@ -39,11 +41,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import fleetnet  # noqa: E402
 from bench.content import MB, REG, make_context  # noqa: E402
 from kiln import config as config_mod  # noqa: E402
 from kiln import localengine  # noqa: E402
@@ -85,6 +89,31 @@ NAIVE_KILN = "naive script on kiln's objects, loopback"
 KILN_LOOP = "kiln importer, loopback"
 NAIVE_GBIT = "naive script, 1 Gbit/s"
 KILN_GBIT = "kiln importer, 1 Gbit/s"
+
+
+@contextlib.contextmanager
+def gbit_link(store: Path) -> Iterator[tuple[list[str], str]]:
+    """A node namespace behind a 1 Gbit/s veth and the store served from another namespace:
+    the command prefix that runs a program on that node, and the store's URL from there."""
+    for stale in fleetnet.remove_stale():
+        print(f"bench: removed {stale}, left by a killed run", flush=True)
+    with fleetnet.Fleet() as net:
+        net.build(1, fleetnet.Link(GBIT * 8), fleetnet.Link(10 * GBIT * 8))
+        url = f"http://{fleetnet.STORE_IP}:8080/"
+        serve_it = ("import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import "
+                    "Path; from kiln.httpserve import serve; serve(Path(sys.argv[2]), "
+                    "sys.argv[3], 8080); time.sleep(1e9)")
+        subprocess.Popen(net.exec(net.store, [sys.executable, "-c", serve_it, str(REPO),
+                                              str(store), fleetnet.STORE_IP]))
+        node = net.exec(net.node(0), [])
+        for _ in range(100):
+            if subprocess.run([*node, "curl", "-sf", "-o", "/dev/null", url],
+                              check=False).returncode in (0, 22):
+                break
+            time.sleep(0.1)
+        else:
+            raise SystemExit("bench: the store's HTTP server did not start in its namespace")
+        yield node, url
 
 
 def fresh_containerd(work: Path, label: str) -> localengine.Daemon:
@@ -207,13 +236,20 @@ def main() -> int:
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     env_cfg = config_mod.load(config).environment("bench")
     render(env_cfg, lock, work / "dist", PlainLocator(url))
-    naive_list, kiln_list = work / "naive.list", work / "naive-kiln.list"
-    with naive_list.open("w") as classic, kiln_list.open("w") as ours:
-        for image in lock.images:
-            path = f"naive/{image.name}.tar.zst"
-            digest = hashlib.sha256((work / "store" / path).read_bytes()).hexdigest()
-            classic.write(f"{image.name} {url}{path} {digest}\n")
-            ours.write(f"{image.name} {url}{image.key} {image.sha256}\n")
+    naive_digests = {image.name: hashlib.sha256(
+        (work / "store/naive" / f"{image.name}.tar.zst").read_bytes()).hexdigest()
+        for image in lock.images}
+
+    def lists(url: str, suffix: str) -> tuple[Path, Path]:
+        naive_list, kiln_list = work / f"naive{suffix}.list", work / f"naive-kiln{suffix}.list"
+        naive_list.write_text("".join(
+            f"{i.name} {url}naive/{i.name}.tar.zst {naive_digests[i.name]}\n"
+            for i in lock.images))
+        kiln_list.write_text("".join(f"{i.name} {url}{i.key} {i.sha256}\n"
+                                     for i in lock.images))
+        return naive_list, kiln_list
+
+    naive_list, kiln_list = lists(url, "")
     naive = ["sh", str(work / "naive.sh")]
     (work / "naive.sh").write_text(NAIVE)
     base_env = {**os.environ, "WORK": str(work / "naive"), "REF_PREFIX": f"{REG}/foundation/",
@@ -237,21 +273,33 @@ def main() -> int:
         (NAIVE_LOOP, naive, {}),
         (NAIVE_KILN, naive, {"LIST": str(kiln_list), "DECOMPRESS": "0"}),
         (KILN_LOOP, importer, {}),
-        (NAIVE_GBIT, naive, {"LIMIT": f"--limit-rate {GBIT}"}),
-        (KILN_GBIT, importer, {"KILN_CURL_OPTS": f"--limit-rate {GBIT // parallel}"}),
     ]
+    link = contextlib.ExitStack()
+    if not args.only or {"naive", "kiln"} & set(args.only.split(",")):
+        # the same over a 1 Gbit/s veth, the store in another namespace
+        node, link_url = link.enter_context(gbit_link(work / "store"))
+        render(env_cfg, lock, work / "dist-link", PlainLocator(link_url))
+        link_naive = lists(link_url, "-link")[0]
+        contenders += [
+            (NAIVE_GBIT, [*node, *naive], {"LIST": str(link_naive)}),
+            (KILN_GBIT, [*node, "sh", str(work / "dist-link/bench/node/import-images"),
+                         "--status", str(work / "status.json")], {}),
+        ]
     if args.only:
         contenders = [c for c in contenders if c[0].split()[0] in args.only.split(",")]
     results: dict[str, list[float]] = {}
     cpus: dict[str, list[tuple[float, ...]]] = {}
-    for rnd in range(args.rounds):
-        for label, argv, extra in contenders:
-            elapsed, cpu = run(label.split()[0], work, argv, {**base_env, **extra})
-            results.setdefault(label, []).append(elapsed)
-            cpus.setdefault(label, []).append(cpu)
-        print(f"bench: round {rnd + 1}: "
-              + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in results.items()), flush=True)
-    server.shutdown()
+    try:
+        for rnd in range(args.rounds):
+            for label, argv, extra in contenders:
+                elapsed, cpu = run(label.split()[0], work, argv, {**base_env, **extra})
+                results.setdefault(label, []).append(elapsed)
+                cpus.setdefault(label, []).append(cpu)
+            print(f"bench: round {rnd + 1}: "
+                  + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in results.items()), flush=True)
+    finally:
+        server.shutdown()
+        link.close()
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     # no byte is imported before its object's sha256 is checked: the first import cannot start

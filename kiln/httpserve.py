@@ -6,11 +6,20 @@ import functools
 import http.server
 import threading
 from pathlib import Path
+from typing import Any
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        """The body by sendfile(2): the kernel copies it, this process does not (a bench's
+        store would otherwise spend the node's CPU, here on the same cores)."""
+        if outputfile is self.wfile and hasattr(source, "fileno"):
+            self.connection.sendfile(source)
+        else:
+            super().copyfile(source, outputfile)
 
 
 def serve(folder: Path, host: str = "127.0.0.1", port: int = 0
