@@ -160,7 +160,10 @@ Store = DirStore | S3Store
 @dataclass(frozen=True)
 class NodeSettings:
     ca_bundle: Path | None = None
-    parallel: int = 4
+    # downloads at once: on a link one connection fills, each more delays the first object
+    # (the first import waits for it); two keep imports fed where the store limits each
+    # connection (README, The node side)
+    parallel: int = 2
     user_data_limit: int = 16384
     containerd_timeout: int = 300
     # A node never hangs on the store: see README, images.yaml (node:).

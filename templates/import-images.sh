@@ -160,7 +160,7 @@ remove_stale_folders
 # -- the data file: `set KEY VALUE`, `image NAME REF DREF ID SHA256 SIZE RAW COMP PLATFORM URL`
 env_name=""
 format=""
-parallel=4
+parallel=2
 timeout=300
 ca_bundle=""
 sigv4=""
