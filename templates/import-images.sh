@@ -519,14 +519,15 @@ fi
 
 # -- containerd ---------------------------------------------------------------------------------
 command -v ctr >/dev/null 2>&1 || die "ctr is not installed (it comes with containerd)"
-waited=0
+# by the clock: one `ctr version` can take 10 s to fail (its dial timeout, no socket yet)
+waited=0 wait_end=$(( $(now) + timeout ))
 until ctr version >/dev/null 2>&1; do
-  if [ "$waited" -ge "$timeout" ]; then
+  if [ "$(now)" -ge "$wait_end" ]; then
     die "containerd did not answer at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock} within ${timeout}s"
   fi
-  [ "$waited" -eq 0 ] && log "waiting for containerd at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
+  [ "$waited" -eq 1 ] || log "waiting for containerd at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
+  waited=1
   sleep 1
-  waited=$((waited + 1))
 done
 
 # -- what is already there ----------------------------------------------------------------------

@@ -207,6 +207,19 @@ def test_waits_for_containerd(baked: Path, tmp_path: Path) -> None:
         nodes.close()
 
 
+def test_gives_up_on_containerd_by_the_clock(node: Node, tmp_path: Path) -> None:
+    """`ctr` takes 10 s to fail to dial a socket that is not there: containerd_timeout counts
+    seconds, not tries (it counted tries: 300 s was about 55 minutes)."""
+    node.render(containerd_timeout=3)
+    t0 = time.monotonic()
+    done = node.run(address=str(tmp_path / "nowhere.sock"))
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"kiln-import: error: containerd did not answer at {tmp_path / 'nowhere.sock'} "
+        "within 3s")
+    assert time.monotonic() - t0 < 25  # by tries: 4 of ~11 s
+
+
 def test_too_little_space_fails_cleanly(node: Node) -> None:
     small_fs = node.folder / "tiny"
     small_fs.mkdir()
