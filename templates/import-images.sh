@@ -302,7 +302,10 @@ case "$ca_bundle" in
   *) ca_bundle="$(cd "$(dirname "$data")" && pwd)/$ca_bundle" ;;  # beside the data file
 esac
 case "$parallel" in ''|*[!0-9]*|0) parallel=1 ;; esac
-case "$timeout" in ''|*[!0-9]*) timeout=300 ;; esac
+case "$timeout" in  # a whole number of seconds ($((010)) would be 8)
+  ''|*[!0-9]*|0*) die "$data: containerd_timeout must be a whole number of seconds above 0, not '$timeout'" ;;
+esac
+[ "${#timeout}" -le 7 ] || die "$data: containerd_timeout is out of range: $timeout"
 imports=${KILN_IMPORTS:-2}
 case "$imports" in ''|*[!0-9]*|0) imports=2 ;; esac
 retries="${KILN_RETRIES:-$retries}"
@@ -347,6 +350,14 @@ curl_quote() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')
 # <<< curl config
 
 now() { date +%s; }  # not POSIX, but GNU, busybox and BSD date all have %s
+# Seconds since boot, for waits at boot: NTP may step the wall clock just then (the wall
+# clock where there is no /proc/uptime).
+since_boot() {
+  sb_up=""
+  read -r sb_up _ < /proc/uptime 2>/dev/null || :
+  sb_up=${sb_up%%.*}
+  case "$sb_up" in ''|*[!0-9]*) now ;; *) printf '%s\n' "$sb_up" ;; esac
+}
 
 ctr_() { ctr -n "$NS" "$@"; }
 
@@ -401,10 +412,8 @@ state_of() {
 
 # Name image N's manifest repo@sha256:<digest> too (from its ref, already checked), and pin
 # both names, with kiln's labels (the environment, the lock). $2, when given: what the digest
-# name points at now (the caller has just looked). A name pinned by someone else before is
-# marked adopted, except when new_N is 1: none of the image's names was there at the first
-# look, so this run's import and tag made them, with no labels but kiln's (an import keeps
-# an existing name's labels, and `ctr images tag` copies the source's: neither applies).
+# name points at now (the caller has just looked). A name someone else pinned first (an
+# operator, another environment; before this run or during it) is marked adopted.
 name_and_pin() {
   np_ref=$(get ref "$1") np_dref=$(get dref "$1")
   if [ $# -ge 2 ]; then np_has=$2; else np_has=$(target_of "$np_dref"); fi
@@ -412,12 +421,16 @@ name_and_pin() {
     ctr_ images tag --force "$np_ref" "$np_dref" >/dev/null 2>&1 || return 1
   fi
   np_xref=$(get xref "$1")
-  np_new=""
-  eval "np_new=\$new_$1"
+  # which of the names are pinned now, in one ctr call: only those can be someone else's pin
+  # (a failed call: each name is asked alone)
+  np_pinned=$(ctr_ images ls -q "name==$np_ref,labels.\"$PIN\"==pinned" \
+    "name==$np_dref,labels.\"$PIN\"==pinned" \
+    ${np_xref:+"name==$np_xref,labels.\"$PIN\"==pinned"} 2>/dev/null) || np_pinned="?"
   for np_name in "$np_ref" "$np_dref" ${np_xref:+"$np_xref"}; do
     np_adopt=""
-    if [ "$np_new" != 1 ] && is_pinned "$np_name" && ! has_label "$np_name" "$OWNER=$env_name"
-    then
+    if { { [ "$np_pinned" = "?" ] && is_pinned "$np_name"; } ||
+        printf '%s\n' "$np_pinned" | grep -qxF -- "$np_name"; } &&
+        ! has_label "$np_name" "$OWNER=$env_name"; then
       np_adopt="$ADOPTED=true"
     fi
     ctr_ images label "$np_name" "$PIN=pinned" "$OWNER=$env_name" "$FROM=${lock_id:-unknown}" \
@@ -519,10 +532,11 @@ fi
 
 # -- containerd ---------------------------------------------------------------------------------
 command -v ctr >/dev/null 2>&1 || die "ctr is not installed (it comes with containerd)"
-# by the clock: one `ctr version` can take 10 s to fail (its dial timeout, no socket yet)
-waited=0 wait_end=$(( $(now) + timeout ))
+# by the clock (since boot): one `ctr version` can take 10 s to fail (its dial timeout, no
+# socket yet)
+waited=0 wait_end=$(( $(since_boot) + timeout ))
 until ctr version >/dev/null 2>&1; do
-  if [ "$(now)" -ge "$wait_end" ]; then
+  if [ "$(since_boot)" -ge "$wait_end" ]; then
     die "containerd did not answer at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock} within ${timeout}s"
   fi
   [ "$waited" -eq 1 ] || log "waiting for containerd at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
@@ -543,16 +557,11 @@ name="" ref="" dref="" want="" xref="" fresh=0
 if [ -n "$known" ] && [ "$(printf '%s\n' "$known" | wc -l)" -le 1 ]; then fresh=1; fi
 n=1
 while [ "$n" -le "$count" ]; do
-  eval "name=\$name_$n ref=\$ref_$n dref=\$dref_$n want=\$id_$n xref=\$xref_$n new_$n="
+  eval "name=\$name_$n ref=\$ref_$n dref=\$dref_$n want=\$id_$n xref=\$xref_$n"
   if [ "$fresh" = 1 ]; then
     state=missing  # containerd has none of the names (a new node): nothing more to ask
-    eval "new_$n=1"
   else
     state=$(state_of "$n")
-    if [ "$state" = missing ] && [ -z "$(target_of "$dref")" ] &&
-        { [ -z "$xref" ] || [ -z "$(target_of "$xref")" ]; }; then
-      eval "new_$n=1"
-    fi
   fi
   if [ "$state" = missing-digest-ref ] && [ "$check_only" = 0 ]; then
     # the image is there (an older kiln imported it): name its digest too, no download
@@ -889,7 +898,13 @@ for n in $queue; do
     continue
   fi
   rm -f "$work/$n.pid"
-  got=$(cat "$work/$n.blob.sha")
+  got=$(cat "$work/$n.blob.sha" 2>/dev/null || :)
+  case "$got" in *[!0-9a-f]*) got="" ;; esac
+  if [ "${#got}" -ne 64 ]; then  # the hasher failed (a read error, no space): not the bytes
+    mv -f "$work/$n.blob" "$work/$n.blob.part" 2>/dev/null || :  # kept for the next run
+    fail "$n" "could not hash the download ($(grep -v '^curl: ' "$work/$n.err" 2>/dev/null | tail -n 1 || :)); nothing imported"
+    continue
+  fi
   if [ "$got" != "$(get sha "$n")" ]; then
     fail "$n" "sha256 mismatch: got $got, the lock says $(get sha "$n"); nothing imported"
     continue

@@ -220,6 +220,27 @@ def test_gives_up_on_containerd_by_the_clock(node: Node, tmp_path: Path) -> None
     assert time.monotonic() - t0 < 25  # by tries: 4 of ~11 s
 
 
+def test_a_clock_step_does_not_cut_the_wait_for_containerd(node: Node, tmp_path: Path) -> None:
+    """NTP steps the wall clock an hour forward while the importer waits for containerd (at
+    boot, just when it waits): the wait still lasts containerd_timeout (counted since boot)."""
+    bin_dir = tmp_path / "stepping-date"
+    bin_dir.mkdir()
+    real, stepped = shutil.which("date"), tmp_path / "stepped"
+    (bin_dir / "date").write_text(  # the first `date +%s` as it is, every later one +1 h
+        "#!/bin/sh\n"
+        f'if [ "$1" = +%s ] && [ -e {stepped} ]; then echo $(( $({real} +%s) + 3600 )); exit; fi\n'
+        f'if [ "$1" = +%s ]; then : > {stepped}; fi\n'
+        f'exec {real} "$@"\n')
+    (bin_dir / "date").chmod(0o755)
+    node.render(containerd_timeout=15)
+    t0 = time.monotonic()
+    done = node.run(address=str(tmp_path / "nowhere.sock"),
+                    env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert done.returncode == 1
+    assert done.stderr.rstrip().endswith("within 15s")
+    assert time.monotonic() - t0 >= 15
+
+
 def test_too_little_space_fails_cleanly(node: Node) -> None:
     small_fs = node.folder / "tiny"
     small_fs.mkdir()
@@ -625,6 +646,66 @@ def until_mid_download(node: Node, key: str) -> None:
     while not node.server.ranges.get(key) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1)
+
+
+def test_a_pin_made_during_the_download_is_adopted(node: Node, tmp_path: Path) -> None:
+    """An operator side-loads and pins an image's ref while kiln downloads it (a new node: the
+    first look found none of its names): kiln marks it pinned-before, so when a later lock
+    leaves the image out, the operator's pin stays. (Found by a review: a skip decided at
+    the first look dropped it.)"""
+    node.render(retry_max_delay=1)
+    big = next(i for i in node.lock.images if i.name == "big")
+    node.server.faults[big.key] = ["stall:1048576"]
+    log = tmp_path / "run.log"
+    with log.open("w") as err, subprocess.Popen(node.argv(), env=node.environ(),
+                                                stderr=err) as run:
+        until_mid_download(node, big.key)
+        node.ctr.run("images", "import", "--platform", big.platform,
+                     str(node.folder / "store" / big.key))
+        node.ctr.run("images", "label", big.ref, f"{PIN_LABEL}=pinned")
+        node.server.release.set()
+        assert run.wait(timeout=120) == 0, log.read_text()
+    labels = node.ctr.images()[big.ref].labels
+    assert labels.get(ADOPTED_LABEL) == "true" and labels[OWNER_LABEL] == "it"
+
+    data = node.folder / "dist/it/node/images.data"  # a later lock without big
+    data.write_text("".join(line for line in data.read_text().splitlines(keepends=True)
+                            if not line.startswith("image big ")))
+    again = node.run()
+    assert again.returncode == 0, again.stderr
+    assert f"{big.ref}: no longer in the lock; it was pinned before kiln: pin kept" \
+        in again.stderr
+    labels = node.ctr.images()[big.ref].labels
+    assert labels.get(PIN_LABEL) == "pinned" and OWNER_LABEL not in labels
+
+
+def test_a_hasher_that_fails_is_not_called_a_sha256_mismatch(node: Node,
+                                                             tmp_path: Path) -> None:
+    """openssl fails on a downloaded file (a read error, no space): the log says the hash
+    could not be taken, not that the store sent wrong bytes, nothing is imported, and the
+    whole download is kept for the next run, which imports it without fetching it again."""
+    bin_dir = node.folder / "failing-openssl"
+    bin_dir.mkdir()
+    (bin_dir / "openssl").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *.blob) echo "openssl: read error (simulated)" >&2; exit 1 ;; esac\n'
+        f'exec {shutil.which("openssl")} "$@"\n')
+    (bin_dir / "openssl").chmod(0o755)
+    node.render(retry_max_delay=1)
+    state = tmp_path / "retry-state"
+    done = node.run("--retry-state", str(state),
+                    env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert done.returncode == 1
+    assert "small: FAILED: could not hash the download (openssl: read error (simulated)); " \
+           "nothing imported" in done.stderr
+    assert "mismatch" not in done.stderr
+    assert node.ctr.images() == {}
+    asked = {i.key: len(node.server.ranges.get(i.key, [])) for i in node.lock.images}
+    again = node.run("--retry-state", str(state))
+    assert again.returncode == 0, again.stderr
+    assert_imported(node, {"small", "big"})
+    for image in node.lock.images:  # each asked from its last byte on: nothing sent again
+        assert node.server.ranges[image.key][asked[image.key]:] == [f"bytes={image.size}-"]
 
 
 def test_a_run_stopped_mid_download_keeps_its_partial_for_the_next(
