@@ -16,7 +16,7 @@ reaches it there):
   lets anyone GET them (nodes in `url_mode: plain` against a public-read bucket, a real
   deployment's choice for content-addressed objects), and the proxy forwards to radosgw.
 
-    fleetstore.py serve FOLDER [--port 0]     # prints "listening PORT"
+    fleetstore.py serve FOLDER [--port 0] [--host 127.0.0.1]    # prints "listening PORT"
 """
 
 from __future__ import annotations
@@ -186,9 +186,9 @@ class Server(http.server.ThreadingHTTPServer):
     request_queue_size = 4096  # the listen backlog: a rack connects at once
 
 
-def serve(folder: Path, port: int) -> None:
+def serve(folder: Path, port: int, host: str = "127.0.0.1") -> None:
     RangeHandler.root = folder.resolve()
-    server = Server(("127.0.0.1", port), RangeHandler)
+    server = Server((host, port), RangeHandler)
     print(f"listening {server.server_address[1]}", flush=True)
     server.serve_forever()
 
@@ -198,9 +198,10 @@ def main() -> int:
     parser.add_argument("action", choices=("serve",))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.folder, args.port)
+        serve(args.folder, args.port, args.host)
     return 0
 
 

@@ -99,23 +99,16 @@ def gbit_link(store: Path) -> Iterator[tuple[list[str], str]]:
     the command prefix that runs a program on that node, and the store's URL from there."""
     for stale in fleetnet.remove_stale():
         print(f"bench: removed {stale}, left by a killed run", flush=True)
-    with fleetnet.Fleet() as net:
+    with fleetnet.Fleet() as net:  # (closing it stops the server in the store's namespace)
         net.build(1, fleetnet.Link(GBIT * 8), fleetnet.Link(10 * GBIT * 8))
-        url = f"http://{fleetnet.STORE_IP}:8080/"
-        serve_it = ("import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import "
-                    "Path; from kiln.httpserve import serve; serve(Path(sys.argv[2]), "
-                    "sys.argv[3], 8080); time.sleep(1e9)")
-        subprocess.Popen(net.exec(net.store, [sys.executable, "-c", serve_it, str(REPO),
-                                              str(store), fleetnet.STORE_IP]))
-        node = net.exec(net.node(0), [])
-        for _ in range(100):
-            if subprocess.run([*node, "curl", "-sf", "-o", "/dev/null", url],
-                              check=False).returncode in (0, 22):
-                break
-            time.sleep(0.1)
-        else:
+        server = subprocess.Popen(net.exec(net.store, [
+            sys.executable, str(REPO / "bench/fleetstore.py"), "serve", str(store),
+            "--host", fleetnet.STORE_IP]), stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None
+        line = server.stdout.readline().split()  # "listening PORT"
+        if line[:1] != ["listening"]:
             raise SystemExit("bench: the store's HTTP server did not start in its namespace")
-        yield node, url
+        yield net.exec(net.node(0), []), f"http://{fleetnet.STORE_IP}:{line[1]}/"
 
 
 def fresh_containerd(work: Path, label: str) -> localengine.Daemon:
@@ -246,16 +239,15 @@ def main() -> int:
         (work / "store/naive" / f"{image.name}.tar.zst").read_bytes()).hexdigest()
         for image in lock.images}
 
-    def lists(url: str, suffix: str) -> tuple[Path, Path]:
-        naive_list, kiln_list = work / f"naive{suffix}.list", work / f"naive-kiln{suffix}.list"
-        naive_list.write_text("".join(
-            f"{i.name} {url}naive/{i.name}.tar.zst {naive_digests[i.name]}\n"
-            for i in lock.images))
-        kiln_list.write_text("".join(f"{i.name} {url}{i.key} {i.sha256}\n"
-                                     for i in lock.images))
-        return naive_list, kiln_list
+    def naive_list_at(base: str, path: Path) -> Path:
+        """The naive script's list: each image's `docker save | zstd` object under ``base``."""
+        path.write_text("".join(f"{i.name} {base}naive/{i.name}.tar.zst {naive_digests[i.name]}\n"
+                                for i in lock.images))
+        return path
 
-    naive_list, kiln_list = lists(url, "")
+    naive_list = naive_list_at(url, work / "naive.list")
+    kiln_list = work / "naive-kiln.list"
+    kiln_list.write_text("".join(f"{i.name} {url}{i.key} {i.sha256}\n" for i in lock.images))
     naive = ["sh", str(work / "naive.sh")]
     (work / "naive.sh").write_text(NAIVE)
     base_env = {**os.environ, "WORK": str(work / "naive"), "REF_PREFIX": f"{REG}/foundation/",
@@ -288,7 +280,7 @@ def main() -> int:
             # the same over a 1 Gbit/s veth, the store in another namespace
             node, link_url = link.enter_context(gbit_link(work / "store"))
             render(env_cfg, lock, work / "dist-link", PlainLocator(link_url))
-            link_naive = lists(link_url, "-link")[0]
+            link_naive = naive_list_at(link_url, work / "naive-link.list")
             contenders += [
                 (NAIVE_GBIT, [*node, *naive], {"LIST": str(link_naive)}),
                 (KILN_GBIT, [*node, "sh", str(work / "dist-link/bench/node/import-images"),

@@ -161,7 +161,7 @@ remove_stale_folders
 env_name=""
 format=""
 parallel=2
-timeout=300
+containerd_timeout=300
 ca_bundle=""
 sigv4=""
 sigv4_user=""
@@ -239,7 +239,7 @@ while read -r kind a b c d e f g h i j k rest; do
         env) env_name="$b" ;;
         format) format="$b" ;;
         parallel) parallel="$b" ;;
-        containerd_timeout) timeout="$b" ;;
+        containerd_timeout) containerd_timeout="$b" ;;
         ca_bundle) ca_bundle="$b" ;;
         retries) retries="$b" ;;
         stall_timeout) stall_timeout="$b" ;;
@@ -302,16 +302,12 @@ case "$ca_bundle" in
   *) ca_bundle="$(cd "$(dirname "$data")" && pwd)/$ca_bundle" ;;  # beside the data file
 esac
 case "$parallel" in ''|*[!0-9]*|0) parallel=1 ;; esac
-case "$timeout" in  # a whole number of seconds ($((010)) would be 8)
-  ''|*[!0-9]*|0*) die "$data: containerd_timeout must be a whole number of seconds above 0, not '$timeout'" ;;
-esac
-[ "${#timeout}" -le 7 ] || die "$data: containerd_timeout is out of range: $timeout"
 imports=${KILN_IMPORTS:-2}
 case "$imports" in ''|*[!0-9]*|0) imports=2 ;; esac
 retries="${KILN_RETRIES:-$retries}"
-# numbers only: these reach curl's options and the shell's arithmetic
+# numbers only: these reach curl's options and the shell's arithmetic ($((010)) would be 8)
 value=""
-for setting in retries stall_timeout import_budget retry_max_delay; do
+for setting in containerd_timeout retries stall_timeout import_budget retry_max_delay; do
   eval "value=\$$setting"
   case "$value" in
     ''|*[!0-9]*|0*) die "$data: $setting must be a whole number of seconds above 0, not '$value'" ;;
@@ -534,13 +530,15 @@ fi
 command -v ctr >/dev/null 2>&1 || die "ctr is not installed (it comes with containerd)"
 # by the clock (since boot): one `ctr version` can take 10 s to fail (its dial timeout, no
 # socket yet)
-waited=0 wait_end=$(( $(since_boot) + timeout ))
+waited=0 wait_end=$(( $(since_boot) + containerd_timeout ))
 until ctr version >/dev/null 2>&1; do
   if [ "$(since_boot)" -ge "$wait_end" ]; then
-    die "containerd did not answer at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock} within ${timeout}s"
+    die "containerd did not answer at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock} within ${containerd_timeout}s"
   fi
-  [ "$waited" -eq 1 ] || log "waiting for containerd at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
-  waited=1
+  if [ "$waited" = 0 ]; then
+    log "waiting for containerd at ${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
+    waited=1
+  fi
   sleep 1
 done
 
