@@ -488,7 +488,9 @@ def test_rendered_units_pass_systemd_analyze_verify(baked: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("line", ["set stall_timeout 5;reboot", "set retries 0x10",
-                                  "set import_budget 010", "set retry_max_delay -1"])
+                                  "set import_budget 010", "set retry_max_delay -1",
+                                  "set containerd_timeout 010",
+                                  "set containerd_timeout $(reboot)"])
 def test_node_settings_in_the_data_file_are_whole_numbers_only(node: Node, line: str) -> None:
     """They reach curl's options and the shell's arithmetic: anything else is refused before
     a single request (010 would be octal in $((...)))."""
